@@ -1,0 +1,1 @@
+"""Keras callbacks that bring edge optimizations into `model.fit`."""

@@ -1,0 +1,294 @@
+"""Image-classification data from TFDS, preprocessed the way MobileNetV2 wants.
+
+`load_image_data` returns train / validation / test pipelines. The validation
+split is carved from the end of the training split so that tuning and model
+selection never look at the test split, which is kept for final reports.
+
+Decoded images are cached at their stored (small) resolution and resized after
+the cache: CIFAR-10 at 32x32 uint8 is 150 MB, at 160x160 float32 it would be
+15 GB.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "DataNotFoundError",
+    "ImageData",
+    "load_image_data",
+    "normalize",
+    "representative_dataset",
+]
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is not prepared locally and could not be downloaded."""
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Batched, preprocessed pipelines of one image-classification dataset.
+
+    Attributes:
+        name: the TFDS dataset name.
+        train: training pipeline, shuffled (and augmented if asked) each epoch.
+        validation: validation pipeline carved from the training split, or
+            None when `validation_size=0`.
+        test: test pipeline, only for final reports.
+        num_classes: number of classes, from the dataset info.
+        class_names: class names, from the dataset info.
+        image_size: side of the square images the pipelines yield.
+        num_train, num_validation, num_test: examples in each split.
+        splits: the TFDS split strings used for train / validation / test.
+    """
+
+    name: str
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    num_classes: int
+    class_names: list
+    image_size: int
+    num_train: int
+    num_validation: int
+    num_test: int
+    splits: dict
+
+
+def normalize(images):
+    """Scales uint8-range pixels to [-1, 1], as MobileNetV2 expects."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def _resize(images, image_size):
+    images = tf.cast(images, tf.float32)
+    if images.shape[-3] == image_size and images.shape[-2] == image_size:
+        return images
+    return tf.image.resize(images, (image_size, image_size))
+
+
+def _augment(image, seed):
+    # Pad-and-crop plus flip at the stored resolution: cheap, and the usual
+    # CIFAR augmentation; seeds are stateless so a run is reproducible.
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    height, width, channels = image.shape
+    pad = max(1, height // 8)
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    image = tf.image.stateless_random_crop(
+        image, (height, width, channels), seed=seeds[0]
+    )
+    return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+
+def _check_positive_int(value, argument):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"Argument `{argument}` must be a positive integer. "
+            f"Received: {argument}={value!r}"
+        )
+
+
+def _builder(name, data_dir, download):
+    import tensorflow_datasets as tfds
+
+    resolved_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    try:
+        builder = tfds.builder(name, data_dir=resolved_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Argument `dataset` must name a TFDS dataset. Received: "
+            f"dataset={name!r}. See `tfds.list_builders()` for the names."
+        ) from error
+    if builder.is_prepared():
+        return builder
+    where = resolved_dir or "the default TFDS data dir (~/tensorflow_datasets)"
+    how = (
+        "Point edgekeras at a local copy: pass `data_dir=...` (CLI: "
+        "`--data-dir`, config: `data.data_dir`) or set TFDS_DATA_DIR to a "
+        f"directory that holds `{name}/<version>/`."
+    )
+    if not download:
+        raise DataNotFoundError(
+            f"Dataset {name!r} is not prepared in {where} and `download=False`. "
+            + how
+        )
+    try:
+        builder.download_and_prepare()
+    except Exception as error:
+        raise DataNotFoundError(
+            f"Dataset {name!r} is not prepared in {where} and could not be "
+            f"downloaded ({type(error).__name__}: {error}). " + how
+        ) from error
+    return builder
+
+
+def load_image_data(
+    dataset="cifar10",
+    *,
+    data_dir=None,
+    download=True,
+    image_size=160,
+    batch_size=64,
+    validation_size=5000,
+    augment=False,
+    shuffle_buffer=10000,
+    cache=True,
+    seed=0,
+    max_train_examples=None,
+):
+    """Loads a TFDS image-classification dataset as batched pipelines.
+
+    Images are resized to `image_size` and scaled to [-1, 1]; labels are
+    integer class ids.
+
+    Args:
+        dataset: TFDS name of an image-classification dataset with `image`
+            and `label` features.
+        data_dir: directory that holds prepared TFDS data. Defaults to
+            `TFDS_DATA_DIR`, then TFDS' own default.
+        download: whether TFDS may download and prepare the dataset when it
+            is not prepared yet. Pass False on machines without internet.
+        image_size: side of the square images after resizing.
+        batch_size: examples per batch.
+        validation_size: number of examples taken from the end of the
+            training split for validation. 0 disables the validation split.
+        augment: random pad-crop and horizontal flip on training images.
+        shuffle_buffer: shuffle buffer size for the training pipeline.
+        cache: cache decoded images in memory (before resizing).
+        seed: seed for shuffling and augmentation; the same seed gives the
+            same batches.
+        max_train_examples: use only the first N training examples (for
+            quick runs and demos). None uses all of them.
+
+    Returns:
+        An `ImageData`.
+
+    Raises:
+        DataNotFoundError: the dataset is missing and cannot be downloaded.
+        ValueError: an argument is out of range.
+
+    Example:
+
+    ```python
+    data = load_image_data("cifar10", data_dir="../shared/data/tfds",
+                           download=False, image_size=96, batch_size=128)
+    images, labels = next(iter(data.train))
+    ```
+    """
+    for value, argument in (
+        (image_size, "image_size"),
+        (batch_size, "batch_size"),
+        (shuffle_buffer, "shuffle_buffer"),
+    ):
+        _check_positive_int(value, argument)
+    if isinstance(validation_size, bool) or not isinstance(validation_size, int) or validation_size < 0:
+        raise ValueError(
+            "Argument `validation_size` must be a non-negative integer. "
+            f"Received: validation_size={validation_size!r}"
+        )
+    if max_train_examples is not None:
+        _check_positive_int(max_train_examples, "max_train_examples")
+
+    builder = _builder(dataset, data_dir, download)
+    info = builder.info
+    features = info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"Argument `dataset` must name an image-classification dataset with "
+            f"`image` and `label` features. Received: dataset={dataset!r} with "
+            f"features {sorted(features.keys())}"
+        )
+    total_train = info.splits["train"].num_examples
+    if validation_size >= total_train:
+        raise ValueError(
+            f"Argument `validation_size` must be smaller than the training split "
+            f"({total_train} examples). Received: validation_size={validation_size}"
+        )
+    num_train = total_train - validation_size
+    if max_train_examples is not None:
+        num_train = min(num_train, max_train_examples)
+    splits = {
+        "train": f"train[:{num_train}]",
+        "validation": f"train[{total_train - validation_size}:]" if validation_size else None,
+        "test": "test",
+    }
+
+    def read(split):
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        ds = ds.map(lambda image, label: (image, label), num_parallel_calls=AUTOTUNE)
+        return ds.cache() if cache else ds
+
+    def finish(ds, training):
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            if augment:
+                # Dataset.random re-draws each epoch, so augmentation differs per
+                # epoch but is reproducible from `seed`.
+                seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+                ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
+                ds = ds.map(
+                    lambda example, s: (_augment(example[0], s), example[1]),
+                    num_parallel_calls=AUTOTUNE,
+                )
+        ds = ds.batch(batch_size, drop_remainder=False)
+        ds = ds.map(
+            lambda images, labels: (normalize(_resize(images, image_size) ), labels),
+            num_parallel_calls=AUTOTUNE,
+        )
+        return ds.prefetch(AUTOTUNE)
+
+    label_feature = features["label"]
+    num_validation = validation_size
+    return ImageData(
+        name=dataset,
+        train=finish(read(splits["train"]), training=True),
+        validation=finish(read(splits["validation"]), training=False) if validation_size else None,
+        test=finish(read(splits["test"]), training=False),
+        num_classes=int(label_feature.num_classes),
+        class_names=list(label_feature.names),
+        image_size=image_size,
+        num_train=num_train,
+        num_validation=num_validation,
+        num_test=info.splits["test"].num_examples,
+        splits=splits,
+    )
+
+
+def representative_dataset(dataset, num_examples=256):
+    """Returns a representative-dataset generator for int8 calibration.
+
+    The TFLite converter calls the returned function and expects it to yield
+    lists of single-example float32 input arrays.
+
+    Args:
+        dataset: a batched `(images, labels)` or `images` pipeline, for example
+            `ImageData.train` or `ImageData.validation`.
+        num_examples: how many examples to yield at most.
+
+    Returns:
+        A zero-argument callable that yields `[image[None]]` arrays.
+
+    Example:
+
+    ```python
+    converter.representative_dataset = representative_dataset(data.train, 200)
+    ```
+    """
+    _check_positive_int(num_examples, "num_examples")
+
+    def generate():
+        produced = 0
+        for batch in dataset:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for image in np.asarray(images, dtype=np.float32):
+                if produced >= num_examples:
+                    return
+                yield [image[None, ...]]
+                produced += 1
+
+    return generate

@@ -1,0 +1,247 @@
+"""The seed's transfer model, built flat, and a `flatten` utility.
+
+TFMOT's quantization-aware training rejects functional models that contain
+other models as layers ("nested" models), which is how transfer models are
+usually written (`base = MobileNetV2(...); outputs = head(base(inputs))`).
+edgekeras builds its models flat from the start, and `flatten` turns a user's
+nested functional model into an equivalent flat one that shares its layers and
+so its weights.
+"""
+
+import os
+
+import tensorflow as tf
+
+from edgekeras.compat import check_model, keras
+
+__all__ = ["build_transfer_model", "flatten", "is_nested", "WeightsError"]
+
+
+class WeightsError(ValueError):
+    """A weights file is missing or does not fit the model's architecture."""
+
+
+def _check_weights(weights):
+    if weights is None or weights == "imagenet":
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            'Argument `weights` must be "imagenet", None or the path of a '
+            f".h5 weights file. Received: weights={weights!r}"
+        )
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise WeightsError(
+            f"Argument `weights` names a file that does not exist. Received: "
+            f"weights={path!r}. Pass the path of a MobileNetV2 no-top .h5 file "
+            '(e.g. ../shared/data/weights/...), "imagenet" to download, or None.'
+        )
+    return path
+
+
+def _first_trainable_index(layers, trainable_from):
+    if trainable_from is None:
+        return len(layers)
+    if isinstance(trainable_from, bool):
+        raise ValueError(
+            "Argument `trainable_from` must be a layer name, a layer index or "
+            f"None. Received: trainable_from={trainable_from!r}"
+        )
+    if isinstance(trainable_from, int):
+        if not -len(layers) <= trainable_from < len(layers):
+            raise ValueError(
+                f"Argument `trainable_from` must be a base layer index in "
+                f"[{-len(layers)}, {len(layers)}). Received: "
+                f"trainable_from={trainable_from}"
+            )
+        return trainable_from % len(layers)
+    names = [layer.name for layer in layers]
+    if trainable_from not in names:
+        blocks = sorted({n.split("_expand")[0] for n in names if n.startswith("block_") and "_expand" in n})
+        raise ValueError(
+            f"Argument `trainable_from` must name a layer of the base model. "
+            f"Received: trainable_from={trainable_from!r}. Valid names include "
+            f"{', '.join(b + '_expand' for b in blocks[-3:])} and Conv_1."
+        )
+    return names.index(trainable_from)
+
+
+def build_transfer_model(
+    num_classes=10,
+    image_size=160,
+    *,
+    alpha=1.0,
+    weights="imagenet",
+    trainable_from=None,
+    train_batchnorm=False,
+    dropout=0.0,
+    name="mobilenetv2_transfer",
+):
+    """Builds MobileNetV2 + global average pooling + softmax Dense, flat.
+
+    The base's layers live directly in the returned functional model (no
+    nested sub-model), so TFMOT can prune and quantize every layer.
+
+    Args:
+        num_classes: number of output classes.
+        image_size: side of the square input images (at least 32).
+        alpha: MobileNetV2 width multiplier.
+        weights: `"imagenet"` (downloads), None (random init) or the path of
+            a MobileNetV2 no-top `.h5` file for this `alpha`.
+        trainable_from: name or index of the first trainable base layer; the
+            layers before it are frozen. None freezes the whole base.
+        train_batchnorm: whether BatchNormalization layers in the trainable
+            part of the base are trained. By default they stay frozen (in
+            inference mode), which is the stable choice for fine-tuning with
+            small batches.
+        dropout: dropout rate before the classifier.
+        name: model name.
+
+    Returns:
+        A compiled-free tf_keras functional model with input
+        `(image_size, image_size, 3)` in [-1, 1] and softmax output.
+
+    Raises:
+        ValueError: an argument is out of range.
+        WeightsError: the weights file is missing or of another architecture.
+
+    Example:
+
+    ```python
+    model = build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ```
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            "Argument `num_classes` must be an integer >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(
+            "Argument `image_size` must be an integer >= 32 (MobileNetV2 "
+            f"downsamples by 32). Received: image_size={image_size!r}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    weights = _check_weights(weights)
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    try:
+        base = keras.applications.MobileNetV2(
+            input_tensor=inputs, include_top=False, weights=weights, alpha=alpha
+        )
+    except ValueError as error:
+        if weights not in (None, "imagenet"):
+            raise WeightsError(
+                f"Argument `weights` does not fit MobileNetV2(alpha={alpha}, "
+                f"include_top=False). Received: weights={weights!r} ({error}). "
+                "Pass a no-top MobileNetV2 .h5 file saved for the same alpha."
+            ) from error
+        raise
+    # Layers 0 is the shared Input; the base's real layers follow it.
+    base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    first = _first_trainable_index(base_layers, trainable_from)
+    for index, layer in enumerate(base_layers):
+        trainable = index >= first
+        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
+            trainable = False
+        layer.trainable = trainable
+
+    x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling")(base.output)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _is_graph_model(layer):
+    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+
+
+def is_nested(model):
+    """Returns True if a model holds other functional/Sequential models as layers."""
+    return any(_is_graph_model(layer) for layer in model.layers)
+
+
+def _replay(model, inputs, training=None):
+    """Calls the layers of `model`'s graph on `inputs`, recursing into sub-models."""
+    tensor_dict = {}
+    usage = model._tensor_usage_count
+    for reference, tensor in zip(model.inputs, tf.nest.flatten(inputs)):
+        key = str(id(reference))
+        tensor_dict[key] = [tensor] * usage[key]
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            args, kwargs = node.map_arguments(tensor_dict)
+            if training is not None and "training" in kwargs:
+                kwargs["training"] = training
+            elif training is not None and getattr(node.layer, "_expects_training_arg", False):
+                kwargs["training"] = training
+            if _is_graph_model(node.layer):
+                # A nested call like `base(x, training=False)` keeps its meaning
+                # for every inner layer once flattened.
+                inner_training = kwargs.pop("training", training)
+                kwargs.pop("mask", None)
+                if kwargs:
+                    raise ValueError(
+                        f"Cannot flatten sub-model {node.layer.name!r}: it is "
+                        f"called with arguments {sorted(kwargs)}, which a flat "
+                        "graph cannot express."
+                    )
+                outputs = _replay(node.layer, args[0] if len(args) == 1 else args, inner_training)
+            else:
+                outputs = node.layer(*args, **kwargs)
+            for key, tensor in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensor_dict[key] = [tensor] * usage[key]
+    outputs = [tensor_dict[str(id(reference))].pop() for reference in model.outputs]
+    return tf.nest.pack_sequence_as(model._nested_outputs, outputs)
+
+
+def flatten(model, name=None):
+    """Returns a flat functional model equivalent to `model`.
+
+    Functional and Sequential sub-models are inlined: their layers become
+    layers of the returned model. The layers are shared, not copied, so the
+    flat model has the same weights and computes the same outputs. A
+    sub-model called with `training=False` keeps that for all of its layers.
+    Subclassed sub-models cannot be inlined and stay single layers.
+
+    Args:
+        model: a tf_keras functional or Sequential model.
+        name: name of the flat model (default: the model's name).
+
+    Returns:
+        A flat functional model, or `model` itself if it is already flat.
+
+    Raises:
+        TypeError: `model` is not a tf_keras model (e.g. Keras 3).
+        ValueError: `model` is subclassed, so it has no graph to flatten.
+
+    Example:
+
+    ```python
+    base = keras.Sequential([keras.layers.Dense(4, input_shape=(3,))])
+    inputs = keras.Input((3,))
+    nested = keras.Model(inputs, keras.layers.Dense(2)(base(inputs)))
+    flat = flatten(nested)
+    ```
+    """
+    check_model(model)
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"Argument `model` must be a functional or Sequential model to be "
+            f"flattened. Received: model={model.name!r} of subclassed type "
+            f"{type(model).__name__}."
+        )
+    if not is_nested(model):
+        return model
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=layer.name)
+        for tensor, layer in zip(model.inputs, model._input_layers)
+    ]
+    nested_inputs = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
+    outputs = _replay(model, inputs)
+    return keras.Model(nested_inputs, outputs, name=name or model.name)

@@ -1,0 +1,1 @@
+"""Trainers that run float training, pruning and quantization-aware fine-tuning as phases."""
