@@ -45,6 +45,7 @@ def _cmd_train(args):
         download=not args.no_download,
         image_size=args.image_size,
         batch_size=args.batch_size,
+        validation_size=args.validation_size,
         max_train_examples=args.max_train_examples,
         seed=args.seed,
     )
@@ -84,6 +85,9 @@ def _parser():
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples only")
+    train.add_argument(
+        "--validation-size", type=int, default=5000, help="examples carved from the end of the training split"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_cmd_train)
     return parser

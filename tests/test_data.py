@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+
+from edgekeras.data import DataNotFoundError, load_image_data, normalize, representative_dataset
+
+TINY = "edgekeras_tiny_images"
+
+
+def _load(data_dir, **kwargs):
+    options = dict(data_dir=data_dir, download=False, image_size=40, batch_size=16, validation_size=12)
+    options.update(kwargs)
+    return load_image_data(TINY, **options)
+
+
+def _count(dataset):
+    return sum(int(images.shape[0]) for images, _ in dataset)
+
+
+def _collect(dataset):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_split_sizes_and_metadata(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir)
+    assert (data.num_train, data.num_validation, data.num_test) == (48, 12, 20)
+    assert (_count(data.train), _count(data.validation), _count(data.test)) == (48, 12, 20)
+    assert data.num_classes == 3
+    assert data.class_names == ["red", "green", "blue"]
+    assert data.splits == {"train": "train[:48]", "validation": "train[48:]", "test": "test"}
+
+
+def test_validation_is_disjoint_from_train(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir, image_size=32)
+    train, _ = _collect(data.train)
+    validation, _ = _collect(data.validation)
+    train_rows = {row.tobytes() for row in train.reshape(len(train), -1)}
+    assert not any(row.tobytes() in train_rows for row in validation.reshape(len(validation), -1))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_shapes_dtype_and_value_range(tiny_tfds_dir, augment):
+    data = _load(tiny_tfds_dir, augment=augment)
+    images, labels = next(iter(data.train))
+    assert images.shape == (16, 40, 40, 3)
+    assert images.dtype.name == "float32"
+    assert labels.dtype.is_integer
+    values = images.numpy()
+    assert values.min() >= -1.0 and values.max() <= 1.0
+    # The colour-coded classes span most of the range, so normalization really happened.
+    assert values.min() < -0.5 and values.max() > 0.5
+
+
+def test_normalize_maps_pixel_range_to_minus_one_one():
+    np.testing.assert_allclose(normalize(np.array([0.0, 127.5, 255.0])).numpy(), [-1.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_same_seed_gives_same_batches(tiny_tfds_dir, augment):
+    first, labels_1 = _collect(_load(tiny_tfds_dir, augment=augment, seed=7).train)
+    second, labels_2 = _collect(_load(tiny_tfds_dir, augment=augment, seed=7).train)
+    other, _ = _collect(_load(tiny_tfds_dir, augment=augment, seed=8).train)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(labels_1, labels_2)
+    assert not np.array_equal(first, other)
+
+
+def test_augmentation_changes_images_each_epoch(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir, augment=True, shuffle_buffer=1)
+    epoch_1, labels_1 = _collect(data.train)
+    epoch_2, labels_2 = _collect(data.train)
+    np.testing.assert_array_equal(labels_1, labels_2)  # buffer 1: same order
+    assert not np.array_equal(epoch_1, epoch_2)
+
+
+def test_eval_splits_are_not_shuffled(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir)
+    np.testing.assert_array_equal(_collect(data.test)[1], _collect(data.test)[1])
+
+
+def test_max_train_examples_and_no_validation(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir, validation_size=0, max_train_examples=10)
+    assert data.validation is None
+    assert data.num_train == 10 and _count(data.train) == 10
+
+
+def test_representative_dataset_yields_single_float_examples(tiny_tfds_dir):
+    data = _load(tiny_tfds_dir)
+    samples = list(representative_dataset(data.train, num_examples=20)())
+    assert len(samples) == 20
+    assert all(len(s) == 1 and s[0].shape == (1, 40, 40, 3) and s[0].dtype == np.float32 for s in samples)
+
+
+def test_missing_data_without_download_says_how_to_fix(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"not prepared in .*download=False.*TFDS_DATA_DIR"):
+        load_image_data("cifar10", data_dir=str(tmp_path), download=False)
+
+
+def test_tfds_data_dir_environment_variable_is_used(tiny_tfds_dir, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", tiny_tfds_dir)
+    assert load_image_data(TINY, download=False, image_size=32, validation_size=0).num_train == 60
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(ValueError, match=r"Argument `dataset` must name a TFDS dataset. Received: dataset='no_such_set'"):
+        load_image_data("no_such_set", data_dir=str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("image_size", 0, r"`image_size` must be a positive integer. Received: image_size=0"),
+        ("batch_size", 2.5, r"`batch_size` must be a positive integer. Received: batch_size=2.5"),
+        ("validation_size", -1, r"`validation_size` must be a non-negative integer. Received: validation_size=-1"),
+        ("validation_size", 60, r"`validation_size` must be smaller than the training split \(60 examples\)"),
+        ("max_train_examples", 0, r"`max_train_examples` must be a positive integer"),
+    ],
+)
+def test_bad_arguments(tiny_tfds_dir, argument, value, message):
+    with pytest.raises(ValueError, match=message):
+        _load(tiny_tfds_dir, **{argument: value})
+
+
+@pytest.mark.real_data
+def test_real_cifar10_copy_has_full_splits(shared_data):
+    data = load_image_data("cifar10", data_dir=shared_data["tfds"], download=False, validation_size=0, image_size=32)
+    assert (data.num_train, data.num_test, data.num_classes) == (50000, 10000, 10)
+    default = load_image_data("cifar10", data_dir=shared_data["tfds"], download=False)
+    assert (default.num_train, default.num_validation) == (45000, 5000)
+    images, labels = next(iter(default.test))
+    assert images.shape == (64, 160, 160, 3)
