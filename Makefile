@@ -30,7 +30,7 @@ test-all: install
 	$(BIN)/python -m pytest tests
 
 demo: install
-	$(BIN)/edgekeras train --epochs 1 --image-size 96 --max-train-examples 5000 --batch-size 64
+	$(BIN)/edgekeras run --config configs/demo.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

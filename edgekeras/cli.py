@@ -71,6 +71,55 @@ def _cmd_train(args):
     return 0
 
 
+def _cmd_run(args):
+    """Runs the whole recipe of a TOML config and prints the report table."""
+    import dataclasses
+
+    from edgekeras.config import load_config
+    from edgekeras.export import ExportError
+    from edgekeras.run import run
+
+    config = load_config(args.config)
+    overrides = {key: value for key, value in (("name", args.name), ("output_dir", args.output_dir)) if value}
+    if overrides:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, **overrides))
+    start = time.perf_counter()
+    try:
+        result = run(config, progress=False if args.no_progress else None)
+    except ExportError as error:
+        print(f"edgekeras run: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(result.table, end="")
+    print(
+        f"\nrun directory: {result.run_dir} (report.md, report.json, pareto.png, tflite/, models/, logs/); "
+        f"wall time {time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+def _cmd_tune(args):
+    """Runs a hyperparameter search from a TOML config and prints the best trials."""
+    from edgekeras.tuning import format_results, load_tune_config, pareto_front, tune
+
+    config = load_tune_config(args.config)
+    start = time.perf_counter()
+    tuner = tune(config, overwrite=True if args.overwrite else None)
+    if tuner.distributed_role == "worker":
+        print(f"edgekeras tune: worker {tuner.tuner_id} done; results in {tuner.project_dir}")
+        return 0
+    results = tuner.results()
+    front = pareto_front(results)
+    print()
+    print(format_results(results, top=args.top or config.tune.top, front=front))
+    print(
+        f"\n{len(results)} finished trial(s) in {tuner.project_dir} (results.json; trial_*/model.tflite; "
+        f"TensorBoard: tensorboard --logdir {tuner.log_dir}); Pareto front (accuracy vs gzip size): "
+        f"{', '.join(r.trial_id for r in front) or '-'}; wall time {time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="edgekeras",
@@ -90,6 +139,23 @@ def _parser():
     )
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_cmd_train)
+
+    run = commands.add_parser(
+        "run", help="train, prune, quantize, export, evaluate and report as one TOML config says"
+    )
+    run.add_argument("--config", required=True, help="the TOML config, e.g. configs/demo.toml")
+    run.add_argument("--name", default=None, help="override run.name (the run directory's name)")
+    run.add_argument("--output-dir", default=None, help="override run.output_dir (default in configs: runs)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_cmd_run)
+
+    tune = commands.add_parser(
+        "tune", help="search sparsity, learning rate and QAT epochs with keras-tuner, scored on the .tflite"
+    )
+    tune.add_argument("--config", required=True, help="the TOML config, e.g. configs/tune.toml")
+    tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
+    tune.add_argument("--top", type=int, default=None, help="rows of the final table (default: tune.top)")
+    tune.set_defaults(handler=_cmd_tune)
     return parser
 
 

@@ -1,0 +1,273 @@
+"""Which weights get pruned, how their masks are computed, and how sparse they are.
+
+Prunable weights are the kernels of `Conv2D` and `Dense` layers and the
+`depthwise_kernel` of `DepthwiseConv2D` layers. They are found by walking the
+model's layers recursively (through nested sub-models, subclassed models and
+wrappers such as TFMOT's `QuantizeWrapperV2`), in the order the layers were
+added, so "first" and "last" mean what they look like in the model's code.
+
+Policies choose among them:
+
+- `"all"`: every prunable layer.
+- `"skip_first_last"`: all but the first convolution and the last Dense
+  layer, the two layers whose pruning costs the most accuracy for the least
+  size.
+- `"pointwise"`: only 1x1 `Conv2D` layers, the ones XNNPACK's sparse
+  inference kernels accelerate.
+- a callable `policy(layer) -> bool`, called on each prunable layer.
+
+Frozen layers (`trainable=False`) are left out unless asked for, since they
+could not recover from the pruning.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
+
+from edgekeras.compat import keras
+
+__all__ = [
+    "POLICIES",
+    "check_policy",
+    "prunable_weights",
+    "prunable_layers",
+    "select_weights",
+    "select_layers",
+    "prunable_weight",
+    "magnitude_mask",
+    "magnitude_masks",
+    "m_by_n_mask",
+    "weight_sparsity",
+    "layer_sparsities",
+    "overall_sparsity",
+]
+
+POLICIES = ("all", "skip_first_last", "pointwise")
+
+
+def check_policy(policy, argument="policy"):
+    """Returns `policy` if it is a known policy name or a callable."""
+    if callable(policy) or (isinstance(policy, str) and policy in POLICIES):
+        return policy
+    raise ValueError(
+        f"Argument `{argument}` must be one of {', '.join(repr(p) for p in POLICIES)} "
+        f"or a callable `policy(layer) -> bool`. Received: {argument}={policy!r}"
+    )
+
+
+def _attribute(layer):
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "depthwise_kernel"
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return None
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        return "kernel"
+    return None
+
+
+def _short_name(variable):
+    return variable.name.rsplit("/", 1)[-1].split(":")[0]
+
+
+def prunable_weight(layer, model=None):
+    """Returns the variable pruning acts on for `layer`, or None.
+
+    Args:
+        layer: a layer.
+        model: the model holding `layer`; needed when `layer` sits inside a
+            TFMOT `QuantizeWrapper`, which takes the kernel variable over.
+    """
+    attribute = _attribute(layer)
+    if attribute is None:
+        return None
+    value = getattr(layer, attribute, None)
+    if isinstance(value, tf.Variable):
+        return value
+    if model is not None:
+        return _wrapped_variables(model).get((id(layer), attribute))
+    return None
+
+
+def _wrapped_variables(model):
+    # A QuantizeWrapper moves the kernel out of the wrapped layer's weights
+    # and sets the layer attribute to the fake-quantized tensor of its last
+    # call; the variable is kept in the wrapper's `_weight_vars`.
+    found = {}
+    for layer in _all_layers(model):
+        inner = getattr(layer, "layer", None)
+        for entry in getattr(layer, "_weight_vars", ()) if inner is not None else ():
+            variable = entry[0]
+            if isinstance(variable, tf.Variable):
+                found[(id(inner), _short_name(variable))] = variable
+    return found
+
+
+def _all_layers(model):
+    seen = set()
+    # `_flatten_layers` follows tracking order (the order layers were
+    # assigned or added) and recurses into nested models and wrappers;
+    # `model.submodules` would sort them by attribute name instead.
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            yield layer
+
+
+def prunable_weights(model):
+    """Returns `[(layer, variable)]` for every prunable layer of `model`, in order."""
+    wrapped = _wrapped_variables(model)
+    pairs = []
+    for layer in _all_layers(model):
+        attribute = _attribute(layer)
+        if attribute is None:
+            continue
+        value = getattr(layer, attribute, None)
+        if not isinstance(value, tf.Variable):
+            value = wrapped.get((id(layer), attribute))
+        if value is not None:
+            pairs.append((layer, value))
+    return pairs
+
+
+def prunable_layers(model):
+    """Returns the built layers of `model` that have a prunable weight."""
+    return [layer for layer, _ in prunable_weights(model)]
+
+
+def _is_pointwise(layer):
+    # _attribute() already excludes Conv2DTranspose.
+    return (
+        isinstance(layer, keras.layers.Conv2D)
+        and tuple(layer.kernel_size) == (1, 1)
+        and getattr(layer, "groups", 1) == 1
+    )
+
+
+def select_weights(model, policy="all", include_frozen=False):
+    """Returns `[(layer, variable)]` for the prunable layers `policy` selects.
+
+    Args:
+        model: a built tf_keras model (functional, Sequential, nested,
+            subclassed or quantization-aware).
+        policy: a name from `POLICIES` or a callable `policy(layer) -> bool`.
+        include_frozen: also select layers with `trainable=False`.
+
+    Returns:
+        A list of `(layer, variable)` pairs, in model order.
+
+    Example:
+
+    ```python
+    pairs = select_weights(model, "skip_first_last")
+    ```
+    """
+    check_policy(policy)
+    every = prunable_weights(model)
+    candidates = every if include_frozen else [(l, w) for l, w in every if l.trainable]
+    if callable(policy):
+        return [(l, w) for l, w in candidates if policy(l)]
+    if policy == "all":
+        return candidates
+    if policy == "pointwise":
+        return [(l, w) for l, w in candidates if _is_pointwise(l)]
+    # skip_first_last: decided on all prunable layers, frozen or not, so that
+    # freezing the stem does not make the next layer "first".
+    convs = [l for l, _ in every if isinstance(l, keras.layers.Conv2D)]
+    denses = [l for l, _ in every if isinstance(l, keras.layers.Dense)]
+    skipped = {id(convs[0])} if convs else set()
+    if denses:
+        skipped.add(id(denses[-1]))
+    return [(l, w) for l, w in candidates if id(l) not in skipped]
+
+
+def select_layers(model, policy="all", include_frozen=False):
+    """Returns the prunable layers of `model` that `policy` selects (see `select_weights`)."""
+    return [layer for layer, _ in select_weights(model, policy, include_frozen)]
+
+
+def _thresholds(sparsity, *arrays):
+    thresholds = []
+    for array in arrays:
+        flat = np.abs(array).ravel()
+        prune = min(int(round(flat.size * float(sparsity))), flat.size - 1)  # keep >= 1 weight
+        if prune <= 0:
+            thresholds.append(np.array(-1.0, array.dtype))
+        else:
+            # Introselect, O(n): an order of magnitude faster than a sort or
+            # tf.math.top_k over the whole kernel, and mask updates sit in
+            # the training loop.
+            thresholds.append(np.partition(flat, prune - 1)[prune - 1].astype(array.dtype))
+    return thresholds
+
+
+def magnitude_masks(weights, sparsity):
+    """Returns 0/1 masks keeping the largest-magnitude `1 - sparsity` of each tensor.
+
+    Per tensor, the `round(size * sparsity)` smallest magnitudes are zeroed
+    (at least one weight is kept): the threshold is their largest value,
+    found by selection rather than sorting. Only ties at the threshold, e.g.
+    weights already exactly zero beyond the target, can zero more.
+
+    Args:
+        weights: a list of tensors.
+        sparsity: scalar fraction of zeros in [0, 1), applied to each.
+
+    Returns:
+        A list of masks with the shapes and dtypes of `weights`.
+    """
+    weights = list(weights)
+    if not weights:
+        return []
+    dtypes = [w.dtype for w in weights]
+    thresholds = tf.numpy_function(
+        _thresholds, [tf.cast(sparsity, tf.float64), *weights], dtypes, stateful=False
+    )
+    if not isinstance(thresholds, (list, tuple)):  # one output comes back bare
+        thresholds = [thresholds]
+    return [tf.cast(tf.abs(w) > t, w.dtype) for w, t in zip(weights, thresholds)]
+
+
+def magnitude_mask(weights, sparsity):
+    """`magnitude_masks` for one tensor."""
+    return magnitude_masks([weights], sparsity)[0]
+
+
+def m_by_n_mask(weights, m_by_n=(2, 4)):
+    """Returns a mask with `m` zeros in each block of `n` input-channel weights.
+
+    Uses TFMOT's `weights_rearrange` / `generate_m_by_n_mask` /
+    `m_by_n_sparsity_mask_prepare`, i.e. blocks along the last axis of the
+    TFLite layout. Weights of rank 2 (Dense) and 4 (convolutions) only.
+    """
+    if weights.shape.rank not in (2, 4):
+        raise ValueError(f"m-by-n sparsity needs a rank 2 or 4 weight. Received shape {weights.shape}")
+    rearranged = pruning_utils.weights_rearrange(weights)
+    mask = pruning_utils.generate_m_by_n_mask(rearranged, tuple(m_by_n))
+    mask = pruning_utils.m_by_n_sparsity_mask_prepare(mask, weights.shape)
+    return tf.cast(mask, weights.dtype)
+
+
+def weight_sparsity(weight):
+    """Fraction of exact zeros in a variable or array, as a Python float."""
+    values = np.asarray(weight)
+    return float(np.mean(values == 0)) if values.size else 0.0
+
+
+def layer_sparsities(model):
+    """Returns `{layer name: fraction of exact zeros}` for every prunable layer.
+
+    Quantization-aware models are looked into: the names are the wrapped
+    layers' names.
+    """
+    return {layer.name: weight_sparsity(weight) for layer, weight in prunable_weights(model)}
+
+
+def overall_sparsity(model, pairs=None):
+    """Fraction of exact zeros over the prunable weights (of `pairs`, default all)."""
+    pairs = prunable_weights(model) if pairs is None else pairs
+    zeros = total = 0
+    for _, weight in pairs:
+        values = np.asarray(weight)
+        zeros += int(np.sum(values == 0))
+        total += values.size
+    return zeros / total if total else 0.0

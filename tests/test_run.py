@@ -1,0 +1,164 @@
+"""`edgekeras run`: the whole pipeline on a tiny TFDS dataset, and its CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgekeras.cli import main
+from edgekeras.compat import keras
+from edgekeras.config import config_to_toml, load_config, parse_config
+from edgekeras.report import validate_report
+from edgekeras.run import cache_features, resolve_weights, run, split_model
+
+
+def tiny_config(tfds_dir, output_dir, **sections):
+    values = {
+        "run": {"name": "tiny", "output_dir": str(output_dir), "seed": 1},
+        "data": {
+            "dataset": "edgekeras_tiny_images", "data_dir": tfds_dir, "download": False, "image_size": 32,
+            "batch_size": 16, "validation_size": 12, "augment": True, "shuffle_buffer": 64,
+        },
+        "model": {"alpha": 0.35, "weights": "none", "trainable_from": "block_16_expand"},
+        "train": {"epochs": 1, "learning_rate": 0.01, "lr_schedule": "cosine"},
+        "prune": {"target_sparsity": 0.5, "epochs": 1, "mask_updates": 2, "learning_rate": 0.001},
+        "qat": {"epochs": 1, "steps_per_epoch": 1},
+        "export": {
+            "conversions": ["float32", "int8"], "pruned_conversions": ["float32"], "io_dtype": "uint8",
+            "representative_examples": 8, "verify_examples": 8,
+        },
+        "evaluate": {"latency_runs": 50, "warmup": 1, "latency_threads": [1], "progress": False},
+    }
+    for name, section in sections.items():
+        values.setdefault(name, {}).update(section)
+    return parse_config(values, source="test")
+
+
+def test_full_run_on_tiny_dataset(tiny_tfds_dir, tmp_path):
+    result = run(tiny_config(tiny_tfds_dir, tmp_path))
+    run_dir = tmp_path / "tiny"
+    assert result.run_dir == str(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    validate_report(report)
+    assert (report["dataset"], report["split"], report["examples"]) == ("edgekeras_tiny_images", "test", 20)
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["float32", "int8", "qat_int8", "pruned_float32", "pqat_int8"]
+    roles = {v["name"]: v["role"] for v in report["variants"]}
+    assert roles == {
+        "float32": "original", "int8": "other", "qat_int8": "quantized",
+        "pruned_float32": "pruned", "pqat_int8": "pruned_quantized",
+    }
+    for variant in report["variants"]:
+        assert (run_dir / variant["file"]).is_file()
+        assert variant["verification"]["examples"] == 8
+    by_name = {v["name"]: v for v in report["variants"]}
+    # Only the trainable top is pruned (frozen layers never are): some, not all, zeros.
+    assert 0.05 < by_name["pruned_float32"]["sparsity"] < 0.5
+    assert by_name["pqat_int8"]["sparsity"] > 0.05
+    assert by_name["float32"]["sparsity"] < 0.01
+    assert by_name["int8"]["io_dtype"] == "uint8"
+    assert sorted(os.listdir(run_dir)) == ["config.toml", "logs", "models", "pareto.png", "report.json", "report.md", "tflite"]
+    assert sorted(os.listdir(run_dir / "models")) == ["float.h5", "pqat.h5", "pruned.h5", "qat.h5"]
+    assert load_config(run_dir / "config.toml").data.image_size == 32
+    from edgekeras.serialization import load_model
+    from edgekeras.trainers import is_quantization_aware
+
+    assert is_quantization_aware(load_model(run_dir / "models" / "pqat.h5"))
+    assert "| pqat_int8 | pruned_quantized |" in result.table
+    assert {"data_and_model", "cache_features", "train_and_prune", "qat", "export", "evaluate"} <= set(result.timings)
+
+
+def test_split_model_shares_layers_and_computes_the_same(tmp_path):
+    from edgekeras.models import build_transfer_model
+
+    model = build_transfer_model(3, 32, alpha=0.35, weights=None, trainable_from="block_16_expand", dropout=0.2)
+    prefix, top, cut = split_model(model)
+    assert cut == "block_16_expand"
+    assert all(any(layer is other for other in model.layers) for layer in top.layers[1:])
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(top(prefix(images)), model(images), atol=1e-5)
+
+    frozen = build_transfer_model(3, 32, alpha=0.35, weights=None, dropout=0.2)
+    _, head, cut = split_model(frozen)
+    assert cut == "dropout" and [l.name for l in head.layers[1:]] == ["dropout", "classifier"]
+
+
+def test_cache_features_litert_matches_keras(tmp_path):
+    import tensorflow as tf
+
+    from edgekeras.models import build_transfer_model
+
+    model = build_transfer_model(3, 32, alpha=0.35, weights=None)
+    prefix, _, _ = split_model(model)
+    images = np.random.default_rng(0).uniform(-1, 1, (10, 32, 32, 3)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(10))).batch(4)
+    lite, labels = cache_features(prefix, dataset, engine="litert", progress=False)
+    plain, _ = cache_features(prefix, dataset, engine="keras", passes=2, progress=False)
+    assert lite.shape == (10, 1280) and plain.shape == (20, 1280)
+    np.testing.assert_array_equal(labels, np.arange(10))
+    np.testing.assert_allclose(lite, plain[:10], atol=1e-4)
+
+
+def test_split_model_without_trainable_weights():
+    inputs = keras.Input((4,))
+    layer = keras.layers.Dense(2)
+    model = keras.Model(inputs, layer(inputs))
+    layer.trainable = False
+    with pytest.raises(ValueError, match="has no trainable weights"):
+        split_model(model)
+
+
+def test_resolve_weights(monkeypatch, tmp_path):
+    local = tmp_path / "w.h5"
+    local.write_bytes(b"")
+    monkeypatch.setenv("EDGEKERAS_WEIGHTS", str(local))
+    assert resolve_weights("imagenet") == str(local)
+    assert resolve_weights("none") is None and resolve_weights("x.h5") == "x.h5"
+    monkeypatch.setenv("EDGEKERAS_WEIGHTS", "imagenet")
+    assert resolve_weights("imagenet") == "imagenet"
+
+
+def test_cli_run_reports_config_errors(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nepochs = 1\nbogus = 2\n")
+    assert main(["run", "--config", str(path)]) == 2
+    assert "Unknown key `bogus` in section [train]" in capsys.readouterr().err
+    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_run_without_pruning_or_qat(tiny_tfds_dir, tmp_path, capsys):
+    config = tiny_config(
+        tiny_tfds_dir, tmp_path / "elsewhere",
+        prune={"enabled": False}, qat={"epochs": 0},
+        train={"cache_features": False, "steps_per_epoch": 2},
+        export={"conversions": ["float32", "float16"]},
+        report={"quantized": "", "pruned": "", "pruned_quantized": ""},
+    )
+    path = tmp_path / "plain.toml"
+    path.write_text(config_to_toml(config))
+    assert main(["run", "--config", str(path), "--name", "plain", "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    output = capsys.readouterr().out
+    assert "| float32 | original |" in output and "| float16 | other |" in output
+    report = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["float32", "float16"]
+
+
+def test_array_dataset_batches_and_reshuffles():
+    from edgekeras.run import array_dataset
+
+    features = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    labels = np.arange(10)
+    dataset = array_dataset(features, labels, 4, shuffle_seed=0)
+    assert int(dataset.cardinality()) == 3
+    first = [b for b in dataset.as_numpy_iterator()]
+    second = [b for b in dataset.as_numpy_iterator()]
+    assert [len(y) for _, y in first] == [4, 4, 2]
+    for epoch in (first, second):
+        seen = np.concatenate([y for _, y in epoch])
+        assert sorted(seen) == list(range(10))
+        assert all(np.array_equal(x[:, 0], y) for x, y in epoch)
+    assert not np.array_equal(np.concatenate([y for _, y in first]), np.concatenate([y for _, y in second]))
+    ordered = np.concatenate([y for _, y in array_dataset(features, labels, 4).as_numpy_iterator()])
+    np.testing.assert_array_equal(ordered, labels)
