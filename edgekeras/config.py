@@ -536,14 +536,19 @@ def load_config(path):
     ```
     """
     path = os.fspath(path)
+    return parse_config(read_toml(path), source=path)
+
+
+def read_toml(path):
+    """Reads a TOML file into a dict; a missing or invalid file is a `ConfigError`."""
+    path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            values = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError as error:
         raise ConfigError(f"Argument `config` names a file that does not exist. Received: config={path!r}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"Config file {path!r} is not valid TOML: {error}") from error
-    return parse_config(values, source=path)
 
 
 def _toml_value(value):

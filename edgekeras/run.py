@@ -52,7 +52,7 @@ from edgekeras.io import atomic_write_text
 from edgekeras.models import build_transfer_model
 from edgekeras.report import VariantResult, build_report, format_table, write_report
 
-__all__ = ["RunResult", "run", "split_model", "cache_features", "array_dataset", "resolve_weights"]
+__all__ = ["RunResult", "run", "load_data", "build_model", "split_model", "cache_features", "array_dataset", "resolve_weights"]
 
 
 @dataclasses.dataclass
@@ -89,6 +89,35 @@ def resolve_weights(weights):
         if local and local != "imagenet" and os.path.isfile(local):
             return local
     return weights
+
+
+def load_data(section, seed):
+    """Loads the data a config's [data] section describes (`load_image_data`)."""
+    return load_image_data(
+        section.dataset,
+        data_dir=section.data_dir or None,
+        download=section.download,
+        image_size=section.image_size,
+        batch_size=section.batch_size,
+        validation_size=section.validation_size,
+        augment=section.augment,
+        shuffle_buffer=section.shuffle_buffer,
+        seed=seed,
+        max_train_examples=section.max_train_examples or None,
+    )
+
+
+def build_model(section, num_classes, image_size):
+    """Builds the transfer model a config's [model] section describes."""
+    return build_transfer_model(
+        num_classes,
+        image_size,
+        alpha=section.alpha,
+        weights=resolve_weights(section.weights),
+        trainable_from=section.trainable_from or None,
+        train_batchnorm=section.train_batchnorm,
+        dropout=section.dropout,
+    )
 
 
 def split_model(model):
@@ -345,27 +374,8 @@ def run(config, *, progress=None):
     # 1. data and model
     start = time.perf_counter()
     section = config.data
-    data = load_image_data(
-        section.dataset,
-        data_dir=section.data_dir or None,
-        download=section.download,
-        image_size=section.image_size,
-        batch_size=section.batch_size,
-        validation_size=section.validation_size,
-        augment=section.augment,
-        shuffle_buffer=section.shuffle_buffer,
-        seed=config.run.seed,
-        max_train_examples=section.max_train_examples or None,
-    )
-    model = build_transfer_model(
-        data.num_classes,
-        section.image_size,
-        alpha=config.model.alpha,
-        weights=resolve_weights(config.model.weights),
-        trainable_from=config.model.trainable_from or None,
-        train_batchnorm=config.model.train_batchnorm,
-        dropout=config.model.dropout,
-    )
+    data = load_data(section, seed=config.run.seed)
+    model = build_model(config.model, data.num_classes, section.image_size)
     _log(
         f"{data.name}: {data.num_train} train / {data.num_validation} validation / {data.num_test} test "
         f"images at {section.image_size} px; model {model.name} with "

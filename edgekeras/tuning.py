@@ -1133,19 +1133,10 @@ def load_tune_config(path):
     print(config.tune.max_trials, config.space)
     ```
     """
-    import tomllib
-
-    from edgekeras.config import ConfigError
+    from edgekeras.config import read_toml
 
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            values = tomllib.load(handle)
-    except FileNotFoundError as error:
-        raise ConfigError(f"Argument `config` names a file that does not exist. Received: config={path!r}") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"Config file {path!r} is not valid TOML: {error}") from error
-    return parse_tune_config(values, source=path)
+    return parse_tune_config(read_toml(path), source=path)
 
 
 def tune(config, *, overwrite=None, verbose=1):
@@ -1166,23 +1157,10 @@ def tune(config, *, overwrite=None, verbose=1):
     print(tuner.format_results())
     ```
     """
-    from edgekeras.data import load_image_data
-    from edgekeras.models import build_transfer_model
-    from edgekeras.run import resolve_weights
+    from edgekeras.run import build_model, load_data
 
     section, model_section, settings = config.data, config.model, config.tune
-    data = load_image_data(
-        section.dataset,
-        data_dir=section.data_dir or None,
-        download=section.download,
-        image_size=section.image_size,
-        batch_size=section.batch_size,
-        validation_size=section.validation_size,
-        augment=section.augment,
-        shuffle_buffer=section.shuffle_buffer,
-        seed=settings.seed,
-        max_train_examples=section.max_train_examples or None,
-    )
+    data = load_data(section, seed=settings.seed)
     if data.validation is None:
         from edgekeras.config import ConfigError
 
@@ -1190,18 +1168,9 @@ def tune(config, *, overwrite=None, verbose=1):
             "Config key `data.validation_size` must be > 0 for tuning: trials are scored on the validation "
             "split, never on the test split. Received: data.validation_size=0"
         )
-    weights = resolve_weights(model_section.weights)
 
     def build(hp):
-        return build_transfer_model(
-            data.num_classes,
-            section.image_size,
-            alpha=model_section.alpha,
-            weights=weights,
-            trainable_from=model_section.trainable_from or None,
-            train_batchnorm=model_section.train_batchnorm,
-            dropout=model_section.dropout,
-        )
+        return build_model(model_section, data.num_classes, section.image_size)
 
     extra = {}
     if settings.oracle == "bayesian" and settings.initial_points:
