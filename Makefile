@@ -10,7 +10,7 @@ export TFDS_DATA_DIR ?= $(if $(wildcard $(SHARED)/tfds),$(abspath $(SHARED)/tfds
 export EDGEKERAS_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights/*.h5),$(abspath $(firstword $(wildcard $(SHARED)/weights/*.h5))),imagenet)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-all demo clean
+.PHONY: install test test-slow test-all demo run tune bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ test-all: install
 
 demo: install
 	$(BIN)/edgekeras run --config configs/demo.toml
+
+# Any recipe: make run CONFIG=configs/default.toml (or configs/seed.toml)
+CONFIG ?= configs/default.toml
+run: install
+	$(BIN)/edgekeras run --config $(CONFIG)
+
+TUNE_CONFIG ?= configs/tune.toml
+tune: install
+	$(BIN)/edgekeras tune --config $(TUNE_CONFIG)
+
+bench: install
+	$(BIN)/python benchmarks/pruning_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -89,6 +89,9 @@ def _cmd_run(args):
     except ExportError as error:
         print(f"edgekeras run: error: {error}", file=sys.stderr)
         return 2
+    if result.report is None:
+        print(f"edgekeras run: worker done after training; the chief writes {result.run_dir}")
+        return 0
     print()
     print(result.table, end="")
     print(

@@ -17,6 +17,7 @@ Received: ...").
 [export]    # which .tflite conversions, int8 input/output type, verification
 [evaluate]  # split, threads, latency runs
 [report]    # which variant holds each of the seed's four roles
+[distribute] # tf.distribute strategy: default, mirrored, multi_worker (TF_CONFIG)
 ```
 
 TOML has no null: 0 means "all" for the `max_*` and `steps_per_epoch` keys,
@@ -50,6 +51,7 @@ __all__ = [
     "ExportSection",
     "EvaluateSection",
     "ReportSection",
+    "DistributeSection",
     "Config",
     "load_config",
     "parse_config",
@@ -352,6 +354,35 @@ class ReportSection:
         pass
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributeSection:
+    """[distribute]: the `tf.distribute` strategy training runs under.
+
+    Attributes:
+        strategy: "default" (one device), "mirrored" (`MirroredStrategy`
+            over the local devices) or "multi_worker"
+            (`MultiWorkerMirroredStrategy` over the cluster in `TF_CONFIG`:
+            start the same command once per worker, each with its own
+            `TF_CONFIG`; only the chief writes the run directory).
+        devices: for "mirrored", device names such as ["/gpu:0", "/gpu:1"]
+            ([]: every local GPU, else the CPU).
+        communication: for "multi_worker": "auto", "ring" (CPUs) or "nccl".
+    """
+
+    strategy: str = "default"
+    devices: tuple = ()
+    communication: str = "auto"
+
+    def check(self, section):
+        from edgekeras.distribute import STRATEGIES
+
+        _one_of(self, section, strategy=STRATEGIES, communication=("auto", "ring", "nccl"))
+        if any(not isinstance(d, str) or not d for d in self.devices):
+            _fail(f"{section}.devices", "a list of device names such as \"/gpu:0\"", list(self.devices))
+        if self.devices and self.strategy != "mirrored":
+            _fail(f"{section}.devices", 'empty unless strategy = "mirrored"', list(self.devices))
+
+
 def _at_least(obj, section, **minimums):
     for key, minimum in minimums.items():
         value = getattr(obj, key)
@@ -380,6 +411,7 @@ _SECTIONS = {
     "export": ExportSection,
     "evaluate": EvaluateSection,
     "report": ReportSection,
+    "distribute": DistributeSection,
 }
 
 
@@ -396,6 +428,7 @@ class Config:
     export: ExportSection = ExportSection()
     evaluate: EvaluateSection = EvaluateSection()
     report: ReportSection = ReportSection()
+    distribute: DistributeSection = DistributeSection()
     source: str = dataclasses.field(default="<defaults>", compare=False)
 
     @property

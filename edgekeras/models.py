@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from edgekeras.compat import check_model, keras
 
-__all__ = ["build_transfer_model", "flatten", "is_nested", "WeightsError"]
+__all__ = ["build_transfer_model", "clone_with_weights", "flatten", "is_nested", "WeightsError"]
 
 
 class WeightsError(ValueError):
@@ -245,3 +245,24 @@ def flatten(model, name=None):
     nested_inputs = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
     outputs = _replay(model, inputs)
     return keras.Model(nested_inputs, outputs, name=name or model.name)
+
+
+def clone_with_weights(model):
+    """A new model with `model`'s graph, weights and `trainable` flags, sharing nothing.
+
+    Works on quantization-aware models (TFMOT's classes are in scope) and on
+    the user's in-memory Lambda layers. The clone's variables belong to the
+    `tf.distribute` strategy whose scope is current, so calling this outside
+    any scope gives a plain copy of a distributed model (what the TFLite
+    converter and file writers need).
+    """
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    from edgekeras.serialization import custom_objects
+
+    with keras.utils.custom_object_scope(custom_objects()), SafeModeScope(safe_mode=False):
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for source, target in zip(model.layers, copy.layers):
+        target.trainable = source.trainable
+    return copy

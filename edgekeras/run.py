@@ -46,10 +46,11 @@ import tensorflow as tf
 from edgekeras.compat import keras
 from edgekeras.config import config_to_toml
 from edgekeras.data import load_image_data
+from edgekeras.distribute import get_strategy, is_chief, shard_by_data, worker_id
 from edgekeras.evaluate import TFLiteModel, evaluate_tflite, progress_bar
 from edgekeras.export import ExportError, convert, export_tflite
 from edgekeras.io import atomic_write_text
-from edgekeras.models import build_transfer_model
+from edgekeras.models import build_transfer_model, clone_with_weights
 from edgekeras.report import VariantResult, build_report, format_table, write_report
 
 __all__ = ["RunResult", "run", "load_data", "build_model", "split_model", "cache_features", "array_dataset", "resolve_weights"]
@@ -61,7 +62,8 @@ class RunResult:
 
     Attributes:
         run_dir: the run directory.
-        report: the report dict (as in report.json).
+        report: the report dict (as in report.json); None on a non-chief worker of a
+            multi-worker run, which trains and writes nothing.
         table: the Markdown table (as in report.md).
         timings: seconds per stage.
     """
@@ -280,17 +282,9 @@ def _prune_schedule(config, steps_per_epoch):
     )
 
 
-def _clone_with_weights(model):
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for source, target in zip(model.layers, copy.layers):
-        target.trainable = source.trainable
-    return copy
-
-
 def _assemble(full_model, trained):
     """A copy of `full_model` carrying `trained`'s weights where names match."""
-    assembled = _clone_with_weights(full_model)
+    assembled = clone_with_weights(full_model)
     for layer in trained.layers:
         if layer.weights and any(l.name == layer.name for l in assembled.layers):
             assembled.get_layer(layer.name).set_weights(layer.get_weights())
@@ -309,11 +303,12 @@ def _save_model(model, path):
         save_model(model, path)
 
 
-def _trainer(model, config, float_steps):
+def _trainer(model, config, float_steps, strategy):
     from edgekeras.trainers import EdgeTrainer
 
     return EdgeTrainer(
         model,
+        strategy=strategy,
         optimizer=_optimizer_factory(config, float_steps),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
@@ -321,14 +316,19 @@ def _trainer(model, config, float_steps):
     )
 
 
-def _qat(model, config, data, log_dir, name):
-    trainer = _trainer(model, config, None)
+def _tensorboard(log_dir, name, chief):
+    # Only the chief writes logs: workers would write the same event files.
+    return [keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, name))] if chief else []
+
+
+def _qat(model, config, data, log_dir, name, strategy, chief):
+    trainer = _trainer(model, config, None, strategy)
     _log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
     trainer.fit(
         _repeat_if_bounded(data.train, config.qat.steps_per_epoch),
         qat_epochs=config.qat.epochs,
         steps_per_epoch=config.qat.steps_per_epoch or None,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, name))],
+        callbacks=_tensorboard(log_dir, name, chief),
         verbose=2,
     )
     return trainer.qat_model
@@ -348,23 +348,37 @@ def run(config, *, progress=None):
     progress = config.evaluate.progress if progress is None else progress
     timings = {}
     started = time.perf_counter()
+    # Made first: MultiWorkerMirroredStrategy must exist before other TF work.
+    strategy = get_strategy(
+        config.distribute.strategy,
+        devices=list(config.distribute.devices) or None,
+        communication=config.distribute.communication,
+    )
+    chief = is_chief(strategy)
+    # The TFLite converter cannot trace a model whose variables are
+    # distributed: conversions and saved files use plain copies.
+    distributed = strategy is not tf.distribute.get_strategy()
+    local = clone_with_weights if distributed else (lambda model: model)
     run_dir = config.run_dir
     tflite_dir = os.path.join(run_dir, "tflite")
     model_dir = os.path.join(run_dir, "models")
     log_dir = os.path.join(run_dir, "logs")
-    for directory in (tflite_dir, model_dir, log_dir):
-        os.makedirs(directory, exist_ok=True)
-    atomic_write_text(
-        os.path.join(run_dir, "config.toml"),
-        config_to_toml(
-            config,
-            header=(
-                f"edgekeras run: resolved config (from {config.source})\n"
-                f"model.weights resolved to: {resolve_weights(config.model.weights)}\n"
-                f"data.data_dir resolved to: {config.data.data_dir or os.environ.get('TFDS_DATA_DIR') or 'TFDS default'}"
+    if chief:
+        for directory in (tflite_dir, model_dir, log_dir):
+            os.makedirs(directory, exist_ok=True)
+        atomic_write_text(
+            os.path.join(run_dir, "config.toml"),
+            config_to_toml(
+                config,
+                header=(
+                    f"edgekeras run: resolved config (from {config.source})\n"
+                    f"model.weights resolved to: {resolve_weights(config.model.weights)}\n"
+                    f"data.data_dir resolved to: {config.data.data_dir or os.environ.get('TFDS_DATA_DIR') or 'TFDS default'}"
+                ),
             ),
-        ),
-    )
+        )
+    else:
+        _log(f"{worker_id(strategy)} of a {type(strategy).__name__} cluster: training only, the chief writes {run_dir}")
     keras.utils.set_random_seed(config.run.seed)
 
     def stage(name, start):
@@ -375,7 +389,13 @@ def run(config, *, progress=None):
     start = time.perf_counter()
     section = config.data
     data = load_data(section, seed=config.run.seed)
-    model = build_model(config.model, data.num_classes, section.image_size)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        data = dataclasses.replace(
+            data, train=shard_by_data(data.train),
+            validation=None if data.validation is None else shard_by_data(data.validation),
+        )
+    with strategy.scope():
+        model = build_model(config.model, data.num_classes, section.image_size)
     _log(
         f"{data.name}: {data.num_train} train / {data.num_validation} validation / {data.num_test} test "
         f"images at {section.image_size} px; model {model.name} with "
@@ -390,17 +410,18 @@ def run(config, *, progress=None):
         prefix, top, cut = split_model(model)
         if prefix is not None:
             _log(f"caching the activations entering {cut!r} ({config.train.cache_engine})")
+            frozen = local(prefix)
             features, labels = cache_features(
-                prefix, data.train, engine=config.train.cache_engine, passes=config.train.cache_passes,
+                frozen, data.train, engine=config.train.cache_engine, passes=config.train.cache_passes,
                 num_threads=config.evaluate.num_threads, progress=progress, description="cache train",
             )
-            train_data = array_dataset(features, labels, section.batch_size, shuffle_seed=config.run.seed)
+            train_data = shard_by_data(array_dataset(features, labels, section.batch_size, shuffle_seed=config.run.seed))
             if data.validation is not None:
                 validation = cache_features(
-                    prefix, data.validation, engine=config.train.cache_engine,
+                    frozen, data.validation, engine=config.train.cache_engine,
                     num_threads=config.evaluate.num_threads, progress=progress, description="cache validation",
                 )
-                validation_data = array_dataset(*validation, section.batch_size)
+                validation_data = shard_by_data(array_dataset(*validation, section.batch_size))
             train_model = top
             _log(f"cached {features.shape[0]} activations of shape {features.shape[1:]}")
     stage("cache_features", start)
@@ -412,7 +433,7 @@ def run(config, *, progress=None):
     pruning = config.prune.enabled
     float_model = pruned_model = None
     if config.train.epochs or pruning:
-        trainer = _trainer(train_model, config, steps_per_epoch * config.train.epochs)
+        trainer = _trainer(train_model, config, steps_per_epoch * config.train.epochs, strategy)
         trainer.fit(
             _repeat_if_bounded(train_data, config.train.steps_per_epoch),
             validation_data=validation_data,
@@ -420,12 +441,13 @@ def run(config, *, progress=None):
             prune=_prune_schedule(config, steps_per_epoch) if pruning else None,
             prune_epochs=config.prune.epochs if pruning else 0,
             steps_per_epoch=config.train.steps_per_epoch or None,
-            callbacks=[keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "train"))],
+            callbacks=_tensorboard(log_dir, "train", chief),
             verbose=2,
         )
         # The full model shares the top's layers: it now holds the last
         # phase's weights. The float snapshot is re-assembled around it.
-        float_model = _assemble(model, trainer.float_model) if pruning else model
+        with strategy.scope():
+            float_model = _assemble(model, trainer.float_model) if pruning else model
         pruned_model = model if pruning else None
     else:
         float_model = model
@@ -434,11 +456,19 @@ def run(config, *, progress=None):
     # 3. quantization-aware fine-tuning on the whole model
     start = time.perf_counter()
     qat_model = pqat_model = None
-    if config.qat.epochs and config.qat.quantize_float:
-        qat_model = _qat(_clone_with_weights(float_model), config, data, log_dir, "qat")
-    if config.qat.epochs and config.qat.quantize_pruned and pruned_model is not None:
-        pqat_model = _qat(_clone_with_weights(pruned_model), config, data, log_dir, "pqat")
+    with strategy.scope():
+        if config.qat.epochs and config.qat.quantize_float:
+            qat_model = _qat(clone_with_weights(float_model), config, data, log_dir, "qat", strategy, chief)
+        if config.qat.epochs and config.qat.quantize_pruned and pruned_model is not None:
+            pqat_model = _qat(clone_with_weights(pruned_model), config, data, log_dir, "pqat", strategy, chief)
     stage("qat", start)
+    if not chief:
+        # Training is collective; what follows (models, .tflite files,
+        # evaluation, report) is the chief's alone.
+        return RunResult(run_dir=run_dir, report=None, table="", timings=timings)
+    float_model, pruned_model, qat_model, pqat_model = (
+        None if model is None else local(model) for model in (float_model, pruned_model, qat_model, pqat_model)
+    )
 
     start = time.perf_counter()
     for name, kept in (("float", float_model), ("pruned", pruned_model), ("qat", qat_model), ("pqat", pqat_model)):

@@ -75,9 +75,7 @@ def _slot_variables(optimizer, weight):
     # New-style optimizers keep one list per slot kind (`_momentums`,
     # `_velocities`, `momentums`, ...), aligned with the variable index.
     for name, value in vars(optimizer).items():
-        if name == "_variables" or isinstance(value, (str, bytes, dict)):
-            continue
-        if not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+        if name == "_variables" or not isinstance(value, (list, tuple)):
             continue
         if len(value) != len(index_dict):
             continue
@@ -349,6 +347,11 @@ class MagnitudePruning(_MaskingCallback):
 
         return new_masks
 
+    def _step(self):
+        # get_value reads a MirroredVariable (under a tf.distribute strategy)
+        # as well as a plain one; int() of a MirroredVariable fails.
+        return int(keras.backend.get_value(self.model.optimizer.iterations))
+
     def _target_at(self, step):
         return schedules_module.schedule_sparsity(self.schedule, step)
 
@@ -363,7 +366,7 @@ class MagnitudePruning(_MaskingCallback):
         self._select()
         # On a resumed run (iterations > 0), rebuild the masks the schedule
         # implies now rather than waiting for the next pruning step.
-        self._set_masks_for_step(int(self.model.optimizer.iterations))
+        self._set_masks_for_step(self._step())
         self._prepare_step()
         self._apply_now(zero_slots=True)
 
@@ -371,14 +374,14 @@ class MagnitudePruning(_MaskingCallback):
         if logs is None or not self._weights:
             return
         self._layer_logs(logs)
-        logs["target_sparsity"] = self._target_at(int(self.model.optimizer.iterations))
+        logs["target_sparsity"] = self._target_at(self._step())
 
     def on_train_end(self, logs=None):
         if not self._weights:
             return
         if self._slots is None:
             self._resolve_slots()
-        self._set_masks_for_step(int(self.model.optimizer.iterations))
+        self._set_masks_for_step(self._step())
         self._apply_now(zero_slots=True)
 
 

@@ -21,6 +21,7 @@ trainer = EdgeTrainer(
     quantize_skip=(),           # layer names left in float during QAT
     quantize_configs=None,      # {layer name: tfmot QuantizeConfig}
     calibration_steps=16,       # batches that set QAT activation ranges before fine-tuning (0: off)
+    strategy=None,              # a tf.distribute.Strategy; default: the one the model was built under
 )
 histories = trainer.fit(
     train,                      # anything keras.Model.fit takes as x (tf.data.Dataset of (x, y) typical)
@@ -70,12 +71,11 @@ import math
 import numbers
 
 import tensorflow as tf
-from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-from edgekeras import sparsity
+from edgekeras import distribute, sparsity
 from edgekeras.callbacks.pruning import MagnitudePruning, PreserveSparsity, current_learning_rate
 from edgekeras.compat import check_model, keras
-from edgekeras.models import flatten, is_nested
+from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.schedules import PolynomialDecay, _PruningSchedule
 from edgekeras.trainers import quantization
 
@@ -142,15 +142,6 @@ def _check_epochs(value, argument):
     return int(value)
 
 
-def _snapshot(model):
-    with SafeModeScope(safe_mode=False):  # the user's in-memory model, Lambda layers included
-        copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for source, target in zip(model.layers, copy.layers):
-        target.trainable = source.trainable
-    return copy
-
-
 class EdgeTrainer:
     """Trains a model in phases: float, optional pruning, quantization-aware.
 
@@ -180,6 +171,12 @@ class EdgeTrainer:
             (`quantization.calibrate_activation_ranges`); TFMOT's own ranges
             start at [-6, 6] and move 0.1 % per step, far too slowly for a
             short fine-tuning. 0 leaves TFMOT's behaviour.
+        strategy: a `tf.distribute.Strategy` (`MirroredStrategy`,
+            `MultiWorkerMirroredStrategy`, see `edgekeras.distribute`) that
+            every phase runs under: the phases' models (the QAT clone and the
+            float snapshot included) are built inside its scope. Default: the
+            strategy the model's variables were created under, else the
+            current one. Build the model inside `strategy.scope()`.
 
     Example:
 
@@ -212,6 +209,7 @@ class EdgeTrainer:
         quantize_configs=None,
         compile_kwargs=None,
         calibration_steps=16,
+        strategy=None,
     ):
         check_model(model)
         if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
@@ -244,8 +242,17 @@ class EdgeTrainer:
                 "Argument `calibration_steps` must be 0 (off) or an integer >= 2. "
                 f"Received: calibration_steps={calibration_steps!r}"
             )
+        if strategy is None:
+            strategy = distribute.strategy_of(model)
+        elif not isinstance(strategy, tf.distribute.Strategy):
+            raise ValueError(
+                "Argument `strategy` must be a tf.distribute.Strategy such as "
+                f"tf.distribute.MirroredStrategy(). Received: strategy={strategy!r}"
+            )
+        distribute.check_model_in_scope(model, strategy)
         self._make_optimizer(optimizer, "float", check_only=True)
-        self.model = flatten(model) if is_nested(model) else model
+        with strategy.scope():
+            self.model = flatten(model) if is_nested(model) else model
         self.optimizer = optimizer
         self.loss = loss
         self.metrics = metrics
@@ -255,6 +262,7 @@ class EdgeTrainer:
         self.quantize_configs = dict(quantize_configs or {})
         self.compile_kwargs = dict(compile_kwargs or {})
         self.calibration_steps = calibration_steps
+        self.strategy = strategy
         self.calibrated_ranges = 0
         self.float_model = None
         self.pruned_model = None
@@ -457,11 +465,17 @@ class EdgeTrainer:
         fit_kwargs = dict(fit_kwargs, y=y, validation_data=validation_data)
         if steps_per_epoch is not None:
             fit_kwargs["steps_per_epoch"] = steps_per_epoch
+        # Every model of every phase (snapshot, QAT clone) and every compile
+        # must be made under the strategy that holds the model's variables.
+        with self.strategy.scope():
+            self._train(x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs)
+        return self.histories
 
+    def _train(self, x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs):
         if float_epochs:
             self._compile(self.model, "float")
             self._run_phase("float", self.model, x, float_epochs, callbacks, [], fit_kwargs)
-        self.float_model = _snapshot(self.model) if schedule is not None else self.model
+        self.float_model = clone_with_weights(self.model) if schedule is not None else self.model
         if schedule is not None:
             self._pruned_names = {
                 layer.name for layer in sparsity.select_layers(self.model, self.prune_policy)
@@ -496,7 +510,6 @@ class EdgeTrainer:
             self.qat_model = qat_model
             self._run_phase("qat", qat_model, x, qat_epochs, callbacks, extra, fit_kwargs)
             self._record_sparsity("qat", qat_model)
-        return self.histories
 
     @property
     def latest_model(self):
