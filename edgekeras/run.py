@@ -462,13 +462,15 @@ def run(config, *, progress=None):
         if config.qat.epochs and config.qat.quantize_pruned and pruned_model is not None:
             pqat_model = _qat(clone_with_weights(pruned_model), config, data, log_dir, "pqat", strategy, chief)
     stage("qat", start)
-    if not chief:
-        # Training is collective; what follows (models, .tflite files,
-        # evaluation, report) is the chief's alone.
-        return RunResult(run_dir=run_dir, report=None, table="", timings=timings)
+    # Every worker takes part: reading a multi-worker model's variables can
+    # be collective (variables synchronized on read, such as BatchNorm's).
     float_model, pruned_model, qat_model, pqat_model = (
         None if model is None else local(model) for model in (float_model, pruned_model, qat_model, pqat_model)
     )
+    if not chief:
+        # What follows (models, .tflite files, evaluation, report) is the
+        # chief's alone.
+        return RunResult(run_dir=run_dir, report=None, table="", timings=timings)
 
     start = time.perf_counter()
     for name, kept in (("float", float_model), ("pruned", pruned_model), ("qat", qat_model), ("pqat", pqat_model)):

@@ -94,7 +94,7 @@ def test_trainer_bad_strategy_argument():
         ({"strategy": "parameter_server"}, r"Config key `distribute.strategy` must be one of 'default', 'mirrored', 'multi_worker'"),
         ({"strategy": "default", "devices": ["/gpu:0"]}, r"Config key `distribute.devices` must be empty unless strategy = \"mirrored\""),
         ({"communication": "mpi"}, r"Config key `distribute.communication` must be one of 'auto', 'ring', 'nccl'"),
-        ({"workers": 2}, r"workers"),
+        ({"workers": 2}, r"Unknown key `workers` in section \[distribute\].*Valid keys of \[distribute\]: communication, devices, strategy"),
     ],
 )
 def test_distribute_config_errors(section, message):
