@@ -282,6 +282,9 @@ class ExportSection:
         verify_examples: validation images each file is checked on.
         min_agreement: refuse a file whose top-1 agreement with the Keras
             model is below this (0 disables the check).
+        int8_float_layers: layers that post-training `int8` files keep in
+            float (selective quantization, see `edgekeras.export.convert`);
+            needs io_dtype = "float32".
     """
 
     conversions: tuple = ("float32", "float16", "dynamic_int8", "int8")
@@ -290,8 +293,13 @@ class ExportSection:
     representative_examples: int = 256
     verify_examples: int = 256
     min_agreement: float = 0.0
+    int8_float_layers: tuple = ()
 
     def check(self, section):
+        if any(not isinstance(name, str) or not name for name in self.int8_float_layers):
+            _fail(f"{section}.int8_float_layers", "a list of layer names", list(self.int8_float_layers))
+        if self.int8_float_layers and self.io_dtype != "float32":
+            _fail(f"{section}.int8_float_layers", 'empty unless io_dtype = "float32"', list(self.int8_float_layers))
         for key in ("conversions", "pruned_conversions"):
             values = getattr(self, key)
             for value in values:

@@ -504,6 +504,9 @@ def run(config, *, progress=None):
             verify_examples=config.export.verify_examples,
             min_agreement=config.export.min_agreement or None,
             name=name,
+            # QAT files carry their own ranges: selective quantization is for
+            # post-training int8 only.
+            float_layers=config.export.int8_float_layers if conversion == "int8" and source in ("float", "pruned") else (),
         )
         exported[name] = (result, source)
         check = result.verification

@@ -102,6 +102,11 @@ def test_shipped_configs_are_valid(name):
         ({"export": {"conversions": ["float32", "float32"]}}, r"`export.conversions` must be a list without duplicates"),
         ({"export": {"conversions": ["int8"]}}, r'must be a list that includes "float32"'),
         ({"export": {"io_dtype": "int16"}}, r"`export.io_dtype` must be one of 'float32', 'int8', 'uint8'"),
+        (
+            {"export": {"io_dtype": "int8", "int8_float_layers": ["expanded_conv_depthwise"]}},
+            r"`export.int8_float_layers` must be empty unless io_dtype = \"float32\"",
+        ),
+        ({"export": {"int8_float_layers": [""]}}, r"`export.int8_float_layers` must be a list of layer names"),
         ({"export": {"min_agreement": 2}}, r"`export.min_agreement` must be in \[0, 1\]"),
         ({"export": {"verify_examples": 0}}, r"`export.verify_examples` must be an integer >= 1"),
         ({"evaluate": {"split": "train"}}, r"`evaluate.split` must be one of 'test', 'validation'"),

@@ -246,3 +246,54 @@ def test_callback_argument_errors(tmp_path, kwargs, match):
 def test_callback_directory_error():
     with pytest.raises(ValueError, match="Argument `directory` must be a non-empty path"):
         TFLiteExport("")
+
+
+def _named_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIDE, SIDE, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="stem")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu", name="depthwise")(x)
+    x = keras.layers.Conv2D(16, 1, activation="relu", name="pointwise")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="logits")(x), name="named")
+
+
+def _op_input_types(flatbuffer):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    return {
+        op["op_name"]: [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0]
+        for op in interpreter._get_ops_details()
+    }
+
+
+def test_float_layers_stay_float_in_an_int8_file(images, tmp_path):
+    model = _named_model()
+    plain = convert(model, "int8", representative_data=images)
+    selective = export_tflite(
+        model, tmp_path / "selective.tflite", "int8", representative_data=images, verify_data=images,
+        float_layers=["depthwise"],
+    )
+    assert _op_input_types(plain)["DEPTHWISE_CONV_2D"] == ["int8", "int8", "int32"]
+    ops = _op_input_types(open(selective.path, "rb").read())
+    assert ops["DEPTHWISE_CONV_2D"][:2] == ["float32", "float32"]  # float activations and weights
+    assert ops["CONV_2D"][0] == "int8"  # the other layers are still int8
+    assert selective.verification.top1_agreement >= 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"conversion": "float32"}, r"Argument `float_layers` applies to conversion='int8'.*Received: float_layers=\['depthwise'\] with conversion='float32'"),
+        ({"io_dtype": "uint8"}, r"Argument `float_layers` applies to .* io_dtype='float32'.*io_dtype='uint8'"),
+        ({"float_layers": ["head"]}, r"Argument `float_layers` names layers that model 'named' does not have: \['head'\]"),
+        ({"float_layers": "depthwise"}, r"Argument `float_layers` must be a list of layer names.*Received: float_layers='depthwise'"),
+    ],
+)
+def test_float_layers_bad_arguments(images, kwargs, match):
+    arguments = {"conversion": "int8", "representative_data": images, "float_layers": ["depthwise"], **kwargs}
+    conversion = arguments.pop("conversion")
+    with pytest.raises(ValueError, match=match):
+        convert(_named_model(), conversion, **arguments)
