@@ -415,6 +415,8 @@ class EdgeTuner(base_tuner.BaseTuner):
         metrics: Keras metrics; "accuracy" gives `val_keras_accuracy`.
         conversion: the .tflite conversion of trials without QAT (one of
             `edgekeras.export.CONVERSIONS`); QAT trials export "int8".
+        float_layers: layers that post-training `int8` files keep in float
+            (selective quantization, see `edgekeras.export.convert`).
         budget: a `Budget`, or None for no limits.
         qat_learning_rate_scale: QAT learning rate = trial learning rate x
             this (QAT fine-tunes trained weights).
@@ -461,6 +463,7 @@ class EdgeTuner(base_tuner.BaseTuner):
         loss="sparse_categorical_crossentropy",
         metrics=("accuracy",),
         conversion="int8",
+        float_layers=(),
         budget=None,
         qat_learning_rate_scale=0.1,
         prune_policy="all",
@@ -526,6 +529,12 @@ class EdgeTuner(base_tuner.BaseTuner):
         self.loss = loss
         self.metrics = list(metrics or [])
         self.conversion = conversion
+        if isinstance(float_layers, str) or not all(isinstance(name, str) and name for name in float_layers):
+            raise ValueError(
+                "Argument `float_layers` must be a list of layer names, e.g. ['expanded_conv_depthwise']. "
+                f"Received: float_layers={float_layers!r}"
+            )
+        self.float_layers = tuple(float_layers)
         self.budget = budget
         self.qat_learning_rate_scale = float(qat_learning_rate_scale)
         self.prune_policy = prune_policy
@@ -660,6 +669,7 @@ class EdgeTuner(base_tuner.BaseTuner):
             representative_data=representative_data if representative_data is not None else x,
             representative_examples=self.representative_examples,
             verify_data=_validation_images(validation_data),
+            float_layers=self.float_layers if conversion == "int8" and not epochs.get("qat") else (),
         )
         evaluation = evaluate_tflite(
             tflite_path,
@@ -956,6 +966,7 @@ class TuneSettings:
         float_epochs: float epochs per trial (not for hyperband).
         prune_epochs: pruning epochs per trial.
         conversion: .tflite conversion of trials without QAT.
+        int8_float_layers: layers post-training int8 files keep in float.
         cache_features: train float and pruning phases on cached activations
             of the frozen prefix (computed once per search).
         cache_engine: "litert" or "keras".
@@ -980,6 +991,7 @@ class TuneSettings:
     float_epochs: int = 1
     prune_epochs: int = 1
     conversion: str = "int8"
+    int8_float_layers: tuple = ()
     cache_features: bool = True
     cache_engine: str = "litert"
     qat_steps_per_epoch: int = 0
@@ -1058,6 +1070,10 @@ def _parse_settings(values):
         if name in ("space", "budget"):
             continue
         kind = type(fields[name].default)
+        if kind is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise _config_error(f"tune.{name}", "a list of layer names", value)
+            value = tuple(value)
         if kind is bool and not isinstance(value, bool):
             raise _config_error(f"tune.{name}", "true or false", value)
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -1190,6 +1206,7 @@ def tune(config, *, overwrite=None, verbose=1):
         float_epochs=settings.float_epochs,
         prune_epochs=settings.prune_epochs,
         conversion=settings.conversion,
+        float_layers=settings.int8_float_layers,
         budget=config.budget,
         prune_policy=settings.prune_policy,
         cache_features=settings.cache_features,

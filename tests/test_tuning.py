@@ -224,6 +224,26 @@ def test_run_trial_scores_the_tflite_file_not_the_keras_model(tmp_path, monkeypa
     assert tuner.oracle.get_trial(result.trial_id).score == pytest.approx(1 / 6)
 
 
+def test_post_training_int8_trials_keep_float_layers_in_float(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    space = SearchSpace(learning_rate=1e-2, final_sparsity=0.5, pruning_begin=0.0, pruning_end=0.5, qat_epochs=0)
+    tuner = _tuner(
+        tmp_path, make_oracle("random", max_trials=1), space=space, conversion="int8", float_layers=["classifier"]
+    )
+    tuner.search(_dataset(48, 1), validation_data=_dataset(24, 2))
+    (result,) = tuner.results()
+    interpreter = Interpreter(model_path=result.tflite_path)
+    tensors = {detail["index"]: detail["dtype"].__name__ for detail in interpreter.get_tensor_details()}
+    kinds = {op["op_name"]: tensors[op["inputs"][0]] for op in interpreter._get_ops_details()}
+    assert kinds["FULLY_CONNECTED"] == "float32" and kinds["CONV_2D"] == "int8"
+
+
+def test_tuner_float_layers_argument_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"Argument `float_layers` must be a list of layer names.*Received: float_layers='classifier'"):
+        _tuner(tmp_path, make_oracle("random", max_trials=1), float_layers="classifier")
+
+
 def test_trials_export_the_qat_model_as_int8_and_keep_the_best(searched):
     tuner, _, validation = searched
     results = tuner.results()
@@ -496,6 +516,7 @@ def test_the_shipped_tune_config_is_valid():
     assert config.tune.max_trials == 20
     assert config.data.validation_size > 0
     assert config.budget.max_gzip_bytes == 1_800_000 and config.budget.max_latency_ms is None
+    assert config.tune.int8_float_layers == ("expanded_conv_depthwise",)
 
 
 @pytest.mark.parametrize(
@@ -505,6 +526,7 @@ def test_the_shipped_tune_config_is_valid():
         ({"tune": {"oracle": "grid"}}, r"Config key `tune.oracle` must be one of 'random', 'bayesian', 'hyperband'"),
         ({"tune": {"max_trials": 0}}, r"Config key `tune.max_trials` must be an integer >= 1. Received: tune.max_trials=0"),
         ({"tune": {"overwrite": "yes"}}, r"Config key `tune.overwrite` must be true or false"),
+        ({"tune": {"int8_float_layers": "Conv1"}}, r"Config key `tune.int8_float_layers` must be a list of layer names"),
         ({"tune": {"space": {"final_sparsity": 1.5}}}, r"\[tune.space\].*`final_sparsity` must be in \[0, 1\)"),
         ({"tune": {"budget": {"max_size": 1}}}, r"Unknown key `max_size` in table \[tune.budget\]"),
         ({"tune": {"budget": {"max_gzip_bytes": -1}}}, r"`tune.budget.max_gzip_bytes` must be a number >= 0"),
