@@ -255,6 +255,10 @@ class QatSection:
         quantize_float: QAT the float (unpruned) model: variant "qat_int8".
         quantize_pruned: QAT the pruned model with the prune-preserving
             scheme: variant "pqat_int8".
+        skip_layers: layers left in float during QAT (and so in the QAT
+            .tflite files), e.g. a conv layer with its BatchNorm and
+            activation: TFMOT quantizes a BatchNorm only together with the
+            conv before it.
     """
 
     epochs: int = 1
@@ -262,10 +266,13 @@ class QatSection:
     learning_rate: float = 1e-4
     quantize_float: bool = True
     quantize_pruned: bool = True
+    skip_layers: tuple = ()
 
     def check(self, section):
         _at_least(self, section, epochs=0, steps_per_epoch=0)
         _positive(self, section, "learning_rate")
+        if any(not isinstance(name, str) or not name for name in self.skip_layers):
+            _fail(f"{section}.skip_layers", "a list of layer names", list(self.skip_layers))
 
 
 @dataclasses.dataclass(frozen=True)

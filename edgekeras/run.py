@@ -309,6 +309,7 @@ def _trainer(model, config, float_steps, strategy):
     return EdgeTrainer(
         model,
         strategy=strategy,
+        quantize_skip=config.qat.skip_layers,
         optimizer=_optimizer_factory(config, float_steps),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],

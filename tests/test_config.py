@@ -107,6 +107,7 @@ def test_shipped_configs_are_valid(name):
             r"`export.int8_float_layers` must be empty unless io_dtype = \"float32\"",
         ),
         ({"export": {"int8_float_layers": [""]}}, r"`export.int8_float_layers` must be a list of layer names"),
+        ({"qat": {"skip_layers": [3]}}, r"`qat.skip_layers` must be a list of layer names\. Received: qat.skip_layers=\[3\]"),
         ({"export": {"min_agreement": 2}}, r"`export.min_agreement` must be in \[0, 1\]"),
         ({"export": {"verify_examples": 0}}, r"`export.verify_examples` must be an integer >= 1"),
         ({"evaluate": {"split": "train"}}, r"`evaluate.split` must be one of 'test', 'validation'"),

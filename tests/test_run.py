@@ -162,3 +162,15 @@ def test_array_dataset_batches_and_reshuffles():
     assert not np.array_equal(np.concatenate([y for _, y in first]), np.concatenate([y for _, y in second]))
     ordered = np.concatenate([y for _, y in array_dataset(features, labels, 4).as_numpy_iterator()])
     np.testing.assert_array_equal(ordered, labels)
+
+
+def test_qat_skip_layers_reach_the_trainer(tiny_tfds_dir, tmp_path):
+    import tensorflow as tf
+
+    from edgekeras.models import build_transfer_model
+    from edgekeras.run import _trainer
+
+    config = tiny_config(tiny_tfds_dir, tmp_path, qat={"skip_layers": ["Conv_1", "Conv_1_bn", "out_relu"]})
+    model = build_transfer_model(3, 32, alpha=0.35, weights=None, trainable_from="block_16_expand")
+    trainer = _trainer(model, config, None, tf.distribute.get_strategy())
+    assert trainer.quantize_skip == ("Conv_1", "Conv_1_bn", "out_relu")
