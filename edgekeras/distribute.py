@@ -114,13 +114,14 @@ def _check_tf_config():
         config = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not valid JSON ({error}). Received: TF_CONFIG={raw!r}. {how}") from error
-    cluster, task = config.get("cluster") if isinstance(config, dict) else None, None
-    if isinstance(config, dict):
-        task = config.get("task")
+    if not isinstance(config, dict):
+        config = {}
+    cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ValueError(f"TF_CONFIG needs a `cluster` and a `task` with `type` and `index`. Received: TF_CONFIG={raw!r}. {how}")
     members = cluster.get(task["type"])
-    if not isinstance(members, list) or not 0 <= task["index"] < len(members):
+    index = task["index"]
+    if not isinstance(members, list) or isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(members):
         raise ValueError(
             f"TF_CONFIG's task {task!r} is not in its cluster {cluster!r}. Received: TF_CONFIG={raw!r}. {how}"
         )

@@ -390,11 +390,11 @@ def run(config, *, progress=None):
     start = time.perf_counter()
     section = config.data
     data = load_data(section, seed=config.run.seed)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        data = dataclasses.replace(
-            data, train=shard_by_data(data.train),
-            validation=None if data.validation is None else shard_by_data(data.validation),
-        )
+    # The sharding policy only matters under a multi-worker strategy.
+    data = dataclasses.replace(
+        data, train=shard_by_data(data.train),
+        validation=None if data.validation is None else shard_by_data(data.validation),
+    )
     with strategy.scope():
         model = build_model(config.model, data.num_classes, section.image_size)
     _log(
