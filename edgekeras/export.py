@@ -60,6 +60,7 @@ __all__ = [
     "prepare_for_export",
     "is_quantization_aware",
     "is_pruning_wrapped",
+    "check_float_layers",
 ]
 
 # No sparse int8: LiteRT 2.3's XNNPACK delegate fails to prepare the sparse
@@ -301,13 +302,18 @@ def convert(
         ) from error
 
 
-def _check_float_layers(model, float_layers, conversion, io_dtype, quantization_aware):
+def check_float_layers(float_layers):
+    """Returns `float_layers` as a tuple of layer names, or raises a clear ValueError."""
     if isinstance(float_layers, str) or not all(isinstance(name, str) and name for name in float_layers):
         raise ValueError(
             "Argument `float_layers` must be a list of layer names, e.g. ['expanded_conv_depthwise']. "
             f"Received: float_layers={float_layers!r}"
         )
-    float_layers = tuple(float_layers)
+    return tuple(float_layers)
+
+
+def _check_float_layers(model, float_layers, conversion, io_dtype, quantization_aware):
+    float_layers = check_float_layers(float_layers)
     if not float_layers:
         return ()
     if conversion != "int8" or quantization_aware or io_dtype != "float32":

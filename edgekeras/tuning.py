@@ -482,7 +482,7 @@ class EdgeTuner(base_tuner.BaseTuner):
         verbose=1,
     ):
         from edgekeras import sparsity
-        from edgekeras.export import CONVERSIONS
+        from edgekeras.export import CONVERSIONS, check_float_layers
 
         if not isinstance(oracle, keras_tuner.Oracle):
             raise ValueError(
@@ -529,12 +529,7 @@ class EdgeTuner(base_tuner.BaseTuner):
         self.loss = loss
         self.metrics = list(metrics or [])
         self.conversion = conversion
-        if isinstance(float_layers, str) or not all(isinstance(name, str) and name for name in float_layers):
-            raise ValueError(
-                "Argument `float_layers` must be a list of layer names, e.g. ['expanded_conv_depthwise']. "
-                f"Received: float_layers={float_layers!r}"
-            )
-        self.float_layers = tuple(float_layers)
+        self.float_layers = check_float_layers(float_layers)
         self.budget = budget
         self.qat_learning_rate_scale = float(qat_learning_rate_scale)
         self.prune_policy = prune_policy
