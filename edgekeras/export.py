@@ -345,17 +345,15 @@ def _selectively_quantize(converter, calibration, float_layers):
         # The debugger is TensorFlow's own and runs tf.lite.Interpreter inside.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration)
-    tensors = [detail["name"] for detail in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
-    nodes = []
-    for layer in float_layers:
-        # A fused op's output is named after each Keras op folded into it
-        # ("model/conv_relu/Relu6;model/conv_bn/...;model/conv/Conv2D").
-        owned = [name for name in tensors if any(part.split("/")[-2:-1] == [layer] for part in name.split(";"))]
-        if not owned:
-            raise ExportError(f"No op of layer {layer!r} is left in the converted model to keep in float.")
-        nodes += owned
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        tensors = [detail["name"] for detail in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
+        nodes = []
+        for layer in float_layers:
+            # A fused op's output is named after each Keras op folded into it
+            # ("model/conv_relu/Relu6;model/conv_bn/...;model/conv/Conv2D").
+            owned = [name for name in tensors if any(part.split("/")[-2:-1] == [layer] for part in name.split(";"))]
+            if not owned:
+                raise ExportError(f"No op of layer {layer!r} is left in the converted model to keep in float.")
+            nodes += owned
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
         return debugger.get_nondebug_quantized_model()
 

@@ -179,7 +179,7 @@ TRAINER_WORKER_SCRIPT = textwrap.dedent(
     import json, os, sys, time
     import numpy as np
     import tensorflow as tf
-    from edgekeras.distribute import get_strategy, is_chief, worker_id
+    from edgekeras.distribute import get_strategy, is_chief, shard_by_data, worker_id
 
     strategy = get_strategy("multi_worker", communication="ring")  # first: before other TF work
     from edgekeras import keras, sparsity
@@ -192,9 +192,7 @@ TRAINER_WORKER_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.random((64, 8, 8, 4), dtype=np.float32)
     y = rng.integers(0, 3, 64)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).with_options(options)
+    data = shard_by_data(tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
     keras.utils.set_random_seed(0)
     with strategy.scope():
         inputs = keras.Input((8, 8, 4))
