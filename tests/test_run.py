@@ -96,8 +96,12 @@ def test_cache_features_litert_matches_keras(tmp_path):
     lite, labels = cache_features(prefix, dataset, engine="litert", progress=False)
     plain, _ = cache_features(prefix, dataset, engine="keras", passes=2, progress=False)
     assert lite.shape == (10, 1280) and plain.shape == (20, 1280)
+    assert lite.dtype == plain.dtype == np.float16
     np.testing.assert_array_equal(labels, np.arange(10))
-    np.testing.assert_allclose(lite, plain[:10], atol=1e-4)
+    # Against the live forward pass: float16 storage rounds to ~1e-3 relative.
+    live = prefix(images, training=False).numpy()
+    np.testing.assert_allclose(lite, live, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(plain[:10], live, rtol=2e-3, atol=1e-3)
 
 
 def test_split_model_without_trainable_weights():
