@@ -85,7 +85,7 @@ def _cmd_run(args):
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, **overrides))
     start = time.perf_counter()
     try:
-        result = run(config, progress=False if args.no_progress else None)
+        result = run(config, progress=False if args.no_progress else None, overwrite=args.overwrite)
     except ExportError as error:
         print(f"edgekeras run: error: {error}", file=sys.stderr)
         return 2
@@ -150,6 +150,12 @@ def _parser():
     run.add_argument("--name", default=None, help="override run.name (the run directory's name)")
     run.add_argument("--output-dir", default=None, help="override run.output_dir (default in configs: runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run directory's contents and start over (default: resume an interrupted run of the "
+        "same config; a finished one is left as it is)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     tune = commands.add_parser(
@@ -166,10 +172,11 @@ def main(argv=None):
     """Runs the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
     from edgekeras.data import DataNotFoundError
+    from edgekeras.io import DiskFullError
     from edgekeras.models import WeightsError
 
     try:
         return args.handler(args)
-    except (DataNotFoundError, WeightsError, ValueError, TypeError) as error:
+    except (DataNotFoundError, WeightsError, DiskFullError, ValueError, TypeError) as error:
         print(f"edgekeras {args.command}: error: {error}", file=sys.stderr)
         return 2

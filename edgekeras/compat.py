@@ -39,6 +39,7 @@ def check_model(model, argument="model"):
             f"Argument `{argument}` is a Keras 3 model ({type(model).__module__}."
             f"{type(model).__name__}), but edgekeras needs a tf_keras (Keras 2) "
             "model because TensorFlow Model Optimization only supports Keras 2. "
+            f"Received: {argument}={model!r}. "
             "Build the model with `from edgekeras import keras` (or "
             "`import tf_keras as keras`), or set TF_USE_LEGACY_KERAS=1 before "
             "importing tensorflow and use `tf.keras`."

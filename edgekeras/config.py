@@ -34,6 +34,8 @@ print(config.train.epochs, config.variant_names())
 """
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import typing
@@ -478,19 +480,35 @@ class Config:
             if not name:
                 continue
             if name not in produced:
+                needs = _variant_needs(name)
+                fix = f"{name!r} needs {needs}: set that, or" if needs else "Name one of those, or"
                 raise ConfigError(
                     f"Config key `report.{role}` must name a variant this config exports "
                     f"({', '.join(produced)}). Received: report.{role}={name!r}. "
-                    "Enable the phase or conversion that makes it, or set it to \"\"."
+                    f'{fix} set `report.{role}` to "".'
                 )
             if name in used:
                 raise ConfigError(
                     f"Config key `report.{role}` names {name!r}, which already holds the role "
-                    f"{used[name]!r}; each variant holds at most one role. Received: report.{role}={name!r}"
+                    f"{used[name]!r} (`report.{used[name]}`); each variant holds at most one role. "
+                    f'Received: report.{role}={name!r}. Set one of the two keys to another variant or to "".'
                 )
             used[name] = role
         if not self.report.original:
             raise ConfigError('Config key `report.original` must name the float reference variant, e.g. "float32". Received: report.original=\'\'')
+
+
+def _variant_needs(name):
+    """The config keys that make the variant `name`, or "" for a name no config makes."""
+    if name == "qat_int8":
+        return "`qat.epochs` > 0 and `qat.quantize_float` = true"
+    if name == "pqat_int8":
+        return "`prune.enabled` = true, `qat.epochs` > 0 and `qat.quantize_pruned` = true"
+    if name.startswith("pruned_") and name[len("pruned_"):] in CONVERSIONS:
+        return f"`prune.enabled` = true and {name[len('pruned_'):]!r} in `export.pruned_conversions`"
+    if name in CONVERSIONS:
+        return f"{name!r} in `export.conversions`"
+    return ""
 
 
 def _convert(value, hint, key):
@@ -506,6 +524,8 @@ def _convert(value, hint, key):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, "a number", value)
+        if not math.isfinite(value):  # TOML has nan and inf literals
+            _fail(key, "a finite number", value)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -527,12 +547,17 @@ def _parse_section(name, cls, values, source):
     if unknown:
         raise ConfigError(
             f"Unknown key `{unknown[0]}` in section [{name}] of {source}. "
-            f"Valid keys of [{name}]: {', '.join(sorted(fields))}."
+            f"Valid keys of [{name}]: {', '.join(sorted(fields))}.{_did_you_mean(unknown[0], fields)}"
         )
     converted = {key: _convert(value, hints[key], f"{name}.{key}") for key, value in values.items()}
     section = cls(**converted)
     section.check(name)
     return section
+
+
+def _did_you_mean(key, valid):
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def parse_config(values, source="<dict>"):
@@ -553,10 +578,14 @@ def parse_config(values, source="<dict>"):
     unknown = sorted(set(values) - set(_SECTIONS))
     if unknown:
         key = unknown[0]
-        what = "key" if not isinstance(values[key], dict) else "section"
+        if isinstance(values[key], dict):
+            hint = _did_you_mean(key, _SECTIONS)
+        else:
+            owners = [f"[{s}]" for s, cls in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            hint = f" `{key}` is a key of {', '.join(owners)}: write it below that table's header." if owners else ""
         raise ConfigError(
-            f"Unknown {what} `{key}` at the top level of {source}. Valid sections: "
-            f"{', '.join('[' + s + ']' for s in _SECTIONS)}."
+            f"Unknown {'section' if isinstance(values[key], dict) else 'key'} `{key}` at the top level of "
+            f"{source}. Valid sections: {', '.join('[' + s + ']' for s in _SECTIONS)}.{hint}"
         )
     sections = {name: _parse_section(name, cls, values.get(name, {}), source) for name, cls in _SECTIONS.items()}
     config = Config(**sections, source=source)
@@ -574,8 +603,8 @@ def load_config(path):
         A `Config`.
 
     Raises:
-        ConfigError: the file is missing, not valid TOML, or fails
-            validation (the message names the key and its section).
+        ConfigError: the file is missing, unreadable or not valid TOML, or
+            fails validation (the message names the key and its section).
 
     Example:
 
@@ -588,15 +617,37 @@ def load_config(path):
 
 
 def read_toml(path):
-    """Reads a TOML file into a dict; a missing or invalid file is a `ConfigError`."""
+    """Reads a TOML file into a dict.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not UTF-8, or not
+            valid TOML.
+    """
     path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError as error:
         raise ConfigError(f"Argument `config` names a file that does not exist. Received: config={path!r}") from error
+    except OSError as error:  # a directory, no permission, an I/O error
+        raise ConfigError(
+            f"Argument `config` names a file that cannot be read ({error.strerror or error}). Received: config={path!r}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"Config file {path!r} is not valid TOML: it is not UTF-8 text ({error}). Save it as UTF-8."
+        ) from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"Config file {path!r} is not valid TOML: {error}") from error
+
+
+def _toml_char(char):
+    # TOML basic strings: escape the quote, the backslash and control characters.
+    if char in '"\\':
+        return "\\" + char
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"\\u{ord(char):04x}"
+    return char
 
 
 def _toml_value(value):
@@ -605,8 +656,7 @@ def _toml_value(value):
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover

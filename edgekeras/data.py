@@ -104,27 +104,58 @@ def _builder(name, data_dir, download):
             f"Argument `dataset` must name a TFDS dataset. Received: "
             f"dataset={name!r}. See `tfds.list_builders()` for the names."
         ) from error
-    if builder.is_prepared():
-        return builder
     where = resolved_dir or "the default TFDS data dir (~/tensorflow_datasets)"
     how = (
         "Point edgekeras at a local copy: pass `data_dir=...` (CLI: "
         "`--data-dir`, config: `data.data_dir`) or set TFDS_DATA_DIR to a "
         f"directory that holds `{name}/<version>/`."
     )
+    if builder.is_prepared():
+        _check_complete(builder, name, resolved_dir, where)
+        return builder
     if not download:
         raise DataNotFoundError(
             f"Dataset {name!r} is not prepared in {where} and `download=False`. "
-            + how
+            f"Received: dataset={name!r}, data_dir={resolved_dir!r}. " + how
         )
     try:
         builder.download_and_prepare()
     except Exception as error:
         raise DataNotFoundError(
             f"Dataset {name!r} is not prepared in {where} and could not be "
-            f"downloaded ({type(error).__name__}: {error}). " + how
+            f"downloaded ({type(error).__name__}: {error}). Received: dataset={name!r}, "
+            f"data_dir={resolved_dir!r}. " + how
         ) from error
     return builder
+
+
+def _check_complete(builder, name, data_dir, where):
+    """Refuses a prepared dataset whose train or test files are missing or truncated.
+
+    TFDS calls a dataset prepared as soon as its `dataset_info.json` exists;
+    a missing or cut shard would only fail when the pipeline reaches it,
+    possibly after training, at the final test evaluation.
+    """
+    for split in ("train", "test"):  # the splits load_image_data reads
+        if split not in builder.info.splits:
+            continue
+        info = builder.info.splits[split]
+        paths = [os.fspath(p) for p in info.filepaths]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            problem = f"split {split!r} lacks {len(missing)} of its {len(paths)} files, e.g. {missing[0]}"
+        elif int(info.num_bytes) > sum(os.path.getsize(p) for p in paths):
+            problem = (
+                f"the files of split {split!r} hold {sum(os.path.getsize(p) for p in paths)} bytes, fewer "
+                f"than the {int(info.num_bytes)} recorded in dataset_info.json (truncated)"
+            )
+        else:
+            continue
+        raise DataNotFoundError(
+            f"Dataset {name!r} in {where} is incomplete: {problem}. Received: data_dir={data_dir!r}. "
+            f"Copy the whole `{name}/{builder.info.version}/` directory again (or delete it and let TFDS "
+            "download it with `download=True`)."
+        )
 
 
 def load_image_data(
@@ -169,7 +200,8 @@ def load_image_data(
         An `ImageData`.
 
     Raises:
-        DataNotFoundError: the dataset is missing and cannot be downloaded.
+        DataNotFoundError: the dataset is missing and cannot be downloaded,
+            or its prepared copy lacks files or has truncated ones.
         ValueError: an argument is out of range.
 
     Example:

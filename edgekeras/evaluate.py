@@ -25,12 +25,14 @@ import dataclasses
 import functools
 import gzip
 import os
+import struct
 import sys
 import time
 
 import numpy as np
 
 __all__ = [
+    "TFLiteFileError",
     "TFLiteModel",
     "Accuracy",
     "Latency",
@@ -61,6 +63,19 @@ def progress_bar(iterable, *, total=None, description="", enabled=True):
     return tqdm(iterable, total=total, desc=description, unit="batch", file=sys.stderr, leave=False)
 
 
+class TFLiteFileError(ValueError):
+    """A .tflite file (or buffer) is not a TFLite model: truncated, corrupted or of another format."""
+
+
+def _tflite_file_error(model, error, argument="model"):
+    received = f"{len(model)} bytes" if isinstance(model, (bytes, bytearray)) else repr(os.fspath(model))
+    return TFLiteFileError(
+        f"Argument `{argument}` is not a valid .tflite model ({error}). Received: {argument}={received}. "
+        "The file may be truncated, corrupted or of another format: export it again "
+        "(edgekeras.export.export_tflite writes files atomically) or copy it again."
+    )
+
+
 def _check_threads(num_threads, argument="num_threads"):
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
@@ -83,6 +98,11 @@ class TFLiteModel:
         model: path of a .tflite file, or its bytes.
         num_threads: interpreter threads (None: LiteRT's default).
 
+    Raises:
+        FileNotFoundError: `model` is a path to nothing.
+        TFLiteFileError: `model` is not a valid TFLite flatbuffer (e.g. a
+            truncated or corrupted file).
+
     Example:
 
     ```python
@@ -94,17 +114,22 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         _check_threads(num_threads)
-        if isinstance(model, (bytes, bytearray)):
-            self.path = None
-            self._interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.path = os.fspath(model)
-            if not os.path.isfile(self.path):
-                raise FileNotFoundError(
-                    f"Argument `model` must be a .tflite file or its bytes. "
-                    f"Received: model={self.path!r}, which does not exist."
-                )
-            self._interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
+        # LiteRT raises a ValueError for a corrupted flatbuffer that names
+        # neither the file nor a fix.
+        try:
+            if isinstance(model, (bytes, bytearray)):
+                self.path = None
+                self._interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+            else:
+                self.path = os.fspath(model)
+                if not os.path.isfile(self.path):
+                    raise FileNotFoundError(
+                        f"Argument `model` must be a .tflite file or its bytes. "
+                        f"Received: model={self.path!r}, which does not exist."
+                    )
+                self._interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
+        except ValueError as error:
+            raise _tflite_file_error(model, error) from error
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -259,6 +284,25 @@ def _dataset_batches(dataset):
     return dataset, None
 
 
+def _check_labels(labels, num_classes, runner):
+    """Refuses labels of more classes than the model has outputs (accuracy would be silently wrong)."""
+    one_hot = labels.ndim == 2 and labels.shape[1] > 1
+    if one_hot and labels.shape[1] == num_classes:
+        return
+    if not one_hot and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes):
+        return
+    model = "the model" if runner.path is None else f"model {runner.path!r}"
+    received = f"one-hot labels of {labels.shape[1]} classes" if one_hot else (
+        f"class ids from {labels.min()} to {labels.max()}"
+    )
+    raise ValueError(
+        f"Argument `dataset` does not match the number of classes of {model}, which has {num_classes} "
+        f"outputs (class ids 0 to {num_classes - 1}). Received: {received}. Evaluate the model on the "
+        "dataset it was trained for, or build it with that dataset's number of classes "
+        "(e.g. build_transfer_model(data.num_classes, ...))."
+    )
+
+
 def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progress=True):
     """Top-1 accuracy of a .tflite model on a labelled dataset.
 
@@ -273,6 +317,12 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
 
     Returns:
         An `Accuracy`.
+
+    Raises:
+        ValueError: the labels have more classes than the model has
+            outputs (e.g. a 5-class model on 10-class data), or the dataset
+            yields no `(images, labels)` batches.
+        TFLiteFileError: `model` is not a valid .tflite file.
 
     Example:
 
@@ -300,8 +350,10 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
             break
         batch_size = batch_size or images.shape[0]
         outputs = runner.predict(images, batch_size=batch_size)
-        predicted = outputs.reshape(outputs.shape[0], -1).argmax(axis=1)
-        truth = labels.argmax(axis=1) if labels.ndim == 2 else labels.reshape(-1)
+        outputs = outputs.reshape(outputs.shape[0], -1)
+        _check_labels(labels, outputs.shape[1], runner)
+        predicted = outputs.argmax(axis=1)
+        truth = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels.reshape(-1)
         correct += int(np.sum(predicted == truth))
         examples += int(images.shape[0])
         if max_examples is not None and examples >= max_examples:
@@ -365,6 +417,11 @@ def _read_flatbuffer(model):
     else:
         with open(os.fspath(model), "rb") as handle:
             data = handle.read()
+    # A flatbuffer is not verified when read from Python: check its file
+    # identifier here, and `weight_sparsity` turns a failed read into a
+    # TFLiteFileError.
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise _tflite_file_error(model, "no TFL3 file identifier")
     return schema, schema.Model.GetRootAsModel(data, 0), data
 
 
@@ -418,8 +475,18 @@ def weight_sparsity(model):
 
     Returns:
         A dict `{tensor_name: (zeros, total)}`.
+
+    Raises:
+        TFLiteFileError: `model` is not a valid TFLite flatbuffer.
     """
     schema, root, data = _read_flatbuffer(model)
+    try:
+        return _weight_sparsity(schema, root, data)
+    except (struct.error, IndexError, TypeError, ValueError) as error:  # offsets past the end of a damaged file
+        raise _tflite_file_error(model, f"{type(error).__name__}: {error}") from error
+
+
+def _weight_sparsity(schema, root, data):
     op_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     codes = []
     for index in range(root.OperatorCodesLength()):

@@ -9,12 +9,30 @@ leaves the previous file (or nothing) behind, never a truncated one.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the previous file is untouched."""
+
+
+def _disk_full(error, path):
+    """`error` as a `DiskFullError` naming `path`, if it is ENOSPC/EDQUOT."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            error.errno,
+            f"No space left to write {path!r} ({error.strerror or error}). Nothing was changed: the previous "
+            f"file, if any, is intact and no partial file was left. Free some space on "
+            f"{os.path.dirname(os.path.abspath(path))!r} or write elsewhere (e.g. run.output_dir), then run the "
+            "same command again",
+        )
+    return None
 
 
 def _temporary_name(path, directory):
@@ -76,8 +94,11 @@ def atomic_path(path, *, directory=False):
             _remove(old)
         else:
             os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         _remove(temporary)
+        full = _disk_full(error, path)
+        if full is not None:
+            raise full from error
         raise
 
 
@@ -107,8 +128,11 @@ def atomic_write_bytes(path, data):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         _remove(temporary)
+        full = _disk_full(error, path)
+        if full is not None:
+            raise full from error
         raise
     return path
 

@@ -139,6 +139,14 @@ def build_transfer_model(
                 "Pass a no-top MobileNetV2 .h5 file saved for the same alpha."
             ) from error
         raise
+    except OSError as error:  # h5py: not an HDF5 file, or a truncated one
+        if weights not in (None, "imagenet"):
+            raise WeightsError(
+                f"Argument `weights` names a file that is not a readable .h5 weights file ({error}). "
+                f"Received: weights={weights!r}. Pass a no-top MobileNetV2 .h5 file (e.g. "
+                "../shared/data/weights/...) and check that it was copied whole."
+            ) from error
+        raise
     # Layers 0 is the shared Input; the base's real layers follow it.
     base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
     first = _first_trainable_index(base_layers, trainable_from)

@@ -11,7 +11,21 @@ runs/<name>/
   tflite/              one verified .tflite per variant
   logs/                TensorBoard: training curves per phase, report scalars + plot
   report.json, report.md, pareto.png
+  state.json           progress: config fingerprint, finished stages, checksums
+  checkpoints/         Keras BackupAndRestore checkpoints, one per training phase
+  cache/               cached activations (.npy, float16); deleted when the run ends
 ```
+
+Runs resume. Every stage records its result in `state.json` (written
+atomically) and every artifact is written to a temporary name and renamed. A
+run killed at any point (even by SIGKILL) and started again with the same
+command continues: cached activations are reloaded (memory-mapped) if their
+checksum matches, every training phase restarts from its last finished epoch
+(finished phases are restored, not retrained), and .tflite files and
+evaluations whose checksums match are reused. A finished run started again is
+a no-op; `overwrite=True` (`--overwrite`) starts it over. A run directory made
+by another config is refused, so one config can never destroy another's
+results.
 
 CPU cost is designed in. With `train.cache_features` the model is split at
 the first layer that has trainable weights: the frozen prefix runs once over
@@ -36,8 +50,11 @@ print(result.table)
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -48,12 +65,12 @@ from edgekeras.config import config_to_toml
 from edgekeras.data import load_image_data
 from edgekeras.distribute import get_strategy, is_chief, shard_by_data, worker_id
 from edgekeras.evaluate import TFLiteModel, evaluate_tflite, progress_bar
-from edgekeras.export import ExportError, convert, export_tflite
-from edgekeras.io import atomic_write_text
+from edgekeras.export import ExportedModel, ExportError, Verification, convert, export_tflite
+from edgekeras.io import atomic_path, atomic_write_json, atomic_write_text
 from edgekeras.models import build_transfer_model, clone_with_weights
 from edgekeras.report import VariantResult, build_report, format_table, write_report
 
-__all__ = ["RunResult", "run", "load_data", "build_model", "split_model", "cache_features", "array_dataset", "resolve_weights"]
+__all__ = ["RunResult", "RunDirectoryError", "run", "verify_run_dir", "load_data", "build_model", "split_model", "cache_features", "array_dataset", "resolve_weights"]
 
 
 @dataclasses.dataclass
@@ -72,6 +89,240 @@ class RunResult:
     report: dict
     table: str
     timings: dict
+
+
+STATE_FILE = "state.json"
+_STATE_VERSION = 1
+
+
+class RunDirectoryError(ValueError):
+    """The run directory belongs to another config or cannot be read."""
+
+
+def file_sha256(path):
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_fingerprint(config):
+    """A hash of every key of `config` that changes what a run produces.
+
+    Progress bars and the report's roles change no artifact: a finished run
+    whose roles were edited is re-reported, not refused.
+    """
+    settled = dataclasses.replace(
+        config,
+        evaluate=dataclasses.replace(config.evaluate, progress=True),
+        report=type(config.report)(),
+    )
+    return hashlib.sha256(config_to_toml(settled).encode("utf-8")).hexdigest()
+
+
+class _RunState:
+    """`state.json`: what a run directory holds, kept up to date atomically.
+
+    Only the chief of a distributed run writes it; elsewhere every method is
+    a no-op and nothing is reused.
+    """
+
+    def __init__(self, run_dir, config, *, overwrite, enabled):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, STATE_FILE)
+        self.enabled = enabled
+        fingerprint = config_fingerprint(config)
+        self.data = {
+            "version": _STATE_VERSION, "config": fingerprint, "source": config.source, "finished": False,
+            "cache": {}, "exports": {}, "evaluations": {}, "timings": {}, "attempts": 0,
+        }
+        if not enabled:
+            return
+        existing = self._read(run_dir, config, overwrite)
+        if existing is not None and not overwrite:
+            self.data = existing
+        elif overwrite and os.path.isdir(run_dir):
+            for entry in os.listdir(run_dir):
+                full = os.path.join(run_dir, entry)
+                shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
+        self.data["attempts"] = self.data.get("attempts", 0) + 1
+
+    def _read(self, run_dir, config, overwrite):
+        fix = (
+            "Pass --overwrite (run(..., overwrite=True)) to delete it and start over, or choose another "
+            "directory with --name / run.name."
+        )
+        if not os.path.exists(self.path):
+            if os.path.isdir(run_dir) and os.listdir(run_dir) and not overwrite:
+                raise RunDirectoryError(
+                    f"Run directory `{run_dir}` holds files but no {STATE_FILE}, so it is not a run edgekeras "
+                    f"can resume. Received: run.name={config.run.name!r}. {fix}"
+                )
+            return None
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                existing = json.load(handle)
+            previous = existing["config"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            if overwrite:
+                return None
+            raise RunDirectoryError(f"Run directory `{run_dir}` has an unreadable {self.path} ({error}). {fix}") from error
+        if previous != self.data["config"] and not overwrite:
+            raise RunDirectoryError(
+                f"Run directory `{run_dir}` holds a run of another config (made from "
+                f"{existing.get('source', '?')}; see {os.path.join(run_dir, 'config.toml')}). "
+                f"Received: a config from {config.source} that differs from it. {fix}"
+            )
+        return existing
+
+    @property
+    def finished(self):
+        return self.data.get("finished", False)
+
+    def save(self):
+        if self.enabled:
+            atomic_write_json(self.path, self.data)
+
+    def add_time(self, stage, seconds):
+        # Summed over attempts: the compute a resumed run really cost.
+        self.data["timings"][stage] = round(self.data["timings"].get(stage, 0.0) + seconds, 2)
+
+    def record_file(self, path):
+        """A state entry for a file just written: its path and checksum."""
+        return {"file": os.path.relpath(path, self.run_dir), "sha256": file_sha256(path)}
+
+    def valid_file(self, entry):
+        """Whether `entry` (from `record_file`) still names the same bytes."""
+        if not self.enabled or not isinstance(entry, dict) or "file" not in entry:
+            return False
+        path = os.path.join(self.run_dir, entry["file"])
+        return os.path.isfile(path) and file_sha256(path) == entry.get("sha256")
+
+    def cached_arrays(self, key, compute):
+        """`compute()`'s `(features, labels)`, stored once and memory-mapped.
+
+        A cache whose checksum fails (a kill mid-write cannot cause one, the
+        files are renamed into place, but a disk can) is computed again.
+        """
+        entry = self.data["cache"].get(key)
+        if entry is not None:
+            if self.valid_file(entry["features"]) and self.valid_file(entry["labels"]):
+                _log(f"reusing the cached {key} activations")
+                return (
+                    np.load(os.path.join(self.run_dir, entry["features"]["file"]), mmap_mode="r"),
+                    np.load(os.path.join(self.run_dir, entry["labels"]["file"])),
+                )
+            _log(f"the cached {key} activations fail their checksum: computing them again")
+        features, labels = compute()
+        if not self.enabled:
+            return features, labels
+        entry = {}
+        for name, array in (("features", features), ("labels", labels)):
+            path = os.path.join(self.run_dir, "cache", f"{key}_{name}.npy")
+            with atomic_path(path) as temporary:
+                np.save(temporary, array)
+            entry[name] = self.record_file(path)
+        self.data["cache"][key] = entry
+        self.save()
+        return features, labels
+
+    def drop_cache(self):
+        """Deletes the cached activations (GBs) once nothing needs them."""
+        if self.enabled:
+            shutil.rmtree(os.path.join(self.run_dir, "cache"), ignore_errors=True)
+            self.data["cache"] = {}
+
+
+def _exported_from_state(entry, run_dir):
+    fields = {field.name for field in dataclasses.fields(ExportedModel)}
+    values = {key: value for key, value in entry.items() if key in fields}
+    values["path"] = os.path.join(run_dir, entry["file"])
+    values["verification"] = Verification(**entry["verification"])
+    return ExportedModel(**values)
+
+
+def _variant_from_state(kept, role):
+    row = dict(kept["row"], role=role)
+    # JSON made the thread counts strings.
+    row["latency"] = {int(threads): value for threads, value in row.get("latency", {}).items()}
+    return VariantResult(**row)
+
+
+def _finished_result(state, run_dir, wanted):
+    """The `RunResult` of a finished run, or None if any file is gone or changed.
+
+    `wanted` is the config's {variant: role}; a report with other roles is
+    written again.
+    """
+    report_path = os.path.join(run_dir, "report.json")
+    needed = [os.path.join(run_dir, name) for name in ("report.md", "pareto.png")]
+    if not os.path.isfile(report_path) or not all(os.path.isfile(path) for path in needed):
+        return None
+    if not all(state.valid_file(entry) for entry in state.data["exports"].values()):
+        return None
+    try:
+        with open(report_path, encoding="utf-8") as handle:
+            report = json.load(handle)
+        table = format_table(report)
+        roles = {variant["name"]: variant["role"] for variant in report["variants"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if roles != {name: wanted.get(name, "other") for name in roles}:
+        return None
+    return RunResult(run_dir=run_dir, report=report, table=table, timings=report.get("timings", {}))
+
+
+def verify_run_dir(run_dir):
+    """Checks a finished run directory; returns a list of problems (empty if sound).
+
+    Checks: `state.json` says finished; report.json is valid and lists every
+    exported variant; every .tflite file matches its recorded checksum and
+    loads in LiteRT; report.md and pareto.png exist; no temporary file is
+    left anywhere.
+
+    Example:
+
+    ```python
+    from edgekeras.run import verify_run_dir
+
+    assert verify_run_dir("runs/demo") == []
+    ```
+    """
+    from edgekeras.report import validate_report
+
+    problems = []
+    try:
+        with open(os.path.join(run_dir, STATE_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        return [f"{STATE_FILE} unreadable: {error}"]
+    if not data.get("finished"):
+        problems.append("the run is not finished")
+    try:
+        with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
+            report = validate_report(json.load(handle))
+        listed = [variant["name"] for variant in report["variants"]]
+        if sorted(listed) != sorted(data.get("exports", {})):
+            problems.append(f"report.json lists {listed}, the state {sorted(data.get('exports', {}))}")
+    except (OSError, ValueError, KeyError) as error:
+        problems.append(f"report.json: {error}")
+    for name in ("report.md", "pareto.png"):
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            problems.append(f"{name} is missing")
+    for name, entry in data.get("exports", {}).items():
+        path = os.path.join(run_dir, entry["file"])
+        if not os.path.isfile(path) or file_sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['file']} is missing or does not match its checksum")
+            continue
+        try:
+            TFLiteModel(path, num_threads=1)
+        except ValueError as error:
+            problems.append(f"{entry['file']} does not load: {error}")
+    for root, _, names in os.walk(run_dir):
+        problems += [f"temporary file left: {os.path.join(root, n)}" for n in names if n.endswith(".tmp") or ".tmp." in n]
+    return problems
 
 
 def _log(message):
@@ -305,11 +556,12 @@ def _save_model(model, path):
         save_model(model, path)
 
 
-def _trainer(model, config, float_steps, strategy):
+def _trainer(model, config, float_steps, strategy, backup_dir):
     from edgekeras.trainers import EdgeTrainer
 
     return EdgeTrainer(
         model,
+        backup_dir=backup_dir,
         strategy=strategy,
         quantize_skip=config.qat.skip_layers,
         optimizer=_optimizer_factory(config, float_steps),
@@ -324,8 +576,8 @@ def _tensorboard(log_dir, name, chief):
     return [keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, name))] if chief else []
 
 
-def _qat(model, config, data, log_dir, name, strategy, chief):
-    trainer = _trainer(model, config, None, strategy)
+def _qat(model, config, data, log_dir, name, strategy, chief, checkpoint_dir):
+    trainer = _trainer(model, config, None, strategy, os.path.join(checkpoint_dir, name))
     _log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
     trainer.fit(
         _repeat_if_bounded(data.train, config.qat.steps_per_epoch),
@@ -337,16 +589,25 @@ def _qat(model, config, data, log_dir, name, strategy, chief):
     return trainer.qat_model
 
 
-def run(config, *, progress=None):
+def run(config, *, progress=None, overwrite=False):
     """Runs the pipeline a `Config` describes and returns a `RunResult`.
+
+    A run directory left by an interrupted run of the same config is resumed;
+    one left by a finished run is returned as it is (see the module
+    docstring).
 
     Args:
         config: an `edgekeras.config.Config`.
         progress: show progress bars (default: `config.evaluate.progress`).
+        overwrite: delete whatever the run directory holds and start over.
 
     Returns:
         A `RunResult`; the run directory holds everything listed in the
         module docstring.
+
+    Raises:
+        RunDirectoryError: the run directory holds a run of another config
+            (and `overwrite` is False).
     """
     progress = config.evaluate.progress if progress is None else progress
     timings = {}
@@ -366,7 +627,19 @@ def run(config, *, progress=None):
     tflite_dir = os.path.join(run_dir, "tflite")
     model_dir = os.path.join(run_dir, "models")
     log_dir = os.path.join(run_dir, "logs")
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    state = _RunState(run_dir, config, overwrite=overwrite, enabled=chief)
+    if state.finished:
+        finished = _finished_result(state, run_dir, config.roles())
+        if finished is not None:
+            _log(f"{run_dir} holds this config's finished run: nothing to do (--overwrite runs it again)")
+            return finished
+        _log(f"{run_dir} holds this config's finished run, but files are missing or changed: rebuilding them")
+        state.data["finished"] = False
+    elif state.data["attempts"] > 1:
+        _log(f"resuming the run in {run_dir} (attempt {state.data['attempts']})")
     if chief:
+        state.save()
         for directory in (tflite_dir, model_dir, log_dir):
             os.makedirs(directory, exist_ok=True)
         atomic_write_text(
@@ -386,6 +659,8 @@ def run(config, *, progress=None):
 
     def stage(name, start):
         timings[name] = round(time.perf_counter() - start, 2)
+        state.add_time(name, timings[name])
+        state.save()
         _log(f"{name}: {timings[name]:.1f} s")
 
     # 1. data and model
@@ -414,16 +689,16 @@ def run(config, *, progress=None):
         if prefix is not None:
             _log(f"caching the activations entering {cut!r} ({config.train.cache_engine})")
             frozen = local(prefix)
-            features, labels = cache_features(
+            features, labels = state.cached_arrays("train", lambda: cache_features(
                 frozen, data.train, engine=config.train.cache_engine, passes=config.train.cache_passes,
                 num_threads=config.evaluate.num_threads, progress=progress, description="cache train",
-            )
+            ))
             train_data = shard_by_data(array_dataset(features, labels, section.batch_size, shuffle_seed=config.run.seed))
             if data.validation is not None:
-                validation = cache_features(
+                validation = state.cached_arrays("validation", lambda: cache_features(
                     frozen, data.validation, engine=config.train.cache_engine,
                     num_threads=config.evaluate.num_threads, progress=progress, description="cache validation",
-                )
+                ))
                 validation_data = shard_by_data(array_dataset(*validation, section.batch_size))
             train_model = top
             _log(f"cached {features.shape[0]} activations of shape {features.shape[1:]}")
@@ -436,7 +711,9 @@ def run(config, *, progress=None):
     pruning = config.prune.enabled
     float_model = pruned_model = None
     if config.train.epochs or pruning:
-        trainer = _trainer(train_model, config, steps_per_epoch * config.train.epochs, strategy)
+        trainer = _trainer(
+            train_model, config, steps_per_epoch * config.train.epochs, strategy, os.path.join(checkpoint_dir, "train")
+        )
         trainer.fit(
             _repeat_if_bounded(train_data, config.train.steps_per_epoch),
             validation_data=validation_data,
@@ -461,9 +738,11 @@ def run(config, *, progress=None):
     qat_model = pqat_model = None
     with strategy.scope():
         if config.qat.epochs and config.qat.quantize_float:
-            qat_model = _qat(clone_with_weights(float_model), config, data, log_dir, "qat", strategy, chief)
+            qat_model = _qat(clone_with_weights(float_model), config, data, log_dir, "qat", strategy, chief, checkpoint_dir)
         if config.qat.epochs and config.qat.quantize_pruned and pruned_model is not None:
-            pqat_model = _qat(clone_with_weights(pruned_model), config, data, log_dir, "pqat", strategy, chief)
+            pqat_model = _qat(
+                clone_with_weights(pruned_model), config, data, log_dir, "pqat", strategy, chief, checkpoint_dir
+            )
     stage("qat", start)
     # Every worker takes part: reading a multi-worker model's variables can
     # be collective (variables synchronized on read, such as BatchNorm's).
@@ -496,6 +775,11 @@ def run(config, *, progress=None):
     verify_source = data.validation if data.validation is not None else data.train
     exported = {}
     for name, source_model, conversion, source in jobs:
+        entry = state.data["exports"].get(name)
+        if state.valid_file(entry):
+            exported[name] = (_exported_from_state(entry, run_dir), source)
+            _log(f"reusing {entry['file']} (checksum matches)")
+            continue
         result = export_tflite(
             source_model,
             os.path.join(tflite_dir, f"{name}.tflite"),
@@ -512,6 +796,9 @@ def run(config, *, progress=None):
             float_layers=config.export.int8_float_layers if conversion == "int8" and source in ("float", "pruned") else (),
         )
         exported[name] = (result, source)
+        state.data["exports"][name] = {**result.to_dict(), **state.record_file(result.path)}
+        state.data["evaluations"].pop(name, None)
+        state.save()
         check = result.verification
         _log(
             f"exported {name}: {result.size_bytes} B ({result.gzip_bytes} B gzipped), agreement "
@@ -532,6 +819,12 @@ def run(config, *, progress=None):
     rows = []
     examples = None
     for name, (result, source) in exported.items():
+        kept = state.data["evaluations"].get(name)
+        if kept is not None and kept.get("sha256") == state.data["exports"][name]["sha256"]:
+            rows.append(_variant_from_state(kept, role=roles.get(name, "other")))
+            examples = kept["examples"]
+            _log(f"reusing the evaluation of {name}: accuracy {kept['row']['accuracy']:.4f}")
+            continue
         evaluation = evaluate_tflite(
             result.path,
             dataset,
@@ -561,12 +854,17 @@ def run(config, *, progress=None):
                 verification=dataclasses.asdict(result.verification),
             )
         )
+        state.data["evaluations"][name] = {
+            "row": rows[-1].to_dict(), "examples": examples, "sha256": state.data["exports"][name]["sha256"],
+        }
+        state.save()
         _log(f"evaluated {name}: accuracy {evaluation.accuracy:.4f} on {evaluation.examples} {split} images")
     stage("evaluate", start)
 
     # 6. report
     start = time.perf_counter()
     timings["total"] = round(time.perf_counter() - started, 2)
+    state.add_time("total", timings["total"])
     report = build_report(
         rows,
         dataset=data.name,
@@ -575,9 +873,13 @@ def run(config, *, progress=None):
         run=config.run.name,
         config=config.source,
         image_size=section.image_size,
-        timings=dict(timings),
+        # Summed over the attempts of a resumed run.
+        timings=dict(state.data["timings"]),
     )
     write_report(report, run_dir, tensorboard_dir=os.path.join(log_dir, "report"))
     stage("report", start)
+    state.drop_cache()
+    state.data["finished"] = True
+    state.save()
     table = format_table(report)
     return RunResult(run_dir=run_dir, report=report, table=table, timings=timings)

@@ -18,7 +18,7 @@ def test_keras_is_tf_keras():
 def test_keras3_model_gives_a_clear_error():
     model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
     assert is_keras3_object(model)
-    with pytest.raises(TypeError, match=r"Argument `model` is a Keras 3 model .*tf_keras.*TF_USE_LEGACY_KERAS=1"):
+    with pytest.raises(TypeError, match=r"Argument `model` is a Keras 3 model \(keras\.src\..*Sequential\), but edgekeras needs a tf_keras .*Received: model=<Sequential.*>\. .*TF_USE_LEGACY_KERAS=1"):
         check_model(model)
 
 

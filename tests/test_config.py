@@ -1,6 +1,7 @@
 """`edgekeras run` configs: TOML parsing, defaults, and one error per branch."""
 
 import pathlib
+import tomllib
 
 import pytest
 
@@ -12,6 +13,12 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 def write(tmp_path, text):
     path = tmp_path / "config.toml"
     path.write_text(text)
+    return path
+
+
+def write_bytes(tmp_path, data):
+    path = tmp_path / "config.toml"
+    path.write_bytes(data)
     return path
 
 
@@ -67,15 +74,17 @@ def test_shipped_configs_are_valid(name):
 @pytest.mark.parametrize(
     "values, match",
     [
-        ({"trian": {}}, r"Unknown section `trian` at the top level"),
-        ({"epochs": 3}, r"Unknown key `epochs` at the top level"),
-        ({"train": {"epoch": 3}}, r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:"),
+        ({"trian": {}}, r"Unknown section `trian` at the top level.* Did you mean `train`\?"),
+        ({"epochs": 3}, r"Unknown key `epochs` at the top level.* `epochs` is a key of \[train\], \[prune\], \[qat\]: write it below"),
+        ({"train": {"epoch": 3}}, r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:.* Did you mean `epochs`\?"),
         ({"train": 3}, r"Config section \[train\] in <dict> must be a table"),
         ({"train": {"epochs": "3"}}, r"Config key `train.epochs` must be an integer. Received: train.epochs='3'"),
         ({"train": {"epochs": True}}, r"`train.epochs` must be an integer"),
         ({"train": {"epochs": -1}}, r"`train.epochs` must be an integer >= 0"),
         ({"train": {"learning_rate": "fast"}}, r"`train.learning_rate` must be a number"),
         ({"train": {"learning_rate": 0}}, r"`train.learning_rate` must be > 0"),
+        ({"train": {"learning_rate": float("inf")}}, r"`train.learning_rate` must be a finite number\. Received: train.learning_rate=inf"),
+        ({"model": {"alpha": float("nan")}}, r"`model.alpha` must be a finite number\. Received: model.alpha=nan"),
         ({"train": {"optimizer": "lion"}}, r"`train.optimizer` must be one of 'adam', 'sgd'"),
         ({"train": {"cache_features": "yes"}}, r"`train.cache_features` must be true or false"),
         ({"run": {"name": "a/b"}}, r"`run.name` must be a non-empty name without '/'"),
@@ -115,8 +124,9 @@ def test_shipped_configs_are_valid(name):
         ({"evaluate": {"latency_threads": []}}, r"`evaluate.latency_threads` must be a non-empty list"),
         ({"evaluate": {"num_threads": 0}}, r"`evaluate.num_threads` must be an integer >= 1"),
         ({"report": {"quantized": "int4"}}, r"`report.quantized` must name a variant this config exports"),
-        ({"qat": {"epochs": 0}}, r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'"),
-        ({"report": {"pruned": "float32"}}, r"names 'float32', which already holds the role 'original'"),
+        ({"qat": {"epochs": 0}}, r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'\. 'qat_int8' needs `qat.epochs` > 0"),
+        ({"prune": {"enabled": False}}, r"`report.pruned` must name a variant .*'pruned_float32' needs `prune.enabled` = true and 'float32' in `export.pruned_conversions`"),
+        ({"report": {"pruned": "float32"}}, r"names 'float32', which already holds the role 'original' \(`report.original`\)"),
         ({"report": {"original": ""}}, r"`report.original` must name the float reference"),
     ],
 )
@@ -130,6 +140,23 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(write(tmp_path, "[train\nepochs = 1"))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda tmp_path: tmp_path, r"Argument `config` names a file that cannot be read \(Is a directory\)\. Received: config='.*'"),
+        (lambda tmp_path: write_bytes(tmp_path, "[run]\nname = 'café'\n".encode("latin-1")), r"is not valid TOML: it is not UTF-8 text"),
+    ],
+)
+def test_unreadable_config_file(tmp_path, make, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(make(tmp_path))
+
+
+def test_toml_round_trip_escapes_control_characters():
+    config = parse_config({"run": {"name": 'tab\tquote"back\\slash\nnew\x7fline'}})
+    assert parse_config(tomllib.loads(config_to_toml(config))) == config
 
 
 def test_error_names_the_file(tmp_path):

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 
@@ -92,8 +94,34 @@ def test_representative_dataset_yields_single_float_examples(tiny_tfds_dir):
 
 
 def test_missing_data_without_download_says_how_to_fix(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"not prepared in .*download=False.*TFDS_DATA_DIR"):
+    with pytest.raises(DataNotFoundError, match=r"not prepared in .*download=False`\. Received: dataset='cifar10', data_dir='.*'\. .*TFDS_DATA_DIR"):
         load_image_data("cifar10", data_dir=str(tmp_path), download=False)
+
+
+def _partial_copy(tiny_tfds_dir, tmp_path, damage):
+    copy = tmp_path / "tfds"
+    shutil.copytree(tiny_tfds_dir, copy)
+    version = copy / TINY / "1.0.0"
+    shard = next(version.glob(f"{TINY}-{'test' if damage == 'missing' else 'train'}.tfrecord-*"))
+    if damage == "missing":
+        shard.unlink()
+    else:
+        with open(shard, "r+b") as handle:
+            handle.truncate(1000)
+    return str(copy)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("missing", r"is incomplete: split 'test' lacks 1 of its 1 files, e\.g\. .*test\.tfrecord-00000-of-00001"),
+        ("truncated", r"is incomplete: the files of split 'train' hold 1000 bytes, fewer than the \d+ recorded .*\(truncated\)"),
+    ],
+)
+def test_partial_data_dir_is_refused_before_training(tiny_tfds_dir, tmp_path, damage, match):
+    data_dir = _partial_copy(tiny_tfds_dir, tmp_path, damage)
+    with pytest.raises(DataNotFoundError, match=match + r"\. Received: data_dir='.*tfds'\. Copy the whole `edgekeras_tiny_images/1\.0\.0/` directory again"):
+        _load(data_dir)
 
 
 def test_tfds_data_dir_environment_variable_is_used(tiny_tfds_dir, monkeypatch):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from edgekeras.compat import keras
 from edgekeras.evaluate import (
+    TFLiteFileError,
     TFLiteModel,
     evaluate_accuracy,
     evaluate_tflite,
@@ -149,3 +150,53 @@ def test_evaluate_tflite_gathers_everything(files):
 def test_bad_arguments(files, call, error, match):
     with pytest.raises(error, match=match):
         call(files["float32_float32"])
+
+
+def _damaged(files, tmp_path, damage):
+    """A damaged copy of a good .tflite file, as a path (or as bytes)."""
+    good = open(files["float32_float32"], "rb").read()
+    data = {"garbage": b"not a flatbuffer " * 40, "empty": b"", "truncated": good[: len(good) // 2]}[damage.removesuffix(" bytes")]
+    if damage.endswith(" bytes"):
+        return data
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "garbage bytes"])
+def test_corrupted_tflite_is_a_clear_error(files, tmp_path, damage):
+    model = _damaged(files, tmp_path, damage)
+    received = r"\d+ bytes" if isinstance(model, bytes) else r"'.*bad\.tflite'"
+    with pytest.raises(TFLiteFileError, match=r"Argument `model` is not a valid \.tflite model \(.*\)\. Received: model=" + received + r"\. .*export it again"):
+        TFLiteModel(model)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("garbage", r"is not a valid \.tflite model \(no TFL3 file identifier\)"),
+        ("truncated", r"is not a valid \.tflite model \((error|IndexError|TypeError|ValueError): "),
+    ],
+)
+def test_sparsity_of_a_corrupted_tflite_is_a_clear_error(files, tmp_path, damage, match):
+    with pytest.raises(TFLiteFileError, match=match + r".*Received: model='.*bad\.tflite'"):
+        tflite_sparsity(_damaged(files, tmp_path, damage))
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.arange(10) % 10, r"Argument `dataset` does not match the number of classes of model '.*float32_float32\.tflite', which has 3 outputs \(class ids 0 to 2\)\. Received: class ids from 0 to 9\."),
+        (np.eye(10)[np.arange(10)], r"Argument `dataset` does not match .* 3 outputs .*Received: one-hot labels of 10 classes\. .*build_transfer_model\(data\.num_classes"),
+    ],
+)
+def test_labels_of_more_classes_than_outputs(files, labels, match):
+    images, _ = crafted_data(10, 10)
+    with pytest.raises(ValueError, match=match):
+        evaluate_accuracy(files["float32_float32"], (images, labels), progress=False)
+
+
+def test_labels_as_a_column_of_class_ids(files):
+    images, labels = crafted_data(10, 7)
+    result = evaluate_accuracy(files["float32_float32"], (images, labels[:, None]), progress=False)
+    assert (result.correct, result.examples) == (7, 10)

@@ -58,7 +58,10 @@ def test_full_run_on_tiny_dataset(tiny_tfds_dir, tmp_path):
     assert by_name["pqat_int8"]["sparsity"] > 0.05
     assert by_name["float32"]["sparsity"] < 0.01
     assert by_name["int8"]["io_dtype"] == "uint8"
-    assert sorted(os.listdir(run_dir)) == ["config.toml", "logs", "models", "pareto.png", "report.json", "report.md", "tflite"]
+    assert sorted(os.listdir(run_dir)) == [
+        "checkpoints", "config.toml", "logs", "models", "pareto.png", "report.json", "report.md", "state.json", "tflite",
+    ]
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["pqat", "qat", "train"]
     assert sorted(os.listdir(run_dir / "models")) == ["float.h5", "pqat.h5", "pruned.h5", "qat.h5"]
     assert load_config(run_dir / "config.toml").data.image_size == 32
     from edgekeras.serialization import load_model
@@ -176,5 +179,133 @@ def test_qat_skip_layers_reach_the_trainer(tiny_tfds_dir, tmp_path):
 
     config = tiny_config(tiny_tfds_dir, tmp_path, qat={"skip_layers": ["Conv_1", "Conv_1_bn", "out_relu"]})
     model = build_transfer_model(3, 32, alpha=0.35, weights=None, trainable_from="block_16_expand")
-    trainer = _trainer(model, config, None, tf.distribute.get_strategy())
+    trainer = _trainer(model, config, None, tf.distribute.get_strategy(), None)
     assert trainer.quantize_skip == ("Conv_1", "Conv_1_bn", "out_relu")
+
+
+def _files(run_dir):
+    """{relative path: (size, mtime_ns)} of every file under `run_dir`."""
+    found = {}
+    for root, _, names in os.walk(run_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, run_dir)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return found
+
+
+class Killed(BaseException):
+    """Like a signal, not an error: nothing may catch it on the way out."""
+
+
+def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, tmp_path, monkeypatch, capsys):
+    import edgekeras.run as run_module
+
+    config = tiny_config(tiny_tfds_dir, tmp_path)
+    run_dir = tmp_path / "tiny"
+    real_export = run_module.export_tflite
+    calls, died = [], []
+
+    def export_then_die(*args, **kwargs):
+        calls.append(kwargs.get("name"))
+        if len(calls) == 3 and not died:
+            died.append(True)
+            raise Killed("killed during the third export")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "export_tflite", export_then_die)
+    with pytest.raises(Killed):
+        run(config)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert not state["finished"] and sorted(state["exports"]) == ["float32", "int8"]
+    assert sorted(state["cache"]) == ["train", "validation"]
+    before = _files(run_dir)
+    assert not [name for name in before if name.endswith(".tmp")]
+    capsys.readouterr()
+
+    calls.clear()
+    result = run(config)
+    output = capsys.readouterr().out
+    # Training is restored from the checkpoints, the two files are reused.
+    assert "Epoch" not in output
+    assert "reusing the cached train activations" in output
+    assert calls == ["qat_int8", "pruned_float32", "pqat_int8"]
+    for name in ("tflite/float32.tflite", "tflite/int8.tflite"):
+        assert _files(run_dir)[name] == before[name]
+    report = json.loads((run_dir / "report.json").read_text())
+    validate_report(report)
+    assert [v["name"] for v in report["variants"]] == ["float32", "int8", "qat_int8", "pruned_float32", "pqat_int8"]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] and state["attempts"] == 2 and state["cache"] == {}
+    assert not (run_dir / "cache").exists()
+
+    finished = _files(run_dir)
+    calls.clear()
+    again = run(config)
+    assert "nothing to do" in capsys.readouterr().out
+    assert calls == [] and again.report == report and again.table == result.table
+    assert _files(run_dir) == finished
+
+    # A changed file is not trusted: only that variant is exported again.
+    (run_dir / "tflite" / "int8.tflite").write_bytes(b"corrupt")
+    run(config)
+    assert calls == ["int8"]
+
+
+def test_run_directory_of_another_config(tiny_tfds_dir, tmp_path):
+    from edgekeras.run import RunDirectoryError, _RunState
+
+    config = tiny_config(tiny_tfds_dir, tmp_path)
+    _RunState(config.run_dir, config, overwrite=False, enabled=True).save()
+    (tmp_path / "tiny" / "report.md").write_text("earlier results")
+    other = tiny_config(tiny_tfds_dir, tmp_path, prune={"target_sparsity": 0.6})
+    with pytest.raises(RunDirectoryError, match=r"Run directory `.*tiny` holds a run of another config .*Pass --overwrite"):
+        run(other)
+    assert (tmp_path / "tiny" / "report.md").read_text() == "earlier results"
+
+    state = _RunState(other.run_dir, other, overwrite=True, enabled=True)
+    assert not (tmp_path / "tiny" / "report.md").exists() and state.data["attempts"] == 1
+
+
+def test_run_directory_without_state_is_refused(tiny_tfds_dir, tmp_path):
+    from edgekeras.run import RunDirectoryError
+
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match=r"holds files but no state.json.*Received: run.name='tiny'"):
+        run(tiny_config(tiny_tfds_dir, tmp_path))
+    assert (tmp_path / "tiny" / "notes.txt").read_text() == "mine"
+
+
+def test_corrupt_cache_is_computed_again(tmp_path):
+    from edgekeras.run import _RunState
+
+    config = parse_config({"run": {"name": "cache", "output_dir": str(tmp_path)}}, source="test")
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return np.ones((4, 2, 2), np.float16), np.arange(4)
+
+    state = _RunState(config.run_dir, config, overwrite=False, enabled=True)
+    state.cached_arrays("train", compute)
+    features, labels = state.cached_arrays("train", compute)
+    assert len(computed) == 1 and isinstance(features, np.memmap)
+    np.testing.assert_array_equal(labels, np.arange(4))
+    with open(tmp_path / "cache" / "cache" / "train_features.npy", "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        handle.write(b"\x01")
+    features, _ = state.cached_arrays("train", compute)
+    assert len(computed) == 2 and float(features.max()) == 1.0
+
+
+def test_cli_refuses_a_run_directory_of_another_config(tiny_tfds_dir, tmp_path, capsys):
+    from edgekeras.run import _RunState
+
+    config = tiny_config(tiny_tfds_dir, tmp_path)
+    _RunState(config.run_dir, config, overwrite=False, enabled=True).save()
+    path = tmp_path / "other.toml"
+    path.write_text(config_to_toml(tiny_config(tiny_tfds_dir, tmp_path, train={"epochs": 2})))
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("edgekeras run: error: Run directory") and "--overwrite" in error
+    assert error.count("\n") == 1

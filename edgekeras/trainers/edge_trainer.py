@@ -69,6 +69,7 @@ calibration and 62.2 % with it, against 62.0 % for the pruned float model.
 import inspect
 import math
 import numbers
+import os
 
 import tensorflow as tf
 
@@ -177,6 +178,14 @@ class EdgeTrainer:
             float snapshot included) are built inside its scope. Default: the
             strategy the model's variables were created under, else the
             current one. Build the model inside `strategy.scope()`.
+        backup_dir: a directory for Keras `BackupAndRestore` checkpoints,
+            one sub-directory per phase, written at the end of every epoch
+            (weights and optimizer state, so learning-rate schedules and the
+            pruning schedule, which count `optimizer.iterations`, continue
+            where they stopped). A `fit` with the same arguments after a crash
+            resumes from the last finished epoch; phases that had finished are
+            restored, not retrained. The checkpoints are kept after training:
+            delete the directory to train from scratch. None: no checkpoints.
 
     Example:
 
@@ -210,6 +219,7 @@ class EdgeTrainer:
         compile_kwargs=None,
         calibration_steps=16,
         strategy=None,
+        backup_dir=None,
     ):
         check_model(model)
         if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
@@ -250,6 +260,11 @@ class EdgeTrainer:
                 f"tf.distribute.MirroredStrategy(). Received: strategy={strategy!r}"
             )
         distribute.check_model_in_scope(model, strategy)
+        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+            raise ValueError(
+                "Argument `backup_dir` must be None or a directory path for the phases' checkpoints. "
+                f"Received: backup_dir={backup_dir!r}"
+            )
         self._make_optimizer(optimizer, "float", check_only=True)
         with strategy.scope():
             self.model = flatten(model) if is_nested(model) else model
@@ -263,6 +278,7 @@ class EdgeTrainer:
         self.compile_kwargs = dict(compile_kwargs or {})
         self.calibration_steps = calibration_steps
         self.strategy = strategy
+        self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.calibrated_ranges = 0
         self.float_model = None
         self.pruned_model = None
@@ -362,11 +378,16 @@ class EdgeTrainer:
 
     def _run_phase(self, phase, model, x, n_epochs, callbacks, extra_callbacks, fit_kwargs):
         done = sum(self._epochs.values())
+        # First in the list: it restores weights and optimizer before the
+        # other callbacks (pruning masks, frozen-weight snapshots) read them.
+        backup = [] if self.backup_dir is None else [
+            keras.callbacks.BackupAndRestore(os.path.join(self.backup_dir, phase), delete_checkpoint=False)
+        ]
         history = model.fit(
             x,
             initial_epoch=done,
             epochs=done + n_epochs,
-            callbacks=[*extra_callbacks, _PhaseLogs(phase), *callbacks],
+            callbacks=[*backup, *extra_callbacks, _PhaseLogs(phase), *callbacks],
             **fit_kwargs,
         )
         self._epochs[phase] = n_epochs

@@ -59,9 +59,10 @@ class UnquantizableLayersError(ValueError):
         names = ", ".join(f"{name!r} ({cls})" for name, cls in self.layers)
         listed = ", ".join(repr(name) for name, _ in self.layers)
         super().__init__(
-            f"TFMOT's 8-bit quantization-aware training cannot quantize these layers: {names}. "
-            f"Fix: keep them in float with `quantize_skip=[{listed}]` (the TFLite converter "
-            "adds quantize/dequantize around them), or give each a "
+            f"Argument `model` has layers that TFMOT's 8-bit quantization-aware training cannot quantize. "
+            f"Received: {names}. "
+            f"Fix: keep them in float with `quantize_skip=[{listed}]` (config: `qat.skip_layers`; the TFLite "
+            "converter adds quantize/dequantize around them), or give each a "
             "`tfmot.quantization.keras.QuantizeConfig` with "
             "`quantize_configs={name: config}` (e.g. a passthrough config that quantizes "
             "nothing)." + (f" ({detail})" if detail else "")

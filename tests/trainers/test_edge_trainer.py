@@ -313,3 +313,58 @@ def test_calibration_brings_qat_outputs_close_to_float():
 def test_calibration_steps_argument_checked():
     with pytest.raises(ValueError, match=r"Argument `steps` must be an integer >= 2\. Received: steps=0"):
         calibrate_activation_ranges(quantize_model(conv_net())[0], dataset(), steps=0)
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Stands in for a killed process: fails as epoch `epoch` begins."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_backup_dir_resumes_a_crashed_fit_where_it_stopped(tmp_path):
+    keras.utils.set_random_seed(0)
+    initial = conv_net().get_weights()
+
+    def fresh_model():
+        model = conv_net()
+        model.set_weights(initial)
+        return model
+
+    def trainer(model, backup_dir):
+        return EdgeTrainer(model, lambda phase: keras.optimizers.Adam(1e-2), LOSS, backup_dir=backup_dir)
+
+    arguments = dict(float_epochs=2, prune=0.5, prune_epochs=2, verbose=0)
+    reference = fresh_model()
+    trainer(reference, None).fit(dataset(), **arguments)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        # Epochs 0-1 float, 2-3 prune: dies as the second pruning epoch begins.
+        trainer(fresh_model(), tmp_path).fit(dataset(), callbacks=[CrashAt(3)], **arguments)
+    resumed_model = fresh_model()  # as in a new process
+    resumed = trainer(resumed_model, tmp_path)
+    resumed.fit(dataset(), **arguments)
+
+    assert resumed.histories["float"] == {}  # restored, not retrained
+    assert len(resumed.histories["prune"]["loss"]) == 1  # only the missing epoch
+    for expected, actual in zip(reference.get_weights(), resumed_model.get_weights()):
+        np.testing.assert_allclose(actual, expected, atol=1e-5)
+    assert resumed.summary()["sparsity"]["prune"] == pytest.approx(0.5, abs=0.02)
+
+    # A finished fit run again restores every phase and trains nothing.
+    again_model = fresh_model()
+    again = trainer(again_model, tmp_path)
+    again.fit(dataset(), **arguments)
+    assert again.histories == {"float": {}, "prune": {}}
+    for expected, actual in zip(resumed_model.get_weights(), again_model.get_weights()):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_backup_dir_argument_checked():
+    with pytest.raises(ValueError, match=r"Argument `backup_dir` must be None or a directory path.*Received: backup_dir=3"):
+        EdgeTrainer(conv_net(), "adam", LOSS, backup_dir=3)
