@@ -71,6 +71,7 @@ import math
 import numbers
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from edgekeras import distribute, sparsity
@@ -360,6 +361,33 @@ class EdgeTrainer:
             return tf.data.Dataset.from_tensor_slices(x).batch(batch)
         return None  # generators: consuming them here would steal training batches
 
+    def _check_labels(self, x, y):
+        """Integer class ids beyond the classifier's outputs fail here, before training.
+
+        TensorFlow would fail mid-fit on CPU ("label value outside the valid
+        range") and train on garbage on a GPU.
+        """
+        outputs = self.model.output_shape
+        if not isinstance(outputs, tuple) or not outputs or outputs[-1] is None or outputs[-1] < 2:
+            return
+        if y is not None:
+            labels = y
+        elif isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) >= 2:
+            labels = next(iter(x.take(1)))[1]
+        else:
+            return
+        labels = np.asarray(labels)
+        if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.shape[-1:] == (outputs[-1],):
+            return  # one-hot or float targets: the shapes tell
+        if labels.min() < 0 or labels.max() >= outputs[-1]:
+            raise ValueError(
+                f"Argument `x`/`y` holds class ids the model cannot output: model {self.model.name!r} has "
+                f"{outputs[-1]} outputs (class ids 0 to {outputs[-1] - 1}). Received: class ids from "
+                f"{labels.min()} to {labels.max()} in the first batch. Build the model with the data's "
+                "number of classes (e.g. build_transfer_model(data.num_classes, ...)) or train it on the "
+                "data it was built for."
+            )
+
     def _prune_schedule(self, prune, steps):
         if isinstance(prune, _PruningSchedule):
             return prune
@@ -473,6 +501,7 @@ class EdgeTrainer:
                     f"Argument `{key}` is set by EdgeTrainer per phase; use float_epochs / "
                     f"prune_epochs / qat_epochs. Received: {key}={fit_kwargs[key]!r}"
                 )
+        self._check_labels(x, y)
         schedule = None
         if prune is not None:
             steps = self._steps_per_epoch(x, fit_kwargs, steps_per_epoch) * prune_epochs

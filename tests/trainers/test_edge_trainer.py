@@ -368,3 +368,14 @@ def test_backup_dir_resumes_a_crashed_fit_where_it_stopped(tmp_path):
 def test_backup_dir_argument_checked():
     with pytest.raises(ValueError, match=r"Argument `backup_dir` must be None or a directory path.*Received: backup_dir=3"):
         EdgeTrainer(conv_net(), "adam", LOSS, backup_dir=3)
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_labels_beyond_the_outputs_fail_before_training(as_dataset):
+    x, _ = data()
+    y = np.arange(SAMPLES) % 5  # conv_net has 3 outputs
+    trainer = EdgeTrainer(conv_net(), "adam", LOSS)
+    inputs = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH) if as_dataset else x
+    with pytest.raises(ValueError, match=r"Argument `x`/`y` holds class ids the model cannot output: model 'tiny' has 3 outputs .*Received: class ids from 0 to 4"):
+        trainer.fit(inputs, None if as_dataset else y, float_epochs=1, verbose=0)
+    assert trainer.histories == {}
