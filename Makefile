@@ -10,7 +10,7 @@ export TFDS_DATA_DIR ?= $(if $(wildcard $(SHARED)/tfds),$(abspath $(SHARED)/tfds
 export EDGEKERAS_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights/*.h5),$(abspath $(firstword $(wildcard $(SHARED)/weights/*.h5))),imagenet)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-all demo run tune bench clean
+.PHONY: install test test-slow test-all demo run tune bench faults clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,19 @@ TUNE_CONFIG ?= configs/tune.toml
 tune: install
 	$(BIN)/edgekeras tune --config $(TUNE_CONFIG)
 
+# The benchmarks in sequence (benchmarks/README.md says what each measures); JSON in runs/bench/.
+# deployed_latency.py times the .tflite files of an earlier run: BENCH_RUN_DIR=runs/<name>.
+BENCH_RUN_DIR ?= runs/default
 bench: install
-	$(BIN)/python benchmarks/pruning_overhead.py
+	$(BIN)/python benchmarks/pruning_overhead.py --json runs/bench/pruning_overhead.json
+	$(BIN)/python benchmarks/eval_throughput.py --examples 2000 --threads 2 --rounds 5 --json runs/bench/eval_throughput.json
+	$(BIN)/python benchmarks/deployed_latency.py --run-dir $(BENCH_RUN_DIR) --threads 1 2 --runs 100 --json runs/bench/deployed_latency.json
+	$(BIN)/python benchmarks/seed_recipe.py --train-examples 5000 --test-examples 2000 --epochs 1 --prune-epochs 1 --json runs/bench/seed_recipe.json
+
+# SIGKILLs real `edgekeras run` / `edgekeras tune` processes at every phase boundary and at random
+# points, resumes each and checks the result (benchmarks/fault_injection.py; about an hour on 2 cores).
+faults: install
+	$(BIN)/python benchmarks/fault_injection.py --random 3 --tune --json runs/bench/fault_injection.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
