@@ -43,8 +43,6 @@ Run (after `make run CONFIG=configs/default.toml`, which writes runs/default):
 """
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -61,26 +59,10 @@ import numpy as np  # noqa: E402
 
 from edgekeras.evaluate import TFLiteModel, file_sizes, tflite_sparsity  # noqa: E402
 from edgekeras.io import atomic_write_json  # noqa: E402
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _PASS_THROUGH = ("DEQUANTIZE", "DENSIFY")
-
-
-def machine_info():
-    def version(package):
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "tensorflow": version("tensorflow"),
-        "ai_edge_litert": version("ai-edge-litert"),
-    }
 
 
 def cpu_has_avx():

@@ -34,10 +34,7 @@ Run:
 """
 
 import argparse
-import datetime
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,6 +54,7 @@ from edgekeras.data import load_image_data  # noqa: E402
 from edgekeras.evaluate import TFLiteModel  # noqa: E402
 from edgekeras.export import export_tflite  # noqa: E402
 from edgekeras.io import atomic_write_json  # noqa: E402
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 from edgekeras.models import build_transfer_model  # noqa: E402
 
 VARIANTS = ("edgekeras_float32", "edgekeras_int8", "keras_predict", "naive_float32", "naive_int8")
@@ -65,23 +63,6 @@ DEFAULT_WEIGHTS = os.environ.get("EDGEKERAS_WEIGHTS") or os.path.join(
     SHARED, "weights", "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5"
 )
 DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR") or os.path.join(SHARED, "tfds")
-
-
-def machine_info():
-    def version(package):
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "tf_keras": version("tf-keras"),
-        "ai_edge_litert": version("ai-edge-litert"),
-    }
 
 
 def take(dataset, count):

@@ -18,8 +18,8 @@ With `--tune`, `edgekeras tune` (a 3-trial search on a CIFAR-10 subset) is
 also killed between trials and inside one, then resumed: every trial must end
 with a result and a loadable .tflite, and no finished trial may run again.
 
-The config is `configs/demo.toml` cut down (a CIFAR-10 subset at 64 px), so
-one run takes a minute or two on a 2-core CPU. The fast cases live in
+The config is `configs/demo.toml` cut down (1,500 CIFAR-10 images at 48 px),
+so one run takes about a minute on a 2-core CPU. The fast cases live in
 `tests/test_faults.py`.
 
 Run (needs ../shared/data or TFDS_DATA_DIR / EDGEKERAS_WEIGHTS):
@@ -72,19 +72,19 @@ def small_config(output_dir, data_dir, weights):
         config,
         run=dataclasses.replace(config.run, name="reference", output_dir=output_dir),
         data=dataclasses.replace(
-            config.data, data_dir=data_dir, download=False, image_size=64, max_train_examples=3000,
-            validation_size=500,
+            config.data, data_dir=data_dir, download=False, image_size=48, max_train_examples=1500,
+            validation_size=300,
         ),
         model=dataclasses.replace(config.model, weights=weights),
         train=dataclasses.replace(config.train, epochs=2),
         prune=dataclasses.replace(config.prune, epochs=2),
-        qat=dataclasses.replace(config.qat, steps_per_epoch=10),
+        qat=dataclasses.replace(config.qat, steps_per_epoch=5),
         export=dataclasses.replace(
             config.export, conversions=("float32", "int8"), pruned_conversions=("float32", "int8"),
-            representative_examples=128, verify_examples=128,
+            representative_examples=64, verify_examples=64,
         ),
         evaluate=dataclasses.replace(
-            config.evaluate, max_examples=1000, latency_runs=50, warmup=2, latency_threads=(1,), progress=False,
+            config.evaluate, max_examples=500, latency_runs=50, warmup=2, latency_threads=(1,), progress=False,
         ),
     )
 
@@ -94,10 +94,10 @@ TUNE_CONFIG = """
 dataset = "cifar10"
 data_dir = "{data_dir}"
 download = false
-image_size = 64
+image_size = 48
 batch_size = 64
-validation_size = 500
-max_train_examples = 2000
+validation_size = 300
+max_train_examples = 1500
 
 [model]
 weights = "{weights}"

@@ -49,11 +49,8 @@ Run:
 
 import argparse
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import time
@@ -73,6 +70,7 @@ import tf_keras  # noqa: E402
 from edgekeras.config import config_to_toml, load_config  # noqa: E402
 from edgekeras.evaluate import file_sizes, tflite_sparsity  # noqa: E402
 from edgekeras.io import atomic_write_json, atomic_write_text  # noqa: E402
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_WEIGHTS = os.environ.get("EDGEKERAS_WEIGHTS") or os.path.join(
     SHARED, "weights", "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5"
@@ -86,23 +84,6 @@ DELIVERABLES = [
     ("pruned float32", "pruned_float32", "pruned_float32"),
 ]
 
-
-def machine_info():
-    def version(package):
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "tf_keras": version("tf-keras"),
-        "tensorflow_model_optimization": version("tensorflow-model-optimization"),
-        "ai_edge_litert": version("ai-edge-litert"),
-    }
 
 
 def edgekeras_config(args, workdir):
