@@ -50,6 +50,7 @@ print(result.table)
 """
 
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -429,7 +430,10 @@ def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2,
     runner = None
     if engine == "litert":
         runner = TFLiteModel(convert(prefix, "float32"), num_threads=num_threads)
-    features, labels = [], []
+    # Batches go straight into one preallocated array when the dataset's
+    # length is known: a list of batches plus their concatenation would hold
+    # the cache twice at its peak.
+    features, labels, filled = [], [], 0
     checked = engine != "litert"
     total = int(dataset.cardinality()) if int(dataset.cardinality()) > 0 else None
     for _ in range(passes):
@@ -439,7 +443,7 @@ def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2,
             if runner is None:
                 output = prefix(images, training=False).numpy()
             else:
-                output = runner.predict(images, batch_size=images.shape[0] if not features else None)
+                output = runner.predict(images, batch_size=images.shape[0] if filled == 0 else None)
                 if not checked:
                     expected = prefix(images, training=False).numpy()
                     scale = max(1.0, float(np.abs(expected).max()))
@@ -450,9 +454,16 @@ def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2,
                             'set train.cache_engine = "keras".'
                         )
                     checked = True
-            features.append(output.astype(np.float16))
+            if total is not None and not isinstance(features, np.ndarray):
+                features = np.empty((total * passes * len(output), *output.shape[1:]), np.float16)
+            if isinstance(features, np.ndarray):
+                features[filled : filled + len(output)] = output
+            else:
+                features.append(output.astype(np.float16))
+            filled += len(output)
             labels.append(batch_labels)
-    return np.concatenate(features), np.concatenate(labels)
+    features = features[:filled] if isinstance(features, np.ndarray) else np.concatenate(features)
+    return features, np.concatenate(labels)
 
 
 def array_dataset(features, labels, batch_size, shuffle_seed=None):
@@ -732,6 +743,10 @@ def run(config, *, progress=None, overwrite=False):
     else:
         float_model = model
     stage("train_and_prune", start)
+    # The cached activations (GBs) are not needed past this point: QAT and
+    # export work on images.
+    features = labels = validation = train_data = validation_data = train_model = trainer = None
+    gc.collect()
 
     # 3. quantization-aware fine-tuning on the whole model
     start = time.perf_counter()
