@@ -58,8 +58,7 @@ sys.path.insert(0, ROOT)  # this checkout's edgekeras, not whichever one is inst
 import numpy as np  # noqa: E402
 
 from edgekeras.evaluate import TFLiteModel, file_sizes, tflite_sparsity  # noqa: E402
-from edgekeras.io import atomic_write_json  # noqa: E402
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _PASS_THROUGH = ("DEQUANTIZE", "DENSIFY")
@@ -485,10 +484,7 @@ def main(argv=None):
         "results": results,
         "sparse_probe": probe,
     }
-    if args.json:
-        atomic_write_json(args.json, report_out)
-        print(f"wrote {args.json}")
-    return report_out
+    return write_json(args.json, report_out)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ from edgekeras import keras  # noqa: E402
 from edgekeras.data import load_image_data  # noqa: E402
 from edgekeras.evaluate import TFLiteModel  # noqa: E402
 from edgekeras.export import export_tflite  # noqa: E402
-from edgekeras.io import atomic_write_json  # noqa: E402
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 from edgekeras.models import build_transfer_model  # noqa: E402
 
 VARIANTS = ("edgekeras_float32", "edgekeras_int8", "keras_predict", "naive_float32", "naive_int8")
@@ -250,10 +249,7 @@ def main(argv=None):
     }
     if workdir_context is not None:
         workdir_context.cleanup()
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
-    return report
+    return write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 
 from edgekeras import keras  # noqa: E402
 from edgekeras.callbacks import MagnitudePruning  # noqa: E402
-from edgekeras.io import atomic_write_json  # noqa: E402
+from machine import write_json  # noqa: E402  (benchmarks/machine.py)
 from edgekeras.models import build_transfer_model  # noqa: E402
 from edgekeras.schedules import PolynomialDecay  # noqa: E402
 from edgekeras.sparsity import overall_sparsity  # noqa: E402
@@ -160,10 +160,7 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "tensorflow": tf.__version__},
         "results": results,
     }
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
-    return report
+    return write_json(args.json, report)
 
 
 if __name__ == "__main__":

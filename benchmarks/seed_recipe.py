@@ -69,8 +69,8 @@ import tf_keras  # noqa: E402
 
 from edgekeras.config import config_to_toml, load_config  # noqa: E402
 from edgekeras.evaluate import file_sizes, tflite_sparsity  # noqa: E402
-from edgekeras.io import atomic_write_json, atomic_write_text  # noqa: E402
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from edgekeras.io import atomic_write_text  # noqa: E402
+from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_WEIGHTS = os.environ.get("EDGEKERAS_WEIGHTS") or os.path.join(
     SHARED, "weights", "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5"
@@ -373,10 +373,7 @@ def main(argv=None):
         "deliverables": file_table,
         "deliverables_per_round": deliverables,
     }
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
-    return report
+    return write_json(args.json, report)
 
 
 if __name__ == "__main__":
