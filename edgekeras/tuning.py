@@ -644,6 +644,16 @@ class EdgeTuner(base_tuner.BaseTuner):
         values = self.search_space.values(hp)
         trial_dir = self.get_trial_dir(trial.trial_id)
         log_dir = self.trial_log_dir(trial.trial_id)
+        kept = _read_json(os.path.join(trial_dir, _RESULT_FILE))
+        if (
+            kept is not None and kept.get("hyperparameters") == dict(hp.values)
+            and os.path.isfile(os.path.join(trial_dir, _TFLITE_FILE)) and "metrics" in kept
+        ):
+            # Killed after this trial wrote its result but before keras-tuner
+            # recorded it: the oracle retries it, the result stands.
+            if self.verbose:
+                print(f"[edgekeras tune] trial {trial.trial_id}: finished before the interruption, result reused", flush=True)
+            return kept["metrics"]
         # A retried or resumed trial starts its logs over; stale sessions
         # would show twice in the HParams dashboard.
         shutil.rmtree(log_dir, ignore_errors=True)

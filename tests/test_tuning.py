@@ -592,3 +592,36 @@ qat_epochs = 0
     assert sorted(t["trial_id"] for t in summary["trials"]) == ["0", "1"]
     assert summary["best_trial"] == summary["trials"][0]["trial_id"]
     assert all((tmp_path / "cli" / f"trial_{i}" / "model.tflite").is_file() for i in "01")
+
+
+class DiesAfterTheFirstResult(EdgeTuner):
+    """Killed after trial 0 wrote its result, before keras-tuner recorded it."""
+
+    died = False
+
+    def run_trial(self, trial, *args, **kwargs):
+        metrics = super().run_trial(trial, *args, **kwargs)
+        if not DiesAfterTheFirstResult.died:
+            DiesAfterTheFirstResult.died = True
+            raise KeyboardInterrupt
+        return metrics
+
+
+def test_trial_killed_after_its_result_is_not_trained_again(tmp_path, capsys):
+    train, validation = _dataset(48, 1), _dataset(24, 2)
+    arguments = dict(search_space=SearchSpace(**FAST_SPACE), conversion="float32", directory=str(tmp_path),
+                     project_name="late", verbose=1, eval_threads=1)
+    DiesAfterTheFirstResult.died = False
+    tuner = DiesAfterTheFirstResult(make_oracle("random", max_trials=2, seed=5), build_tiny, **arguments)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search(train, validation_data=validation)
+    tflite = tmp_path / "late" / "trial_0" / "model.tflite"
+    finished_at, first = os.path.getmtime(tflite), load_results(tmp_path / "late")[0]
+    capsys.readouterr()
+
+    resumed = EdgeTuner(make_oracle("random", max_trials=2, seed=5), build_tiny, overwrite=False, **arguments)
+    resumed.search(train, validation_data=validation)
+    assert "trial 0: finished before the interruption, result reused" in capsys.readouterr().out
+    assert os.path.getmtime(tflite) == finished_at
+    results = {r.trial_id: r for r in resumed.results()}
+    assert sorted(results) == ["0", "1"] and results["0"].metrics == first.metrics
