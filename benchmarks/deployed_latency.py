@@ -6,7 +6,7 @@ count in the LiteRT interpreter (default XNNPACK delegate, as edgekeras
 evaluates them), allocated at batch 1 and warmed up. Then rounds run
 `--runs / --rounds` timed invocations of each (file, threads) pair, in an
 order rotated each round, so that drifts of a shared machine hit all files
-alike. Each invocation is timed alone, as `edgekeras.evaluate.measure_latency`
+alike. Each invocation is timed alone, as `edgekeras.litert.measure_latency`
 does (set the prepared input, `invoke`); the table reports the median and the
 90th percentile over all of them, the spread (min-max) of the per-round
 medians, and the ratio of medians to the run's float reference at the same
@@ -57,7 +57,7 @@ sys.path.insert(0, ROOT)  # this checkout's edgekeras, not whichever one is inst
 
 import numpy as np  # noqa: E402
 
-from edgekeras.evaluate import TFLiteModel, file_sizes, tflite_sparsity  # noqa: E402
+from edgekeras.litert import TFLiteModel, file_sizes, tflite_sparsity  # noqa: E402
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")

@@ -3,10 +3,10 @@
 One MobileNetV2 transfer classifier (`edgekeras.models.build_transfer_model`,
 ImageNet base frozen, its softmax head trained briefly on `--train-examples`
 CIFAR-10 training images so that accuracies mean something) is exported to
-float32 and int8 .tflite files with `edgekeras.export.export_tflite`, and the
+float32 and int8 .tflite files with `edgekeras.litert.export_tflite`, and the
 first `--examples` CIFAR-10 test images are classified five ways:
 
-- `edgekeras_float32`, `edgekeras_int8`: `edgekeras.evaluate.TFLiteModel(...,
+- `edgekeras_float32`, `edgekeras_int8`: `edgekeras.litert.TFLiteModel(...,
   num_threads=--threads).predict(images, batch_size=--batch-size)`, the
   batched, multi-threaded LiteRT path `evaluate_tflite` / `evaluate_accuracy`
   use (one allocation at the batch size, the last short batch padded).
@@ -51,8 +51,8 @@ import tensorflow as tf  # noqa: E402
 
 from edgekeras import keras  # noqa: E402
 from edgekeras.data import load_image_data  # noqa: E402
-from edgekeras.evaluate import TFLiteModel  # noqa: E402
-from edgekeras.export import export_tflite  # noqa: E402
+from edgekeras.litert import TFLiteModel  # noqa: E402
+from edgekeras.litert import export_tflite  # noqa: E402
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 from edgekeras.models import build_transfer_model  # noqa: E402
 

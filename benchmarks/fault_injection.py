@@ -5,7 +5,7 @@ a fresh run directory, kills it with SIGKILL when its output reaches a phase
 boundary (or after a random delay), starts the same command again and checks:
 
 - the resumed run exits with status 0;
-- `edgekeras.run.verify_run_dir` finds nothing wrong (state finished, every
+- `edgekeras.app.pipeline.verify_run_dir` finds nothing wrong (state finished, every
   .tflite matches its checksum and loads in LiteRT, report.json valid, no
   temporary file anywhere);
 - the report lists the same variants, roles and files as an uninterrupted
@@ -20,7 +20,7 @@ with a result and a loadable .tflite, and no finished trial may run again.
 
 The config is `configs/demo.toml` cut down (1,500 CIFAR-10 images at 48 px),
 so one run takes about a minute on a 2-core CPU. The fast cases live in
-`tests/test_faults.py`.
+`tests/app/test_faults.py`.
 
 Run (needs ../shared/data or TFDS_DATA_DIR / EDGEKERAS_WEIGHTS):
 
@@ -46,9 +46,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
 
-from edgekeras.config import config_to_toml, load_config  # noqa: E402
+from edgekeras.app.config import config_to_toml, load_config  # noqa: E402
 from edgekeras.io import atomic_write_json  # noqa: E402
-from edgekeras.run import verify_run_dir  # noqa: E402
+from edgekeras.app.pipeline import verify_run_dir  # noqa: E402
 
 # (name, text in the run's output at which it is killed)
 BOUNDARIES = [
@@ -167,7 +167,7 @@ def summary(run_dir):
 
 def tune_faults(workdir, data_dir, weights):
     """Kills `edgekeras tune` inside a trial and between trials; returns result rows."""
-    from edgekeras.evaluate import TFLiteModel
+    from edgekeras.litert import TFLiteModel
     from edgekeras.tuning import load_results
 
     path = os.path.join(workdir, "tune.toml")

@@ -16,7 +16,7 @@ on the same test images:
   updates the masks of every wrapped layer called in training mode),
   `strip_pruning`, conversion of the pruned model; then each .tflite evaluated by an `ai_edge_litert` Interpreter with
   default settings, one image per `invoke`.
-- `edgekeras`: `edgekeras.run.run(config, overwrite=True)` on a config
+- `edgekeras`: `edgekeras.app.pipeline.run(config, overwrite=True)` on a config
   generated from `configs/seed.toml` (`load_config` + `dataclasses.replace` +
   `config_to_toml`, written beside the results) with the same subset, epochs,
   image size and weights, and the same three deliverables
@@ -67,8 +67,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras  # noqa: E402
 
-from edgekeras.config import config_to_toml, load_config  # noqa: E402
-from edgekeras.evaluate import file_sizes, tflite_sparsity  # noqa: E402
+from edgekeras.app.config import config_to_toml, load_config  # noqa: E402
+from edgekeras.litert import file_sizes, tflite_sparsity  # noqa: E402
 from edgekeras.io import atomic_write_text  # noqa: E402
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
@@ -230,7 +230,7 @@ def seed_pipeline(args, config, workdir):
 
 
 def edgekeras_pipeline(config):
-    from edgekeras.run import run
+    from edgekeras.app.pipeline import run
 
     result = run(config, overwrite=True, progress=False)
     timings = {key: float(value) for key, value in result.timings.items()}

@@ -1,5 +1,5 @@
 """`python -m edgekeras` runs the command-line interface."""
 
-from edgekeras.cli import main
+from edgekeras.app.cli import main
 
 raise SystemExit(main())

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.errors import EdgekerasError
+
 __all__ = [
     "DataNotFoundError",
     "ImageData",
@@ -26,7 +28,7 @@ __all__ = [
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(EdgekerasError, FileNotFoundError):
     """The dataset is not prepared locally and could not be downloaded."""
 
 

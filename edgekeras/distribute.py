@@ -36,6 +36,8 @@ import os
 
 import tensorflow as tf
 
+from edgekeras.choices import STRATEGIES
+
 __all__ = [
     "STRATEGIES",
     "get_strategy",
@@ -46,7 +48,6 @@ __all__ = [
     "shard_by_data",
 ]
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 def get_strategy(name="default", devices=None, communication="auto"):

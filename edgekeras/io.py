@@ -15,10 +15,12 @@ import os
 import shutil
 import tempfile
 
+from edgekeras.errors import EdgekerasError
+
 __all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
 
 
-class DiskFullError(OSError):
+class DiskFullError(EdgekerasError, OSError):
     """A write failed for lack of space; the previous file is untouched."""
 
 

@@ -22,12 +22,15 @@ __all__ = [
     "ConstantSparsity",
     "PolynomialDecay",
     "MbyNSparsity",
+    "PruningSchedule",
+    "polynomial_ramp",
     "serialize",
     "deserialize",
     "schedule_sparsity",
 ]
 
-_PruningSchedule = tfmot.sparsity.keras.PruningSchedule
+# The base class every schedule derives from, TFMOT's and edgekeras' alike.
+PruningSchedule = tfmot.sparsity.keras.PruningSchedule
 
 
 def _check_int(value, argument, minimum):
@@ -122,7 +125,7 @@ class PolynomialDecay(tfmot.sparsity.keras.PolynomialDecay):
         )
 
 
-class MbyNSparsity(_PruningSchedule):
+class MbyNSparsity(PruningSchedule):
     """Structured sparsity: in every block of `n` weights, `m` are zero.
 
     Blocks run along the input-channel axis of the TFLite weight layout
@@ -190,7 +193,7 @@ _SCHEDULES = {cls.__name__: cls for cls in (ConstantSparsity, PolynomialDecay, M
 
 def serialize(schedule):
     """Returns `schedule.get_config()`, checking that it is a pruning schedule."""
-    if not isinstance(schedule, _PruningSchedule):
+    if not isinstance(schedule, PruningSchedule):
         raise TypeError(
             "Argument `schedule` must be a pruning schedule such as "
             "edgekeras.schedules.PolynomialDecay(...) or a "
@@ -235,3 +238,44 @@ def schedule_sparsity(schedule, step):
         return 0.0
     _, sparsity = schedule(tf.constant(step, tf.int64))
     return float(sparsity)
+
+
+def polynomial_ramp(
+    total_steps, final_sparsity, *, initial_sparsity=0.0, begin=0.0, end=2 / 3, mask_updates=10, power=3
+):
+    """A `PolynomialDecay` placed on a phase of `total_steps` steps by fractions.
+
+    The ramp starts at `begin * total_steps` and ends near `end * total_steps`:
+    its length is rounded down to a whole number of mask updates, so the last
+    update lands exactly on the final sparsity, and what remains of the phase
+    fine-tunes at that sparsity.
+
+    Args:
+        total_steps: training steps of the pruning phase.
+        final_sparsity: sparsity at the end of the ramp, in [0, 1).
+        initial_sparsity: sparsity of the first mask.
+        begin: where the ramp starts, as a fraction of the phase.
+        end: where it ends, as a fraction of the phase (> `begin`).
+        mask_updates: how often the masks are recomputed along the ramp.
+        power: exponent of the polynomial.
+
+    Returns:
+        A `PolynomialDecay`.
+
+    Example:
+
+    ```python
+    schedule = polynomial_ramp(1000, 0.8, end=0.6)  # 0 -> 80 % over 600 steps
+    ```
+    """
+    _check_int(total_steps, "total_steps", 1)
+    _check_int(mask_updates, "mask_updates", 1)
+    if not 0.0 <= begin < end <= 1.0:
+        raise ValueError(f"Arguments `begin` and `end` must satisfy 0 <= begin < end <= 1. Received: begin={begin!r}, end={end!r}")
+    begin_step = int(round(begin * total_steps))
+    length = max(1, int(end * total_steps) - begin_step)
+    frequency = max(1, length // mask_updates)
+    length = max(frequency, length - length % frequency)
+    return PolynomialDecay(
+        initial_sparsity, final_sparsity, begin_step=begin_step, end_step=begin_step + length, power=power, frequency=frequency
+    )

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 
+from edgekeras.choices import POLICIES
 from edgekeras.compat import keras
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "overall_sparsity",
 ]
 
-POLICIES = ("all", "skip_first_last", "pointwise")
 
 
 def check_policy(policy, argument="policy"):

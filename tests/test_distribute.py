@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from edgekeras import keras
-from edgekeras.config import ConfigError, parse_config
+from edgekeras.app.config import ConfigError, parse_config
 from edgekeras.distribute import get_strategy, is_chief, worker_id
 from edgekeras.trainers import EdgeTrainer
 
@@ -183,7 +183,7 @@ TRAINER_WORKER_SCRIPT = textwrap.dedent(
 
     strategy = get_strategy("multi_worker", communication="ring")  # first: before other TF work
     from edgekeras import keras, sparsity
-    from edgekeras.export import export_tflite
+    from edgekeras.litert import export_tflite
     from edgekeras.models import clone_with_weights
     from edgekeras.schedules import ConstantSparsity
     from edgekeras.trainers import EdgeTrainer
@@ -282,7 +282,7 @@ def test_two_worker_trainer_prunes_in_step_and_the_chief_exports_once(tmp_path):
 WORKER_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from edgekeras.cli import main
+    from edgekeras.app.cli import main
     started = time.perf_counter()
     status = main(["run", "--config", sys.argv[1], "--output-dir", sys.argv[2], "--no-progress"])
     print(f"WALL {time.perf_counter() - started:.2f}")

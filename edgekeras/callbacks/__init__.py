@@ -1,5 +1,13 @@
-"""Keras callbacks that bring edge optimizations into `model.fit`."""
+"""Keras callbacks that bring edge optimizations into `model.fit`, one per module.
 
-from edgekeras.callbacks.pruning import MagnitudePruning, PreserveSparsity
+- `MagnitudePruning` (magnitude_pruning.py): prune to a schedule while training.
+- `PreserveSparsity` (preserve_sparsity.py): keep a pruned model's zeros.
+- `TFLiteExport` (tflite_export.py): write verified .tflite files when `fit` ends.
+"""
 
-__all__ = ["MagnitudePruning", "PreserveSparsity"]
+from edgekeras.callbacks.magnitude_pruning import MagnitudePruning
+from edgekeras.callbacks.masking import MaskingCallback, current_learning_rate
+from edgekeras.callbacks.preserve_sparsity import PreserveSparsity
+from edgekeras.callbacks.tflite_export import TFLiteExport
+
+__all__ = ["MagnitudePruning", "MaskingCallback", "PreserveSparsity", "TFLiteExport", "current_learning_rate"]

@@ -7,7 +7,7 @@ builds a new one (`quantize_apply` clones every layer into a
 than the float phases. A trainer can hold all of them and hand each phase's
 model back; a model subclass could not turn itself into its quantized clone.
 
-API (what `edgekeras.run` / the CLI call):
+API (what `edgekeras.app.pipeline` / the CLI call):
 
 ```python
 trainer = EdgeTrainer(
@@ -74,12 +74,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from edgekeras import distribute, sparsity
-from edgekeras.callbacks.pruning import MagnitudePruning, PreserveSparsity, current_learning_rate
+from edgekeras import distribute, quantization, sparsity
+from edgekeras.callbacks import MagnitudePruning, PreserveSparsity, current_learning_rate
 from edgekeras.compat import check_model, keras
 from edgekeras.models import clone_with_weights, flatten, is_nested
-from edgekeras.schedules import PolynomialDecay, _PruningSchedule
-from edgekeras.trainers import quantization
+from edgekeras.schedules import PruningSchedule, polynomial_ramp
 
 __all__ = ["EdgeTrainer", "PHASES"]
 
@@ -274,7 +273,7 @@ class EdgeTrainer:
         self.metrics = metrics
         self.prune_policy = prune_policy
         self.quantize_scheme_setting = quantize_scheme
-        self.quantize_skip = quantization._check_names(quantize_skip, "quantize_skip")
+        self.quantize_skip = quantization.check_layer_names(quantize_skip, "quantize_skip")
         self.quantize_configs = dict(quantize_configs or {})
         self.compile_kwargs = dict(compile_kwargs or {})
         self.calibration_steps = calibration_steps
@@ -389,13 +388,9 @@ class EdgeTrainer:
             )
 
     def _prune_schedule(self, prune, steps):
-        if isinstance(prune, _PruningSchedule):
+        if isinstance(prune, PruningSchedule):
             return prune
-        total = steps
-        end_step = max(1, int(total * RAMP_FRACTION))
-        frequency = max(1, end_step // MASK_UPDATES)
-        end_step = max(frequency, end_step - end_step % frequency)
-        return PolynomialDecay(0.0, float(prune), begin_step=0, end_step=end_step, frequency=frequency)
+        return polynomial_ramp(steps, float(prune), end=RAMP_FRACTION, mask_updates=MASK_UPDATES)
 
     def _record_sparsity(self, phase, model):
         pairs = sparsity.prunable_weights(model)
@@ -465,7 +460,7 @@ class EdgeTrainer:
         float_epochs = _check_epochs(float_epochs, "float_epochs")
         prune_epochs = _check_epochs(prune_epochs, "prune_epochs")
         qat_epochs = _check_epochs(qat_epochs, "qat_epochs")
-        if prune is not None and not isinstance(prune, _PruningSchedule):
+        if prune is not None and not isinstance(prune, PruningSchedule):
             if isinstance(prune, bool) or not isinstance(prune, numbers.Real) or not 0.0 < prune < 1.0:
                 raise ValueError(
                     "Argument `prune` must be None, a target sparsity in (0, 1) or a pruning schedule "

@@ -5,11 +5,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from edgekeras import keras, serialization, sparsity
+from edgekeras import keras, models, sparsity
 from edgekeras.callbacks import MagnitudePruning
 from edgekeras.schedules import ConstantSparsity
-from edgekeras.trainers import EdgeTrainer, UnquantizableLayersError, is_quantization_aware, quantize_model
-from edgekeras.trainers.quantization import calibrate_activation_ranges
+from edgekeras.quantization import UnquantizableLayersError, is_quantization_aware, quantize_model
+from edgekeras.trainers import EdgeTrainer
+from edgekeras.quantization import calibrate_activation_ranges
 
 SAMPLES = 64
 BATCH = 8
@@ -132,8 +133,8 @@ def test_float_model_is_a_dense_snapshot(trained):
 def test_each_phase_model_saves_and_loads(trained, tmp_path, phase, filename):
     trainer, _, _ = trained
     model = getattr(trainer, f"{phase}_model")
-    path = serialization.save_model(model, tmp_path / filename)
-    loaded = serialization.load_model(path)
+    path = models.save_model(model, tmp_path / filename)
+    loaded = models.load_model(path)
     x, _ = data()
     np.testing.assert_allclose(loaded.predict(x[:4], verbose=0), model.predict(x[:4], verbose=0), atol=1e-4)
     assert sparsity.layer_sparsities(loaded) == pytest.approx(sparsity.layer_sparsities(model))
@@ -142,25 +143,25 @@ def test_each_phase_model_saves_and_loads(trained, tmp_path, phase, filename):
 def test_qat_model_refuses_keras_format_with_fix(trained, tmp_path):
     trainer, _, _ = trained
     with pytest.raises(ValueError, match=r"Save it as \.h5 or as a SavedModel directory"):
-        serialization.save_model(trainer.qat_model, tmp_path / "qat.keras")
+        models.save_model(trainer.qat_model, tmp_path / "qat.keras")
     assert not list(tmp_path.iterdir())
 
 
 def test_save_model_rejects_unknown_extension_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"Argument `path` must end in \.h5 or \.keras.*Received: path='.*model\.pb'"):
-        serialization.save_model(conv_net(), tmp_path / "model.pb")
+        models.save_model(conv_net(), tmp_path / "model.pb")
     assert not list(tmp_path.iterdir())
 
 
 def test_custom_objects_cover_tfmot_classes():
-    objects = serialization.custom_objects()
+    objects = models.custom_objects()
     for name in ("QuantizeWrapperV2", "QuantizeLayer", "PrunePreserveDefault8BitConvWeightsQuantizer"):
         assert name in objects
 
 
 def test_load_model_reports_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Argument `path` names nothing on disk"):
-        serialization.load_model(tmp_path / "missing.h5")
+        models.load_model(tmp_path / "missing.h5")
 
 
 def _pruned_tiny():

@@ -1,0 +1,99 @@
+"""The `edgekeras` command line (also `python -m edgekeras`).
+
+Each subcommand is a function `<name>(args)` of `edgekeras.app.commands`,
+registered in `_parser()`. Errors edgekeras raises for the user
+(`EdgekerasError`: a bad config, missing data or weights, a refused export)
+print one clear line and exit with status 2; anything else is a bug and keeps
+its traceback.
+
+The commands module (and with it TensorFlow) is loaded only once the arguments
+parse, so `edgekeras --help` and usage errors answer at once.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+from edgekeras.errors import EdgekerasError
+
+__all__ = ["main"]
+
+# Where the subcommands live; imported after parsing (see the module docstring).
+COMMANDS_MODULE = "edgekeras.app.commands"
+
+
+def _add_data_arguments(parser):
+    parser.add_argument("--dataset", default="cifar10", help="TFDS dataset name (default: cifar10)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with prepared TFDS data (default: $TFDS_DATA_DIR, then TFDS' default)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download; fail with a clear error if the data is not prepared",
+    )
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("EDGEKERAS_WEIGHTS", "imagenet"),
+        help='MobileNetV2 weights: "imagenet", "none" or a local .h5 path '
+        "(default: $EDGEKERAS_WEIGHTS, else imagenet)",
+    )
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="edgekeras",
+        description="Pruning, quantization-aware training and TFLite export inside model.fit.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the seed's reference model and print its test accuracy")
+    _add_data_arguments(train)
+    train.add_argument("--image-size", type=int, default=160)
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples only")
+    train.add_argument(
+        "--validation-size", type=int, default=5000, help="examples carved from the end of the training split"
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler="train")
+
+    run = commands.add_parser(
+        "run", help="train, prune, quantize, export, evaluate and report as one TOML config says"
+    )
+    run.add_argument("--config", required=True, help="the TOML config, e.g. configs/demo.toml")
+    run.add_argument("--name", default=None, help="override run.name (the run directory's name)")
+    run.add_argument("--output-dir", default=None, help="override run.output_dir (default in configs: runs)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run directory's contents and start over (default: resume an interrupted run of the "
+        "same config; a finished one is left as it is)",
+    )
+    run.set_defaults(handler="run")
+
+    tune = commands.add_parser(
+        "tune", help="search sparsity, learning rate and QAT epochs with keras-tuner, scored on the .tflite"
+    )
+    tune.add_argument("--config", required=True, help="the TOML config, e.g. configs/tune.toml")
+    tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
+    tune.add_argument("--top", type=int, default=None, help="rows of the final table (default: tune.top)")
+    tune.set_defaults(handler="tune")
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    commands = importlib.import_module(COMMANDS_MODULE)
+    try:
+        return getattr(commands, args.handler)(args)
+    except EdgekerasError as error:
+        print(f"edgekeras {args.command}: error: {error}", file=sys.stderr)
+        return 2

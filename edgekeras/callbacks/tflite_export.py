@@ -1,0 +1,161 @@
+"""`TFLiteExport`: convert, verify and write .tflite files when `fit` ends.
+
+Exporting is the last step of every edge training run, so it belongs in the
+fit loop like checkpointing does: add the callback and `model.fit` leaves
+verified .tflite files behind. Each file is converted from the trained model,
+checked in LiteRT against the Keras model and only then renamed into place
+(see `edgekeras.litert.export_tflite`). A model still wrapped for pruning is
+stripped first; a quantization-aware model is exported as int8 from its own
+ranges.
+
+Like Keras' own callbacks, it touches no model, file or TF object in
+`__init__`, so it survives `copy.deepcopy` (keras-tuner copies callbacks per
+trial); the calibration and verification datasets are shared between copies
+rather than copied, since tf.data pipelines are immutable descriptions.
+"""
+
+import copy
+import os
+
+from edgekeras.compat import keras
+from edgekeras.litert import CONVERSIONS, IO_DTYPES, export_tflite
+from edgekeras.models import is_quantization_aware
+
+__all__ = ["TFLiteExport"]
+
+_SHARED = ("representative_data", "verify_data")
+
+
+class TFLiteExport(keras.callbacks.Callback):
+    """Exports the trained model to .tflite at the end of training.
+
+    Files are named `<prefix><conversion>.tflite` in `directory`. After
+    `fit`, `callback.exported` lists an `edgekeras.litert.ExportedModel`
+    (path, sizes, verification numbers) per file.
+
+    Args:
+        directory: where to write the files (created if needed).
+        conversions: names from `edgekeras.litert.CONVERSIONS`, e.g.
+            `("float32", "float16", "dynamic_int8", "int8")`.
+        prefix: file-name prefix, e.g. "pruned_".
+        representative_data: calibration images for "int8" on a model
+            without QAT: a batched `(images, labels)` dataset from the
+            training split (e.g. `ImageData.train`).
+        representative_examples: calibration images, at most.
+        io_dtype: input/output dtype of "int8" files: "float32", "int8" or
+            "uint8".
+        verify_data: images to verify each file on (a batched dataset or an
+            array); None uses a fixed random batch.
+        verify_examples: images to verify on.
+        min_agreement: if set, a file agreeing with Keras on a smaller
+            fraction of top-1 predictions is not written and `fit` raises.
+        verbose: print one line per file.
+
+    Example:
+
+    ```python
+    export = TFLiteExport("out", ("float32", "int8"), representative_data=data.train,
+                          verify_data=data.validation)
+    model.fit(data.train, epochs=1, callbacks=[export])
+    print([e.path for e in export.exported])
+    ```
+    """
+
+    def __init__(
+        self,
+        directory,
+        conversions=("float32",),
+        *,
+        prefix="",
+        representative_data=None,
+        representative_examples=256,
+        io_dtype="float32",
+        verify_data=None,
+        verify_examples=64,
+        min_agreement=None,
+        verbose=1,
+    ):
+        super().__init__()
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(f"Argument `directory` must be a non-empty path. Received: directory={directory!r}")
+        if isinstance(conversions, str):
+            conversions = (conversions,)
+        conversions = tuple(conversions)
+        if not conversions:
+            raise ValueError("Argument `conversions` must name at least one conversion. Received: conversions=()")
+        for conversion in conversions:
+            if conversion not in CONVERSIONS:
+                raise ValueError(
+                    f"Argument `conversions` must hold names from {', '.join(CONVERSIONS)}. "
+                    f"Received: conversions={conversions!r}"
+                )
+        if len(set(conversions)) != len(conversions):
+            raise ValueError(f"Argument `conversions` has duplicates. Received: conversions={conversions!r}")
+        if io_dtype not in IO_DTYPES:
+            raise ValueError(f"Argument `io_dtype` must be one of {', '.join(IO_DTYPES)}. Received: io_dtype={io_dtype!r}")
+        if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+            raise ValueError(f"Argument `min_agreement` must be in [0, 1] or None. Received: min_agreement={min_agreement!r}")
+        if not isinstance(prefix, str):
+            raise ValueError(f"Argument `prefix` must be a string. Received: prefix={prefix!r}")
+        self.directory = os.fspath(directory)
+        self.conversions = conversions
+        self.prefix = prefix
+        self.representative_data = representative_data
+        self.representative_examples = representative_examples
+        self.io_dtype = io_dtype
+        self.verify_data = verify_data
+        self.verify_examples = verify_examples
+        self.min_agreement = min_agreement
+        self.verbose = verbose
+        self.exported = []
+
+    def __deepcopy__(self, memo):
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        for key, value in vars(self).items():
+            if key in _SHARED or key == "model":
+                setattr(clone, key, value)
+            else:
+                setattr(clone, key, copy.deepcopy(value, memo))
+        return clone
+
+    def on_train_begin(self, logs=None):
+        self.exported = []
+        # Checked here, not at the end: a missing calibration set must not
+        # surface only after hours of training. QAT models carry their ranges.
+        if (
+            "int8" in self.conversions
+            and self.representative_data is None
+            and not is_quantization_aware(self.model)
+        ):
+            raise ValueError(
+                "Argument `representative_data` is required to export 'int8' from a model "
+                "without quantization-aware training (full-integer calibration); pass images "
+                "from the training split, e.g. `representative_data=data.train`. "
+                "Received: representative_data=None"
+            )
+
+    def on_train_end(self, logs=None):
+        self.exported = []
+        for conversion in self.conversions:
+            path = os.path.join(self.directory, f"{self.prefix}{conversion}.tflite")
+            exported = export_tflite(
+                self.model,
+                path,
+                conversion,
+                representative_data=self.representative_data,
+                representative_examples=self.representative_examples,
+                io_dtype=self.io_dtype if conversion == "int8" else "float32",
+                verify_data=self.verify_data,
+                verify_examples=self.verify_examples,
+                min_agreement=self.min_agreement,
+            )
+            self.exported.append(exported)
+            if self.verbose:
+                check = exported.verification
+                print(
+                    f"TFLiteExport: wrote {exported.path} ({exported.size_bytes} bytes, "
+                    f"{exported.gzip_bytes} gzipped); top-1 agreement with Keras "
+                    f"{check.top1_agreement:.1%}, max |diff| {check.max_abs_diff:.2g} "
+                    f"on {check.examples} images"
+                )

@@ -1,0 +1,115 @@
+"""Cached activations: run a model's frozen prefix once, train its top on the results.
+
+When only the top of a model trains (transfer learning with a frozen base),
+every epoch would recompute the same frozen activations. `cache_features` runs
+the frozen prefix (`edgekeras.models.split_model`) over the data once, through
+LiteRT/XNNPACK by default (about 4x faster than tf_keras on CPU, checked
+against Keras on the first batch), and `array_dataset` feeds the stored
+activations back as a `tf.data.Dataset` without copying them into a tensor.
+
+Example:
+
+```python
+from edgekeras.features import array_dataset, cache_features
+from edgekeras.models import split_model
+
+prefix, top, cut = split_model(model)
+features, labels = cache_features(prefix, data.train)
+top.fit(array_dataset(features, labels, batch_size=64, shuffle_seed=0), epochs=3)
+```
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from edgekeras.litert import ExportError, TFLiteModel, convert, progress_bar
+
+__all__ = ["array_dataset", "cache_features"]
+
+
+def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2, progress=True, description="cache"):
+    """Runs the frozen `prefix` over a labelled dataset once; returns arrays.
+
+    Args:
+        prefix: the frozen part of the model (from `split_model`).
+        dataset: batched `(images, labels)` pipeline.
+        engine: "litert" (convert to float32 .tflite and run with XNNPACK,
+            checked against Keras on the first batch) or "keras".
+        passes: passes over `dataset` (each a new augmentation, if any).
+        num_threads: LiteRT threads.
+        progress: show a progress bar.
+        description: progress-bar label.
+
+    Returns:
+        `(features, labels)` numpy arrays; features are float16, which halves
+        the memory of a multi-GB cache (its rounding, ~1e-3 relative, is far
+        below what int8 deployment later adds).
+    """
+    runner = None
+    if engine == "litert":
+        runner = TFLiteModel(convert(prefix, "float32"), num_threads=num_threads)
+    # Batches go straight into one preallocated array when the dataset's
+    # length is known: a list of batches plus their concatenation would hold
+    # the cache twice at its peak.
+    features, labels, filled = [], [], 0
+    checked = engine != "litert"
+    total = int(dataset.cardinality()) if int(dataset.cardinality()) > 0 else None
+    for _ in range(passes):
+        for images, batch_labels in progress_bar(
+            dataset.as_numpy_iterator(), total=total, description=description, enabled=progress
+        ):
+            if runner is None:
+                output = prefix(images, training=False).numpy()
+            else:
+                output = runner.predict(images, batch_size=images.shape[0] if filled == 0 else None)
+                if not checked:
+                    expected = prefix(images, training=False).numpy()
+                    scale = max(1.0, float(np.abs(expected).max()))
+                    difference = float(np.abs(expected - output).max())
+                    if difference > 1e-3 * scale:
+                        raise ExportError(
+                            f"The LiteRT copy of the frozen prefix differs from Keras by {difference:.3g}; "
+                            'set train.cache_engine = "keras".'
+                        )
+                    checked = True
+            if total is not None and not isinstance(features, np.ndarray):
+                features = np.empty((total * passes * len(output), *output.shape[1:]), np.float16)
+            if isinstance(features, np.ndarray):
+                features[filled : filled + len(output)] = output
+            else:
+                features.append(output.astype(np.float16))
+            filled += len(output)
+            labels.append(batch_labels)
+    features = features[:filled] if isinstance(features, np.ndarray) else np.concatenate(features)
+    return features, np.concatenate(labels)
+
+
+def array_dataset(features, labels, batch_size, shuffle_seed=None):
+    """Batches of in-memory arrays as a `tf.data.Dataset`, reshuffled each epoch.
+
+    Unlike `from_tensor_slices`, this neither copies the arrays into a
+    tensor (cached activations can be several GB) nor hits the 2 GB limit of
+    a serialized dataset graph: a generator slices one batch at a time.
+    """
+    count = len(features)
+    batches = math.ceil(count / batch_size)
+    epoch = [0]
+
+    def generate():
+        if shuffle_seed is None:
+            order = np.arange(count)
+        else:
+            order = np.random.default_rng((shuffle_seed, epoch[0])).permutation(count)
+            epoch[0] += 1
+        for start in range(0, count, batch_size):
+            index = np.sort(order[start : start + batch_size])
+            yield features[index].astype(np.float32), labels[index]
+
+    signature = (
+        tf.TensorSpec((None, *features.shape[1:]), tf.float32),
+        tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)),
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2)

@@ -1,0 +1,292 @@
+"""Evaluating .tflite files the way they are deployed: with the LiteRT interpreter.
+
+Accuracy is measured on batches by `TFLiteModel` (edgekeras.litert.runtime).
+Latency is measured separately at batch 1, as a device would run it: median
+and 90th percentile over many invocations after warm-up, for each thread
+count. Sparsity and sizes come from the flatbuffer itself
+(edgekeras.litert.flatbuffer).
+
+Example:
+
+```python
+from edgekeras.litert import evaluate_tflite
+
+result = evaluate_tflite("runs/demo/int8.tflite", data.test)
+print(result.accuracy, result.gzip_bytes, result.latency[1].median_ms)
+```
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from edgekeras.litert.flatbuffer import file_sizes, tflite_sparsity
+from edgekeras.litert.runtime import TFLiteModel, check_threads, progress_bar
+
+__all__ = [
+    "Accuracy",
+    "Latency",
+    "Evaluation",
+    "evaluate_accuracy",
+    "measure_latency",
+    "evaluate_tflite",
+]
+
+@dataclasses.dataclass
+class Accuracy:
+    """Top-1 accuracy of a model on a dataset."""
+
+    accuracy: float
+    correct: int
+    examples: int
+
+
+@dataclasses.dataclass
+class Latency:
+    """Batch-1 latency of one model with a given number of threads."""
+
+    num_threads: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything `evaluate_tflite` measures about one .tflite file.
+
+    Attributes:
+        path: the evaluated file.
+        accuracy: top-1 accuracy in [0, 1].
+        examples: number of examples evaluated.
+        size_bytes: file size.
+        gzip_bytes: size after gzip -9.
+        sparsity: fraction of zeros in the conv/dense weights, in [0, 1].
+        latency: {num_threads: Latency} at batch 1.
+        input_dtype: the model's input dtype name.
+    """
+
+    path: str
+    accuracy: float
+    examples: int
+    size_bytes: int
+    gzip_bytes: int
+    sparsity: float
+    latency: dict
+    input_dtype: str
+
+    def to_dict(self):
+        result = dataclasses.asdict(self)
+        result["latency"] = {str(k): dataclasses.asdict(v) for k, v in self.latency.items()}
+        return result
+
+
+def _batches(dataset):
+    """Yields (images, labels) numpy batches from a dataset or an (x, y) pair."""
+    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], np.ndarray):
+        yield np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
+        return
+    for batch in dataset:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError(
+                "Argument `dataset` must yield (images, labels) batches. "
+                f"Received a batch of type {type(batch).__name__}."
+            )
+        yield np.asarray(batch[0], np.float32), np.asarray(batch[1])
+
+
+def _dataset_batches(dataset):
+    try:
+        import tensorflow as tf
+
+        if isinstance(dataset, tf.data.Dataset):
+            cardinality = int(dataset.cardinality())
+            return dataset.as_numpy_iterator(), cardinality if cardinality > 0 else None
+    except ImportError:  # pragma: no cover - tensorflow is a dependency
+        pass
+    return dataset, None
+
+
+def _check_labels(labels, num_classes, runner):
+    """Refuses labels of more classes than the model has outputs (accuracy would be silently wrong)."""
+    one_hot = labels.ndim == 2 and labels.shape[1] > 1
+    if one_hot and labels.shape[1] == num_classes:
+        return
+    if not one_hot and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes):
+        return
+    model = "the model" if runner.path is None else f"model {runner.path!r}"
+    received = f"one-hot labels of {labels.shape[1]} classes" if one_hot else (
+        f"class ids from {labels.min()} to {labels.max()}"
+    )
+    raise ValueError(
+        f"Argument `dataset` does not match the number of classes of {model}, which has {num_classes} "
+        f"outputs (class ids 0 to {num_classes - 1}). Received: {received}. Evaluate the model on the "
+        "dataset it was trained for, or build it with that dataset's number of classes "
+        "(e.g. build_transfer_model(data.num_classes, ...))."
+    )
+
+
+def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progress=True):
+    """Top-1 accuracy of a .tflite model on a labelled dataset.
+
+    Args:
+        model: a .tflite path, its bytes or a `TFLiteModel`.
+        dataset: batched `(images, labels)` pairs: a `tf.data.Dataset`, any
+            iterable of numpy pairs, or one `(images, labels)` numpy pair.
+            Labels are class ids (or one-hot rows).
+        num_threads: interpreter threads.
+        max_examples: stop after this many examples (None: all).
+        progress: show a progress bar.
+
+    Returns:
+        An `Accuracy`.
+
+    Raises:
+        ValueError: the labels have more classes than the model has
+            outputs (e.g. a 5-class model on 10-class data), or the dataset
+            yields no `(images, labels)` batches.
+        TFLiteFileError: `model` is not a valid .tflite file.
+
+    Example:
+
+    ```python
+    evaluate_accuracy("model.tflite", data.test).accuracy
+    ```
+    """
+    runner = model if isinstance(model, TFLiteModel) else TFLiteModel(model, num_threads)
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
+        raise ValueError(
+            f"Argument `max_examples` must be a positive integer or None. Received: max_examples={max_examples!r}"
+        )
+    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], np.ndarray):
+        iterator, total = _batches(dataset), 1
+    else:
+        source, total = _dataset_batches(dataset)
+        iterator = _batches(source)
+    correct = examples = 0
+    batch_size = None
+    for images, labels in progress_bar(iterator, total=total, description="evaluate", enabled=progress):
+        if max_examples is not None:
+            keep = max_examples - examples
+            images, labels = images[:keep], labels[:keep]
+        if images.shape[0] == 0:
+            break
+        batch_size = batch_size or images.shape[0]
+        outputs = runner.predict(images, batch_size=batch_size)
+        outputs = outputs.reshape(outputs.shape[0], -1)
+        _check_labels(labels, outputs.shape[1], runner)
+        predicted = outputs.argmax(axis=1)
+        truth = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels.reshape(-1)
+        correct += int(np.sum(predicted == truth))
+        examples += int(images.shape[0])
+        if max_examples is not None and examples >= max_examples:
+            break
+    if examples == 0:
+        raise ValueError("Argument `dataset` yielded no examples to evaluate.")
+    return Accuracy(accuracy=correct / examples, correct=correct, examples=examples)
+
+
+def measure_latency(model, *, num_threads=1, runs=50, warmup=10, image=None):
+    """Median and 90th-percentile latency of one batch-1 invocation.
+
+    Args:
+        model: a .tflite path or its bytes.
+        num_threads: interpreter threads.
+        runs: timed invocations (at least 50 for a stable p90).
+        warmup: untimed invocations first (XNNPACK packs weights lazily).
+        image: one float input image (default: zeros); latency does not
+            depend on the values for these models.
+
+    Returns:
+        A `Latency`.
+
+    Example:
+
+    ```python
+    measure_latency("model.tflite", num_threads=2).median_ms
+    ```
+    """
+    check_threads(num_threads)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"Argument `runs` must be a positive integer. Received: runs={runs!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"Argument `warmup` must be a non-negative integer. Received: warmup={warmup!r}")
+    runner = TFLiteModel(model, num_threads)
+    shape = runner.input_shape[1:]
+    if image is None:
+        image = np.zeros(shape, np.float32)
+    prepared = runner.quantize_input(np.asarray(image, np.float32)[None, ...])
+    runner._allocate(1)
+    for _ in range(warmup):
+        runner.invoke_raw(prepared)
+    times = np.empty(runs)
+    for index in range(runs):
+        start = time.perf_counter()
+        runner.invoke_raw(prepared)
+        times[index] = time.perf_counter() - start
+    return Latency(
+        num_threads=num_threads,
+        median_ms=float(np.median(times) * 1000.0),
+        p90_ms=float(np.percentile(times, 90) * 1000.0),
+        runs=runs,
+    )
+
+
+def evaluate_tflite(
+    path,
+    dataset,
+    *,
+    num_threads=2,
+    latency_threads=(1, 2),
+    latency_runs=50,
+    warmup=10,
+    max_examples=None,
+    progress=True,
+):
+    """Measures accuracy, size, gzip size, sparsity and latency of a .tflite.
+
+    Args:
+        path: the .tflite file.
+        dataset: batched `(images, labels)` pairs (see `evaluate_accuracy`).
+        num_threads: interpreter threads for the accuracy pass.
+        latency_threads: thread counts to time batch-1 latency with.
+        latency_runs: timed runs per thread count (>= 50).
+        warmup: untimed runs before timing.
+        max_examples: evaluate at most this many examples.
+        progress: show a progress bar over the batches.
+
+    Returns:
+        An `Evaluation`.
+
+    Example:
+
+    ```python
+    evaluation = evaluate_tflite("runs/demo/float32.tflite", data.test)
+    ```
+    """
+    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 50:
+        raise ValueError(
+            "Argument `latency_runs` must be an integer >= 50 so that the 90th "
+            f"percentile is meaningful. Received: latency_runs={latency_runs!r}"
+        )
+    for threads in latency_threads:
+        check_threads(threads, "latency_threads")
+    runner = TFLiteModel(path, num_threads)
+    accuracy = evaluate_accuracy(runner, dataset, max_examples=max_examples, progress=progress)
+    size_bytes, gzip_bytes = file_sizes(path)
+    latency = {
+        threads: measure_latency(path, num_threads=threads, runs=latency_runs, warmup=warmup)
+        for threads in latency_threads
+    }
+    return Evaluation(
+        path=os.fspath(path),
+        accuracy=accuracy.accuracy,
+        examples=accuracy.examples,
+        size_bytes=size_bytes,
+        gzip_bytes=gzip_bytes,
+        sparsity=tflite_sparsity(path),
+        latency=latency,
+        input_dtype=runner.input_dtype.name,
+    )

@@ -1,0 +1,218 @@
+"""Graph surgery on tf_keras models: flatten, clone, split, inspect.
+
+TFMOT's quantization-aware training rejects functional models that contain
+other models as layers ("nested" models), which is how transfer models are
+usually written (`base = MobileNetV2(...); outputs = head(base(inputs))`).
+`flatten` turns a user's nested functional model into an equivalent flat one
+that shares its layers and so its weights. `split_model` cuts a model before
+its first trainable layer (the frozen prefix's activations can then be
+cached), `assemble_with_weights` puts a trained part back into a copy of the
+whole. `custom_objects` names the TFMOT classes models of every phase may hold.
+"""
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    prune_preserve_quantize_registry as prune_preserve,
+)
+from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+from edgekeras.compat import check_model, keras
+
+__all__ = [
+    "assemble_with_weights",
+    "clone_with_weights",
+    "custom_objects",
+    "flatten",
+    "is_nested",
+    "is_pruning_wrapped",
+    "is_quantization_aware",
+    "split_model",
+]
+
+
+def _is_graph_model(layer):
+    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+
+
+def is_nested(model):
+    """Returns True if a model holds other functional/Sequential models as layers."""
+    return any(_is_graph_model(layer) for layer in model.layers)
+
+
+def _replay(model, inputs, training=None):
+    """Calls the layers of `model`'s graph on `inputs`, recursing into sub-models."""
+    tensor_dict = {}
+    usage = model._tensor_usage_count
+    for reference, tensor in zip(model.inputs, tf.nest.flatten(inputs)):
+        key = str(id(reference))
+        tensor_dict[key] = [tensor] * usage[key]
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            args, kwargs = node.map_arguments(tensor_dict)
+            if training is not None and "training" in kwargs:
+                kwargs["training"] = training
+            elif training is not None and getattr(node.layer, "_expects_training_arg", False):
+                kwargs["training"] = training
+            if _is_graph_model(node.layer):
+                # A nested call like `base(x, training=False)` keeps its meaning
+                # for every inner layer once flattened.
+                inner_training = kwargs.pop("training", training)
+                kwargs.pop("mask", None)
+                if kwargs:
+                    raise ValueError(
+                        f"Cannot flatten sub-model {node.layer.name!r}: it is "
+                        f"called with arguments {sorted(kwargs)}, which a flat "
+                        "graph cannot express."
+                    )
+                outputs = _replay(node.layer, args[0] if len(args) == 1 else args, inner_training)
+            else:
+                outputs = node.layer(*args, **kwargs)
+            for key, tensor in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensor_dict[key] = [tensor] * usage[key]
+    outputs = [tensor_dict[str(id(reference))].pop() for reference in model.outputs]
+    return tf.nest.pack_sequence_as(model._nested_outputs, outputs)
+
+
+def flatten(model, name=None):
+    """Returns a flat functional model equivalent to `model`.
+
+    Functional and Sequential sub-models are inlined: their layers become
+    layers of the returned model. The layers are shared, not copied, so the
+    flat model has the same weights and computes the same outputs. A
+    sub-model called with `training=False` keeps that for all of its layers.
+    Subclassed sub-models cannot be inlined and stay single layers.
+
+    Args:
+        model: a tf_keras functional or Sequential model.
+        name: name of the flat model (default: the model's name).
+
+    Returns:
+        A flat functional model, or `model` itself if it is already flat.
+
+    Raises:
+        TypeError: `model` is not a tf_keras model (e.g. Keras 3).
+        ValueError: `model` is subclassed, so it has no graph to flatten.
+
+    Example:
+
+    ```python
+    base = keras.Sequential([keras.layers.Dense(4, input_shape=(3,))])
+    inputs = keras.Input((3,))
+    nested = keras.Model(inputs, keras.layers.Dense(2)(base(inputs)))
+    flat = flatten(nested)
+    ```
+    """
+    check_model(model)
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"Argument `model` must be a functional or Sequential model to be "
+            f"flattened. Received: model={model.name!r} of subclassed type "
+            f"{type(model).__name__}."
+        )
+    if not is_nested(model):
+        return model
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=layer.name)
+        for tensor, layer in zip(model.inputs, model._input_layers)
+    ]
+    nested_inputs = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
+    outputs = _replay(model, inputs)
+    return keras.Model(nested_inputs, outputs, name=name or model.name)
+
+
+def clone_with_weights(model):
+    """A new model with `model`'s graph, weights and `trainable` flags, sharing nothing.
+
+    Works on quantization-aware models (TFMOT's classes are in scope) and on
+    the user's in-memory Lambda layers. The clone's variables belong to the
+    `tf.distribute` strategy whose scope is current, so calling this outside
+    any scope gives a plain copy of a distributed model (what the TFLite
+    converter and file writers need).
+    """
+    with keras.utils.custom_object_scope(custom_objects()), SafeModeScope(safe_mode=False):
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for source, target in zip(model.layers, copy.layers):
+        target.trainable = source.trainable
+    return copy
+
+
+def split_model(model):
+    """Splits `model` before its first layer with trainable weights.
+
+    Returns `(prefix, top, cut_name)`: `prefix` maps the model's input to the
+    activations entering the cut layer, `top` maps those activations to the
+    output. `top` shares its layers with `model`, so training `top` trains
+    `model`. Parameter-free layers such as Dropout right before the cut stay
+    in `top`, since they behave differently in training. Returns
+    `(None, model, None)` when the first layer is already trainable.
+
+    Raises:
+        ValueError: the cut falls where a skip connection crosses it (the top
+            would need a second input), or nothing is trainable.
+    """
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    index = next((i for i, layer in enumerate(layers) if layer.trainable_weights), None)
+    if index is None:
+        raise ValueError(f"Model {model.name!r} has no trainable weights: nothing to train.")
+    while index > 0 and isinstance(layers[index - 1], keras.layers.Dropout):
+        index -= 1
+    if index == 0:
+        return None, model, None
+    cut = layers[index]
+    try:
+        prefix = keras.Model(model.inputs, cut.input, name=f"{model.name}_frozen_prefix")
+        top = keras.Model(cut.input, model.outputs, name=f"{model.name}_top")
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot cache the frozen part of {model.name!r} before layer {cut.name!r}: a skip "
+            f"connection crosses that point ({error}). Start fine-tuning at a block boundary "
+            '(e.g. model.trainable_from = "block_16_expand") or set train.cache_features = false.'
+        ) from error
+    return prefix, top, cut.name
+
+
+def assemble_with_weights(full_model, trained):
+    """A copy of `full_model` carrying `trained`'s weights where names match."""
+    assembled = clone_with_weights(full_model)
+    for layer in trained.layers:
+        if layer.weights and any(l.name == layer.name for l in assembled.layers):
+            assembled.get_layer(layer.name).set_weights(layer.get_weights())
+    return assembled
+
+
+def custom_objects():
+    """Returns `{name: class}` for the TFMOT classes edgekeras models may hold.
+
+    `load_model` applies these itself; this is for code that calls
+    `keras.models.load_model` or `model_from_config` directly.
+    """
+    objects = {
+        "PrunePreserveDefaultWeightsQuantizer": prune_preserve.PrunePreserveDefaultWeightsQuantizer,
+        "PrunePreserveDefault8BitWeightsQuantizer": prune_preserve.PrunePreserveDefault8BitWeightsQuantizer,
+        "PrunePreserveDefault8BitConvWeightsQuantizer": prune_preserve.PrunePreserveDefault8BitConvWeightsQuantizer,
+    }
+    # quantize_scope() is a CustomObjectScope over TFMOT's own dictionaries.
+    for mapping in tfmot.quantization.keras.quantize_scope().custom_objects:
+        objects.update(mapping)
+    return objects
+
+
+_QUANTIZE_LAYER_TYPES = {"QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer"}
+
+
+def _layer_types(model):
+    return {type(layer).__name__ for layer in model.layers}
+
+
+def is_quantization_aware(model):
+    """Returns True if `model` has TFMOT quantization wrappers (QAT)."""
+    return bool(_layer_types(model) & _QUANTIZE_LAYER_TYPES)
+
+
+def is_pruning_wrapped(model):
+    """Returns True if `model` still holds TFMOT `PruneLowMagnitude` wrappers."""
+    return "PruneLowMagnitude" in _layer_types(model)

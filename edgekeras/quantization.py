@@ -1,0 +1,331 @@
+"""Quantization-aware copies of a model with TFMOT, with errors a user can act on.
+
+`quantize_model` annotates a flat functional or Sequential model, picks TFMOT's
+default 8-bit scheme, or its prune-preserving variant
+(`tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme`) when the
+model is sparse, and returns the `quantize_apply` result with the original
+layers' `trainable` flags re-applied: TFMOT rebuilds every layer from its
+config, and edgekeras promises that frozen layers stay frozen.
+
+Plain QAT after pruning destroys the zeros (the fake-quantized weights are
+trained densely); the prune-preserving scheme multiplies Conv2D and Dense
+kernels by their sparsity mask inside the weight quantizer. It does not do so
+for DepthwiseConv2D, which is why `EdgeTrainer` also runs
+`edgekeras.callbacks.PreserveSparsity` during QAT of a sparse model.
+"""
+
+import re
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+)
+
+from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+from edgekeras import sparsity
+from edgekeras.compat import check_model, keras
+from edgekeras.errors import EdgekerasError
+from edgekeras.models import is_nested, is_quantization_aware
+
+__all__ = [
+    "SCHEMES",
+    "UnquantizableLayersError",
+    "is_sparse",
+    "unquantizable_layers",
+    "quantize_model",
+    "is_quantization_aware",
+    "check_layer_names",
+    "frozen_weights_made_trainable",
+    "calibrate_activation_ranges",
+]
+
+SCHEMES = ("auto", "default", "prune_preserve")
+
+# A kernel with this many exact zeros was pruned: dense training never
+# produces exact zeros at this rate.
+SPARSE_THRESHOLD = 0.05
+
+
+class UnquantizableLayersError(EdgekerasError, ValueError):
+    """Layers of the model have no quantization config in TFMOT's scheme.
+
+    Attributes:
+        layers: list of `(layer name, class name)` pairs.
+    """
+
+    def __init__(self, layers, detail=""):
+        self.layers = list(layers)
+        names = ", ".join(f"{name!r} ({cls})" for name, cls in self.layers)
+        listed = ", ".join(repr(name) for name, _ in self.layers)
+        super().__init__(
+            f"Argument `model` has layers that TFMOT's 8-bit quantization-aware training cannot quantize. "
+            f"Received: {names}. "
+            f"Fix: keep them in float with `quantize_skip=[{listed}]` (config: `qat.skip_layers`; the TFLite "
+            "converter adds quantize/dequantize around them), or give each a "
+            "`tfmot.quantization.keras.QuantizeConfig` with "
+            "`quantize_configs={name: config}` (e.g. a passthrough config that quantizes "
+            "nothing)." + (f" ({detail})" if detail else "")
+        )
+
+
+def is_sparse(model, threshold=SPARSE_THRESHOLD):
+    """True if any prunable kernel of `model` has at least `threshold` exact zeros."""
+    return any(value >= threshold for value in sparsity.layer_sparsities(model).values())
+
+
+def check_layer_names(values, argument):
+    if values is None:
+        return ()
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise ValueError(
+            f"Argument `{argument}` must be a list of layer names. Received: {argument}={values!r}"
+        )
+    return tuple(values)
+
+
+def _check_graph_model(model, argument="model"):
+    check_model(model, argument)
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise ValueError(
+            f"Argument `{argument}` must be a functional or Sequential model for "
+            f"quantization-aware training (TFMOT rebuilds it layer by layer). Received: "
+            f"{argument}={model.name!r} of subclassed type {type(model).__name__}. Rebuild it "
+            "with the functional API, or prune it with edgekeras.callbacks.MagnitudePruning "
+            "and export it without QAT."
+        )
+    if is_nested(model):
+        raise ValueError(
+            f"Argument `{argument}` holds nested models, which TFMOT cannot quantize. "
+            f"Flatten it first: edgekeras.models.flatten({argument})."
+        )
+
+
+def unquantizable_layers(model, quantize_skip=(), quantize_configs=None):
+    """Returns `(name, class name)` of layers TFMOT's 8-bit scheme cannot quantize.
+
+    Layers in `quantize_skip` or `quantize_configs` are not reported.
+    """
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    handled = set(quantize_skip) | set(quantize_configs or {})
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in handled:
+            continue
+        if registry.supports(layer) or _folded_batch_norm(layer):
+            continue
+        found.append((layer.name, type(layer).__name__))
+    return found
+
+
+def _folded_batch_norm(layer):
+    # TFMOT's layout transforms handle BatchNormalization only right after a
+    # convolution or Dense layer; the registry itself has no entry for it.
+    if not isinstance(layer, keras.layers.BatchNormalization):
+        return False
+    producers = [
+        inbound
+        for node in layer._inbound_nodes
+        for inbound in tf.nest.flatten(node.inbound_layers)
+    ]
+    folding = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    return bool(producers) and all(isinstance(p, folding) for p in producers)
+
+
+def _scheme(name):
+    if name == "prune_preserve":
+        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+
+
+def frozen_weights_made_trainable(model):
+    """Returns the variables of frozen layers that TFMOT's wrappers train anyway.
+
+    `QuantizeWrapperV2.build` appends the quantized weights (kernels) to the
+    wrapper's own trainable weights whatever the wrapped layer's `trainable`
+    flag says, so a frozen Conv2D's kernel is trained during QAT. Moving the
+    variables to the non-trainable list would change the weight order that
+    `.h5` files rely on; `EdgeTrainer` restores them after every batch instead.
+    """
+    found = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None or inner.trainable or not hasattr(layer, "_weight_vars"):
+            continue
+        trainable = {id(v) for v in layer.trainable_weights}
+        found.extend(entry[0] for entry in layer._weight_vars if id(entry[0]) in trainable)
+    return found
+
+
+def _restore_trainable(quantized, original):
+    flags = {layer.name: layer.trainable for layer in original.layers}
+    for layer in quantized.layers:
+        inner = getattr(layer, "layer", layer)
+        if inner.name in flags:
+            inner.trainable = flags[inner.name]
+
+
+def quantize_model(model, scheme="auto", quantize_skip=(), quantize_configs=None):
+    """Returns a quantization-aware copy of `model` and the scheme used.
+
+    Args:
+        model: a flat functional or Sequential tf_keras model.
+        scheme: `"auto"` (prune-preserving when `is_sparse(model)`, else
+            default), `"default"` or `"prune_preserve"`.
+        quantize_skip: names of layers to leave in float.
+        quantize_configs: `{layer name: tfmot QuantizeConfig}` for layers the
+            default registry does not know.
+
+    Returns:
+        `(qat_model, scheme_name)`; the copy has the model's weights and
+        `trainable` flags, and is not compiled.
+
+    Raises:
+        UnquantizableLayersError: some layers have no quantization config.
+        ValueError: bad argument, subclassed or nested model.
+
+    Example:
+
+    ```python
+    qat_model, scheme = quantize_model(model)
+    qat_model.compile("adam", "sparse_categorical_crossentropy")
+    ```
+    """
+    _check_graph_model(model)
+    if scheme not in SCHEMES:
+        raise ValueError(f"Argument `scheme` must be one of {SCHEMES}. Received: scheme={scheme!r}")
+    quantize_skip = check_layer_names(quantize_skip, "quantize_skip")
+    quantize_configs = dict(quantize_configs or {})
+    names = {layer.name for layer in model.layers}
+    unknown = [name for name in (*quantize_skip, *quantize_configs) if name not in names]
+    if unknown:
+        raise ValueError(
+            f"Arguments `quantize_skip` / `quantize_configs` name layers the model does not have: "
+            f"{unknown}. Layer names: {sorted(names)[:20]}"
+        )
+    missing = unquantizable_layers(model, quantize_skip, quantize_configs)
+    if missing:
+        raise UnquantizableLayersError(missing)
+    if scheme == "auto":
+        scheme = "prune_preserve" if is_sparse(model) else "default"
+
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def annotate_layer(layer):
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in quantize_skip:
+            return layer
+        return annotate(layer, quantize_config=quantize_configs.get(layer.name))
+
+    # Cloning goes through layer configs; Keras' safe mode would refuse the
+    # user's own Lambda layers, but this model is in memory, not untrusted data.
+    with tfmot.quantization.keras.quantize_scope(), SafeModeScope(safe_mode=False):
+        annotated = keras.models.clone_model(model, clone_function=annotate_layer)
+        try:
+            quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme=_scheme(scheme))
+        except (RuntimeError, ValueError) as error:
+            match = re.search(r"Layer (\S+?):<class '[\w.]*?(\w+)'>", str(error)) or re.search(
+                r"Layer (\w+) is not supported", str(error)
+            )
+            if match is None:
+                raise
+            layer_name = match.group(1)
+            pairs = [(layer.name, type(layer).__name__) for layer in model.layers if layer.name == layer_name]
+            if not pairs:
+                # The prune-preserving registry names the class, not the layer.
+                pairs = [
+                    (layer.name, type(layer).__name__)
+                    for layer in model.layers
+                    if type(layer).__name__ == layer_name and layer.trainable_weights
+                    and layer.name not in quantize_skip
+                ]
+            raise UnquantizableLayersError(pairs or [(layer_name, "?")], detail=f"scheme {scheme!r}: {error}") from error
+    _restore_trainable(quantized, model)
+    return quantized, scheme
+
+
+# MovingAverageQuantizer.__call__ hard-codes this decay.
+_EMA_DECAY = 0.999
+
+
+def _moving_average_ranges(model):
+    """`(min_var, max_var)` of every activation range kept as an EMA."""
+    moving = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
+    found = []
+
+    def add(quantizer, variables):
+        if isinstance(quantizer, moving) and variables:
+            found.append((variables["min_var"], variables["max_var"]))
+
+    for layer in model.layers:
+        for activation in getattr(layer, "_quantize_activations", ()):
+            add(activation.quantizer, getattr(activation, "_pre_activation_vars", None))
+            add(activation.quantizer, getattr(activation, "_post_activation_vars", None))
+        output_quantizers = getattr(layer, "_output_quantizers", None)
+        if output_quantizers:
+            add(output_quantizers[0], getattr(layer, "_output_quantizer_vars", None))
+        if hasattr(layer, "quantizer_vars"):
+            add(getattr(layer, "quantizer", None), layer.quantizer_vars)
+    return found
+
+
+def _inputs_of(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibrate_activation_ranges(model, data, steps=16):
+    """Sets a QAT model's activation ranges from data before fine-tuning.
+
+    TFMOT starts every activation range at [-6, 6] and moves it towards the
+    observed range by 0.1 % per training step (an EMA with decay 0.999), so a
+    QAT fine-tuning of a few hundred steps keeps ranges far from the real
+    ones, and the quantized model loses accuracy for it. This runs `steps`
+    forward passes in training mode, recovers each batch's observed range
+    from the EMA update (`batch = (new - 0.999 * old) / 0.001`), sets the
+    range to it so that later layers see calibrated inputs on the next pass,
+    and finally sets each range to the mean over the passes after the first.
+    Weight ranges need nothing: TFMOT recomputes them from the weights at
+    every training step.
+
+    Args:
+        model: a quantization-aware model (from `quantize_model`).
+        data: a `tf.data.Dataset` or iterable of `(x, y)` / `x` batches.
+        steps: number of batches to use (>= 2).
+
+    Returns:
+        The number of range pairs calibrated.
+
+    Example:
+
+    ```python
+    qat_model, _ = quantize_model(model)
+    calibrate_activation_ranges(qat_model, train_dataset, steps=16)
+    ```
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"Argument `steps` must be an integer >= 2. Received: steps={steps!r}")
+    ranges = _moving_average_ranges(model)
+    if not ranges:
+        return 0
+    variables = [v for pair in ranges for v in pair]
+    totals = [np.zeros(v.shape, np.float64) for v in variables]
+    counted = 0
+    iterator = iter(data.take(steps) if isinstance(data, tf.data.Dataset) else data)
+    for index in range(steps):
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        before = [v.numpy().astype(np.float64) for v in variables]
+        model(_inputs_of(batch), training=True)
+        for position, (variable, old) in enumerate(zip(variables, before)):
+            observed = (variable.numpy().astype(np.float64) - _EMA_DECAY * old) / (1.0 - _EMA_DECAY)
+            variable.assign(observed.astype(variable.dtype.as_numpy_dtype))
+            if index > 0:
+                totals[position] += observed
+        counted += index > 0
+    if counted:
+        for variable, total in zip(variables, totals):
+            variable.assign((total / counted).astype(variable.dtype.as_numpy_dtype))
+    return len(ranges)

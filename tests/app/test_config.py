@@ -1,0 +1,165 @@
+"""`edgekeras run` configs: TOML parsing, defaults, and one error per branch."""
+
+import pathlib
+import tomllib
+
+import pytest
+
+from edgekeras.app.config import Config, ConfigError, config_to_toml, default_config_toml, load_config, parse_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def write_bytes(tmp_path, data):
+    path = tmp_path / "config.toml"
+    path.write_bytes(data)
+    return path
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    config = load_config(write(tmp_path, ""))
+    assert config == Config()
+    assert config.source.endswith("config.toml")
+    assert config.run_dir == "runs/default"
+
+
+def test_values_are_read_and_converted(tmp_path):
+    config = load_config(write(tmp_path, """
+[run]
+name = "x"
+[data]
+image_size = 96
+max_train_examples = 500
+[train]
+learning_rate = 1   # an integer where a float is expected is fine
+[export]
+conversions = ["float32", "int8"]
+io_dtype = "uint8"
+[evaluate]
+latency_threads = [1]
+"""))
+    assert (config.run.name, config.data.image_size, config.data.max_train_examples) == ("x", 96, 500)
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.export.conversions == ("float32", "int8") and config.evaluate.latency_threads == (1,)
+
+
+def test_variant_names_and_roles():
+    config = Config()
+    assert config.variant_names() == [
+        "float32", "float16", "dynamic_int8", "int8", "qat_int8",
+        "pruned_float32", "pruned_sparse_float32", "pruned_int8", "pqat_int8",
+    ]
+    roles = config.roles()
+    assert [name for name, role in roles.items() if role != "other"] == ["float32", "qat_int8", "pruned_float32", "pqat_int8"]
+
+
+def test_toml_round_trip(tmp_path):
+    config = parse_config({"data": {"image_size": 64}, "prune": {"target_sparsity": 0.5}})
+    path = write(tmp_path, config_to_toml(config, header="resolved"))
+    assert load_config(path) == config
+    assert default_config_toml().startswith("# edgekeras run: default values")
+
+
+@pytest.mark.parametrize("name", ["default.toml", "seed.toml", "demo.toml"])
+def test_shipped_configs_are_valid(name):
+    load_config(CONFIGS / name)
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"trian": {}}, r"Unknown section `trian` at the top level.* Did you mean `train`\?"),
+        ({"epochs": 3}, r"Unknown key `epochs` at the top level.* `epochs` is a key of \[train\], \[prune\], \[qat\]: write it below"),
+        ({"train": {"epoch": 3}}, r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:.* Did you mean `epochs`\?"),
+        ({"train": 3}, r"Config section \[train\] in <dict> must be a table"),
+        ({"train": {"epochs": "3"}}, r"Config key `train.epochs` must be an integer. Received: train.epochs='3'"),
+        ({"train": {"epochs": True}}, r"`train.epochs` must be an integer"),
+        ({"train": {"epochs": -1}}, r"`train.epochs` must be an integer >= 0"),
+        ({"train": {"learning_rate": "fast"}}, r"`train.learning_rate` must be a number"),
+        ({"train": {"learning_rate": 0}}, r"`train.learning_rate` must be > 0"),
+        ({"train": {"learning_rate": float("inf")}}, r"`train.learning_rate` must be a finite number\. Received: train.learning_rate=inf"),
+        ({"model": {"alpha": float("nan")}}, r"`model.alpha` must be a finite number\. Received: model.alpha=nan"),
+        ({"train": {"optimizer": "lion"}}, r"`train.optimizer` must be one of 'adam', 'sgd'"),
+        ({"train": {"cache_features": "yes"}}, r"`train.cache_features` must be true or false"),
+        ({"run": {"name": "a/b"}}, r"`run.name` must be a non-empty name without '/'"),
+        ({"run": {"output_dir": ""}}, r"`run.output_dir` must be a non-empty path"),
+        ({"run": {"seed": 1.5}}, r"`run.seed` must be an integer"),
+        ({"data": {"image_size": 16}}, r"`data.image_size` must be an integer >= 32"),
+        ({"data": {"dataset": ""}}, r"`data.dataset` must be a TFDS dataset name"),
+        ({"data": {"data_dir": 3}}, r"`data.data_dir` must be a string"),
+        ({"model": {"alpha": 0}}, r"`model.alpha` must be > 0"),
+        ({"model": {"weights": ""}}, r"`model.weights` must be"),
+        ({"model": {"dropout": 1.0}}, r"`model.dropout` must be in \[0, 1\)"),
+        ({"prune": {"target_sparsity": 1.0}}, r"`prune.target_sparsity` must be in \[0, 1\)"),
+        ({"prune": {"target_sparsity": 0.0}}, r"`prune.target_sparsity` must be > 0 when pruning is enabled"),
+        ({"prune": {"initial_sparsity": 0.8, "target_sparsity": 0.5}}, r"`prune.initial_sparsity` must be <= target_sparsity"),
+        ({"prune": {"ramp_fraction": 0}}, r"`prune.ramp_fraction` must be in \(0, 1\]"),
+        ({"prune": {"schedule": "cubic"}}, r"`prune.schedule` must be one of 'polynomial', 'constant'"),
+        ({"prune": {"policy": "some"}}, r"`prune.policy` must be one of"),
+        ({"prune": {"epochs": 0}}, r"`prune.epochs` must be an integer >= 1"),
+        ({"prune": {"power": 0}}, r"`prune.power` must be > 0"),
+        ({"qat": {"epochs": -2}}, r"`qat.epochs` must be an integer >= 0"),
+        ({"qat": {"learning_rate": -1e-4}}, r"`qat.learning_rate` must be > 0"),
+        ({"export": {"conversions": "float32"}}, r"`export.conversions` must be a list"),
+        ({"export": {"conversions": ["float32", "int4"]}}, r"`export.conversions` must be a list of float32"),
+        ({"export": {"conversions": ["float32", "float32"]}}, r"`export.conversions` must be a list without duplicates"),
+        ({"export": {"conversions": ["int8"]}}, r'must be a list that includes "float32"'),
+        ({"export": {"io_dtype": "int16"}}, r"`export.io_dtype` must be one of 'float32', 'int8', 'uint8'"),
+        (
+            {"export": {"io_dtype": "int8", "int8_float_layers": ["expanded_conv_depthwise"]}},
+            r"`export.int8_float_layers` must be empty unless io_dtype = \"float32\"",
+        ),
+        ({"export": {"int8_float_layers": [""]}}, r"`export.int8_float_layers` must be a list of layer names"),
+        ({"qat": {"skip_layers": [3]}}, r"`qat.skip_layers` must be a list of layer names\. Received: qat.skip_layers=\[3\]"),
+        ({"export": {"min_agreement": 2}}, r"`export.min_agreement` must be in \[0, 1\]"),
+        ({"export": {"verify_examples": 0}}, r"`export.verify_examples` must be an integer >= 1"),
+        ({"evaluate": {"split": "train"}}, r"`evaluate.split` must be one of 'test', 'validation'"),
+        ({"evaluate": {"latency_runs": 10}}, r"`evaluate.latency_runs` must be an integer >= 50"),
+        ({"evaluate": {"latency_threads": []}}, r"`evaluate.latency_threads` must be a non-empty list"),
+        ({"evaluate": {"num_threads": 0}}, r"`evaluate.num_threads` must be an integer >= 1"),
+        ({"report": {"quantized": "int4"}}, r"`report.quantized` must name a variant this config exports"),
+        ({"qat": {"epochs": 0}}, r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'\. 'qat_int8' needs `qat.epochs` > 0"),
+        ({"prune": {"enabled": False}}, r"`report.pruned` must name a variant .*'pruned_float32' needs `prune.enabled` = true and 'float32' in `export.pruned_conversions`"),
+        ({"report": {"pruned": "float32"}}, r"names 'float32', which already holds the role 'original' \(`report.original`\)"),
+        ({"report": {"original": ""}}, r"`report.original` must name the float reference"),
+    ],
+)
+def test_validation_errors(values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(values)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="Argument `config` names a file that does not exist"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(write(tmp_path, "[train\nepochs = 1"))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda tmp_path: tmp_path, r"Argument `config` names a file that cannot be read \(Is a directory\)\. Received: config='.*'"),
+        (lambda tmp_path: write_bytes(tmp_path, "[run]\nname = 'café'\n".encode("latin-1")), r"is not valid TOML: it is not UTF-8 text"),
+    ],
+)
+def test_unreadable_config_file(tmp_path, make, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(make(tmp_path))
+
+
+def test_toml_round_trip_escapes_control_characters():
+    config = parse_config({"run": {"name": 'tab\tquote"back\\slash\nnew\x7fline'}})
+    assert parse_config(tomllib.loads(config_to_toml(config))) == config
+
+
+def test_error_names_the_file(tmp_path):
+    path = write(tmp_path, "[prune]\nsparsity = 0.5\n")
+    with pytest.raises(ConfigError, match=r"Unknown key `sparsity` in section \[prune\] of .*config.toml"):
+        load_config(path)

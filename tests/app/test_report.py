@@ -1,0 +1,135 @@
+"""The comparison report: schema, table, Pareto plot, TensorBoard, atomic files."""
+
+import json
+
+import pytest
+
+from edgekeras.app.report import (
+    VariantResult,
+    build_report,
+    format_table,
+    pareto_front,
+    plot_pareto,
+    validate_report,
+    write_report,
+)
+
+
+def variant(name, role, accuracy, gzip_bytes, **overrides):
+    fields = dict(
+        name=name,
+        role=role,
+        file=f"{name}.tflite",
+        accuracy=accuracy,
+        size_bytes=gzip_bytes + 100,
+        gzip_bytes=gzip_bytes,
+        sparsity=0.0,
+        latency_ms=2.0,
+        latency={1: {"median_ms": 2.0, "p90_ms": 2.5, "runs": 50}, 2: {"median_ms": 1.2, "p90_ms": 1.4, "runs": 50}},
+        verification={"examples": 64, "top1_agreement": 0.97, "max_abs_diff": 0.01},
+    )
+    fields.update(overrides)
+    return VariantResult(**fields)
+
+
+def seed_variants():
+    return [
+        variant("float32", "original", 0.9, 8000),
+        variant("int8", "quantized", 0.895, 2100),
+        variant("pruned_float32", "pruned", 0.89, 3000, sparsity=0.75),
+        variant("pqat_int8", "pruned_quantized", 0.885, 900, sparsity=0.74),
+        variant("float16", "other", 0.9, 4100),
+        variant("dynamic_int8", "other", 0.88, 2500),
+    ]
+
+
+def test_report_has_the_issue_schema():
+    report = build_report(seed_variants(), dataset="cifar10", split="test", examples=10000, run="demo")
+    assert (report["dataset"], report["split"], report["examples"], report["run"]) == ("cifar10", "test", 10000, "demo")
+    required = {"name", "role", "file", "accuracy", "size_bytes", "gzip_bytes", "sparsity", "latency_ms"}
+    assert all(required <= set(v) for v in report["variants"])
+    assert [v["role"] for v in report["variants"]].count("other") == 2
+
+
+def test_table_has_delta_against_float_and_both_thread_counts():
+    table = format_table(build_report(seed_variants(), dataset="cifar10", split="test", examples=10))
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + 6
+    assert "Δ vs float" in lines[0] and "latency 1 thr" in lines[0] and "latency 2 thr" in lines[0]
+    assert lines[0].endswith("| sparsity | agreement | max abs diff |")
+    assert "| int8 | quantized | 89.50 % | -0.50 pp |" in table
+    assert "| float32 | original | 90.00 % | 0.00 pp |" in table
+    assert "2.00 / 2.50 | 1.20 / 1.40 | 75.0 % | 97.0% | 0.01 |" in table
+
+
+def test_pareto_front_drops_dominated_variants():
+    report = build_report(seed_variants(), dataset="d", split="test", examples=10)
+    # dynamic_int8 and pruned_float32 are bigger and worse than int8; float32
+    # is as accurate as float16 but bigger.
+    assert pareto_front(report["variants"]) == ["int8", "pqat_int8", "float16"]
+
+
+def test_write_report_files_and_tensorboard(tmp_path):
+    import tensorflow as tf
+
+    report = build_report(seed_variants(), dataset="cifar10", split="test", examples=10)
+    paths = write_report(report, tmp_path / "run", tensorboard_dir=tmp_path / "logs")
+    assert json.loads(open(paths["json"]).read()) == json.loads(json.dumps(report))
+    assert json.loads(open(paths["json"]).read())["variants"][0]["latency"]["1"]["p90_ms"] == 2.5
+    markdown = open(paths["markdown"]).read()
+    assert markdown.count("\n| ") == 7 and "cifar10" in markdown
+    assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    tags = set()
+    for event_file in (tmp_path / "logs").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"report/int8/accuracy", "report/pqat_int8/gzip_bytes", "report/float32/latency_ms", "report/pareto"} <= tags
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["pareto.png", "report.json", "report.md"]
+
+
+def test_plot_is_a_png_without_latency_per_thread():
+    rows = [variant("a", "original", 0.5, 10, latency={}), variant("b", "other", 0.4, 5, latency={})]
+    report = build_report(rows, dataset="d", split="test", examples=1)
+    assert plot_pareto(report).startswith(b"\x89PNG")
+    assert "| a | original | 50.00 % | 0.00 pp |" in format_table(report)
+
+
+def test_invalid_report_writes_nothing(tmp_path):
+    report = build_report(seed_variants(), dataset="cifar10", split="test", examples=10)
+    report["variants"][0]["accuracy"] = 90.0  # a percentage instead of a fraction
+    with pytest.raises(ValueError, match=r"accuracy must be in \[0, 1\]"):
+        write_report(report, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _mutated(mutate):
+    report = build_report(seed_variants(), dataset="cifar10", split="test", examples=10)
+    mutate(report)
+    return report
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda r: r.pop("dataset"), "missing key 'dataset'"),
+        (lambda r: r.update(examples="10"), "'examples' must be int"),
+        (lambda r: r.update(examples=0), "'examples' must be positive"),
+        (lambda r: r["variants"][1].pop("gzip_bytes"), r"variants\[1\] is missing 'gzip_bytes'"),
+        (lambda r: r["variants"][1].update(size_bytes=1.5), r"variants\[1\].size_bytes must be int"),
+        (lambda r: r["variants"][1].update(role="teacher"), r"variants\[1\].role must be one of"),
+        (lambda r: r["variants"][2].update(role="quantized"), "role 'quantized' is held by both 'int8' and 'pruned_float32'"),
+        (lambda r: r["variants"][2].update(name="int8"), "duplicate variant name 'int8'"),
+        (lambda r: r["variants"][2].update(sparsity=75.0), r"sparsity must be in \[0, 1\]"),
+        (lambda r: r["variants"][2].update(gzip_bytes=0), "gzip_bytes must be positive"),
+        (lambda r: r["variants"][2].update(latency_ms=-1.0), "latency_ms must be >= 0"),
+        (lambda r: r["variants"].append("row"), r"variants\[6\] must be a dict"),
+    ],
+)
+def test_validation_errors(mutate, match):
+    with pytest.raises(ValueError, match=match):
+        validate_report(_mutated(mutate))
+
+
+def test_validate_rejects_non_dict():
+    with pytest.raises(ValueError, match="expected a dict"):
+        validate_report([])
