@@ -15,7 +15,7 @@ import pytest
 from edgekeras.app.config import config_to_toml
 from edgekeras.app.pipeline import verify_run_dir
 
-from test_run import tiny_config
+from test_pipeline import tiny_config
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
