@@ -10,14 +10,17 @@ the cache: CIFAR-10 at 32x32 uint8 is 150 MB, at 160x160 float32 it would be
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.compat import keras
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
+    "batches_per_epoch",
     "DataNotFoundError",
     "ImageData",
     "load_image_data",
@@ -326,3 +329,25 @@ def representative_dataset(dataset, num_examples=256):
                 produced += 1
 
     return generate
+
+
+def batches_per_epoch(x, batch_size=None):
+    """Batches in one pass over training data `x`, or None when that is unknown.
+
+    Args:
+        x: a `tf.data.Dataset` (its cardinality), a `keras.utils.Sequence`,
+            or arrays (their length over `batch_size`).
+        batch_size: batch size for arrays (Keras' default 32 when None).
+
+    Returns:
+        An int, or None for infinite or unsized data (generators, repeated
+        datasets, dict inputs): callers then need `steps_per_epoch`.
+    """
+    if isinstance(x, tf.data.Dataset):
+        count = int(x.cardinality())
+        return count if count > 0 else None
+    if isinstance(x, keras.utils.Sequence):
+        return len(x)
+    if hasattr(x, "__len__") and not isinstance(x, dict):
+        return math.ceil(len(x) / (batch_size or 32))
+    return None

@@ -17,7 +17,7 @@ import tempfile
 
 from edgekeras.errors import EdgekerasError
 
-__all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
 
 
 class DiskFullError(EdgekerasError, OSError):
@@ -147,3 +147,17 @@ def atomic_write_text(path, text):
 def atomic_write_json(path, obj):
     """Writes `obj` as indented JSON to `path` atomically and returns `path`."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path, default=None):
+    """The JSON value stored at `path`, or `default` when it is missing or unreadable.
+
+    For files edgekeras wrote itself (state, results, reports): a file that
+    cannot be read is treated as absent, and the caller redoes what it records.
+    Use `json.load` directly where a broken file must be an error.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return default
