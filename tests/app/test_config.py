@@ -7,7 +7,7 @@ import pytest
 
 from edgekeras.app.config import Config, ConfigError, config_to_toml, default_config_toml, load_config, parse_config
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 def write(tmp_path, text):

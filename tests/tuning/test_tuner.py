@@ -505,7 +505,7 @@ def test_keras3_models_are_refused_with_a_clear_error(tmp_path):
 
 
 def test_the_shipped_tune_config_is_valid():
-    config = load_tune_config(os.path.join(os.path.dirname(__file__), "..", "configs", "tune.toml"))
+    config = load_tune_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tune.toml"))
     assert config.tune.max_trials == 20
     assert config.data.validation_size > 0
     assert config.budget.max_gzip_bytes == 1_800_000 and config.budget.max_latency_ms is None
