@@ -10,7 +10,7 @@ export TFDS_DATA_DIR ?= $(if $(wildcard $(SHARED)/tfds),$(abspath $(SHARED)/tfds
 export EDGEKERAS_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights/*.h5),$(abspath $(firstword $(wildcard $(SHARED)/weights/*.h5))),imagenet)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow test-all demo run tune bench faults clean
+.PHONY: install lint test test-slow test-all demo run tune bench faults clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# flake8 reads its settings from setup.cfg.
+lint: install
+	$(BIN)/python -m flake8 edgekeras tests benchmarks
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" tests

@@ -246,7 +246,8 @@ def _nchw_entry(schema, root, subgraph, codes, producers, first_conv):
         return {"ok": False, "reason": "first conv has VALID padding and no PAD before it"}
     paddings = _constant(root, subgraph.Tensors(int(producer.Inputs(1))), np.int32)
     if paddings is None or paddings.reshape(-1, 2)[1:3].tolist() != [[1, 1], [1, 1]]:
-        return {"ok": False, "reason": f"the PAD before the first conv pads {paddings.reshape(-1, 2).tolist() if paddings is not None else '?'}"}
+        pads = paddings.reshape(-1, 2).tolist() if paddings is not None else "?"
+        return {"ok": False, "reason": f"the PAD before the first conv pads {pads}"}
     return {"ok": True, "reason": "3x3 stride-2 conv after a 1-pixel PAD"}
 
 

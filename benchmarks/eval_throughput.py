@@ -47,7 +47,6 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)  # this checkout's edgekeras, not whichever one is installed
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from edgekeras import keras  # noqa: E402
 from edgekeras.data import load_image_data  # noqa: E402

@@ -22,7 +22,6 @@ Run:
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -44,7 +44,8 @@ accuracy, size and sparsity of each deployed file.
 
 Run:
 
-    python benchmarks/seed_recipe.py --train-examples 5000 --test-examples 2000 --epochs 1 --prune-epochs 1 --json runs/bench/seed_recipe.json
+    python benchmarks/seed_recipe.py --train-examples 5000 --test-examples 2000 --epochs 1 --prune-epochs 1 \
+        --json runs/bench/seed_recipe.json
 """
 
 import argparse
@@ -83,7 +84,6 @@ DELIVERABLES = [
     ("dynamic-range int8 (the seed's quantized)", "dynamic_int8", "dynamic_int8"),
     ("pruned float32", "pruned_float32", "pruned_float32"),
 ]
-
 
 
 def edgekeras_config(args, workdir):
@@ -341,7 +341,10 @@ def main(argv=None):
     rows = list(DELIVERABLES) + [(f"{n} (edgekeras only)", None, n) for n in last_ek if n not in {d[2] for d in DELIVERABLES}]
     file_table = []
     print()
-    print("| deliverable | seed accuracy | edgekeras accuracy | Δ edgekeras − seed | seed size | edgekeras size | seed sparsity | edgekeras sparsity |")
+    print(
+        "| deliverable | seed accuracy | edgekeras accuracy | Δ edgekeras − seed | seed size | edgekeras size "
+        "| seed sparsity | edgekeras sparsity |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for label, seed_name, ek_name in rows:
         s, e = last_seed.get(seed_name) if seed_name else None, last_ek.get(ek_name)

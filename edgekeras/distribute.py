@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 
-
 def get_strategy(name="default", devices=None, communication="auto"):
     """Returns the `tf.distribute.Strategy` a name stands for.
 

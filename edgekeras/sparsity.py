@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 def check_policy(policy, argument="policy"):
     """Returns `policy` if it is a known policy name or a callable."""
     if callable(policy) or (isinstance(policy, str) and policy in POLICIES):
@@ -163,21 +162,21 @@ def select_weights(model, policy="all", include_frozen=False):
     """
     check_policy(policy)
     every = prunable_weights(model)
-    candidates = every if include_frozen else [(l, w) for l, w in every if l.trainable]
+    candidates = every if include_frozen else [(layer, w) for layer, w in every if layer.trainable]
     if callable(policy):
-        return [(l, w) for l, w in candidates if policy(l)]
+        return [(layer, w) for layer, w in candidates if policy(layer)]
     if policy == "all":
         return candidates
     if policy == "pointwise":
-        return [(l, w) for l, w in candidates if _is_pointwise(l)]
+        return [(layer, w) for layer, w in candidates if _is_pointwise(layer)]
     # skip_first_last: decided on all prunable layers, frozen or not, so that
     # freezing the stem does not make the next layer "first".
-    convs = [l for l, _ in every if isinstance(l, keras.layers.Conv2D)]
-    denses = [l for l, _ in every if isinstance(l, keras.layers.Dense)]
+    convs = [layer for layer, _ in every if isinstance(layer, keras.layers.Conv2D)]
+    denses = [layer for layer, _ in every if isinstance(layer, keras.layers.Dense)]
     skipped = {id(convs[0])} if convs else set()
     if denses:
         skipped.add(id(denses[-1]))
-    return [(l, w) for l, w in candidates if id(l) not in skipped]
+    return [(layer, w) for layer, w in candidates if id(layer) not in skipped]
 
 
 def select_layers(model, policy="all", include_frozen=False):

@@ -18,7 +18,11 @@ def test_keras_is_tf_keras():
 def test_keras3_model_gives_a_clear_error():
     model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
     assert is_keras3_object(model)
-    with pytest.raises(TypeError, match=r"Argument `model` is a Keras 3 model \(keras\.src\..*Sequential\), but edgekeras needs a tf_keras .*Received: model=<Sequential.*>\. .*TF_USE_LEGACY_KERAS=1"):
+    with pytest.raises(
+        TypeError,
+        match=r"Argument `model` is a Keras 3 model \(keras\.src\..*Sequential\), but edgekeras needs a tf_keras "
+        r".*Received: model=<Sequential.*>\. .*TF_USE_LEGACY_KERAS=1",
+    ):
         check_model(model)
 
 
@@ -38,7 +42,9 @@ def test_import_gives_tf_keras_whatever_the_environment(legacy, tensorflow_first
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     if legacy is not None:
         env["TF_USE_LEGACY_KERAS"] = legacy
-    order = "import tensorflow as tf; tf.keras.layers; import edgekeras" if tensorflow_first else "import edgekeras; import tensorflow as tf"
+    order = (
+        "import tensorflow as tf; tf.keras.layers; import edgekeras" if tensorflow_first else "import edgekeras; import tensorflow as tf"
+    )
     script = (
         f"{order}\n"
         "import tf_keras\n"

@@ -40,7 +40,10 @@ def _python(script, *args, env=None, timeout=240):
         ({"name": "horovod"}, r"Argument `name` must be one of \('default', 'mirrored', 'multi_worker'\)\. Received: name='horovod'"),
         ({"name": "default", "devices": ["/cpu:0"]}, r"Argument `devices` only applies to the 'mirrored' strategy"),
         ({"name": "mirrored", "devices": "/cpu:0"}, r"Argument `devices` must be a non-empty list of device names"),
-        ({"name": "mirrored", "communication": "mpi"}, r"Argument `communication` must be one of \('auto', 'ring', 'nccl'\)\. Received: communication='mpi'"),
+        (
+            {"name": "mirrored", "communication": "mpi"},
+            r"Argument `communication` must be one of \('auto', 'ring', 'nccl'\)\. Received: communication='mpi'",
+        ),
     ],
 )
 def test_get_strategy_bad_arguments(kwargs, message):
@@ -94,7 +97,10 @@ def test_trainer_bad_strategy_argument():
         ({"strategy": "parameter_server"}, r"Config key `distribute.strategy` must be one of 'default', 'mirrored', 'multi_worker'"),
         ({"strategy": "default", "devices": ["/gpu:0"]}, r"Config key `distribute.devices` must be empty unless strategy = \"mirrored\""),
         ({"communication": "mpi"}, r"Config key `distribute.communication` must be one of 'auto', 'ring', 'nccl'"),
-        ({"workers": 2}, r"Unknown key `workers` in section \[distribute\].*Valid keys of \[distribute\]: communication, devices, strategy"),
+        (
+            {"workers": 2},
+            r"Unknown key `workers` in section \[distribute\].*Valid keys of \[distribute\]: communication, devices, strategy",
+        ),
     ],
 )
 def test_distribute_config_errors(section, message):
@@ -265,7 +271,7 @@ def test_two_worker_trainer_prunes_in_step_and_the_chief_exports_once(tmp_path):
         directory.mkdir()
     processes, logs = _start_workers(TRAINER_WORKER_SCRIPT, 2, tmp_path, lambda index: [str(outdirs[index])])
     outputs = _wait_for(processes, logs, tmp_path, timeout=300)
-    results = [json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]) for out in outputs]
+    results = [json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]) for out in outputs]
     assert [r["worker"] for r in results] == ["worker_0", "worker_1"]
     assert [r["chief"] for r in results] == [True, False]
     assert all(r["replicas"] == 2 for r in results)

@@ -29,7 +29,8 @@ def test_disk_full_leaves_previous_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io.os, "fsync", no_space)
-    with pytest.raises(DiskFullError, match=r"No space left to write .*model\.tflite.*previous file, if any, is intact.*run the same command again") as caught:
+    message = r"No space left to write .*model\.tflite.*previous file, if any, is intact.*run the same command again"
+    with pytest.raises(DiskFullError, match=message) as caught:
         atomic_write_bytes(path, b"new and longer content")
     assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
     assert path.read_bytes() == b"previous"
