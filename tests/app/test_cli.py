@@ -1,6 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from edgekeras import EdgekerasError
+from edgekeras.app import commands
 from edgekeras.app.cli import main
 
 
@@ -12,7 +16,7 @@ def test_train_prints_test_accuracy(tiny_tfds_dir, capsys):
         ]
     )
     assert status == 0
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("test accuracy:")]
+    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("test accuracy:")]
     assert line and "on 20 edgekeras_tiny_images test images" in line[0]
     assert 0.0 <= float(line[0].split()[2]) <= 1.0
 
@@ -26,8 +30,10 @@ def test_missing_data_is_one_clear_line_and_status_2(tmp_path, capsys):
 
 def test_missing_weights_file(tiny_tfds_dir, capsys):
     status = main(
-        ["train", "--dataset", "edgekeras_tiny_images", "--data-dir", tiny_tfds_dir, "--weights", "/no/such.h5", "--validation-size", "12",
-         "--image-size", "32"]
+        [
+            "train", "--dataset", "edgekeras_tiny_images", "--data-dir", tiny_tfds_dir, "--weights", "/no/such.h5",
+            "--validation-size", "12", "--image-size", "32",
+        ]
     )
     assert status == 2
     assert "Received: weights='/no/such.h5'" in capsys.readouterr().err
@@ -37,3 +43,30 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "edgekeras", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "usage: edgekeras" in result.stdout and "train" in result.stdout
+
+
+def test_an_edgekeras_error_is_one_line_and_status_2(monkeypatch, capsys):
+    def refuse(args):
+        raise EdgekerasError("Config key `x` must be y. Received: x=1")
+
+    monkeypatch.setattr(commands, "run", refuse)
+    assert main(["run", "--config", "any.toml"]) == 2
+    assert capsys.readouterr().err == "edgekeras run: error: Config key `x` must be y. Received: x=1\n"
+
+
+@pytest.mark.parametrize("bug", [ValueError("a library bug"), TypeError("another bug")])
+def test_any_other_error_keeps_its_traceback(monkeypatch, bug):
+    # Only errors edgekeras raises on purpose are shortened; a bug must show where it is.
+    def crash(args):
+        raise bug
+
+    monkeypatch.setattr(commands, "run", crash)
+    with pytest.raises(type(bug), match=str(bug)):
+        main(["run", "--config", "any.toml"])
+
+
+def test_help_does_not_import_tensorflow():
+    code = "import sys\nfrom edgekeras.app.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: edgekeras" in result.stdout
