@@ -204,3 +204,14 @@ def test_the_checker_sees_a_violation(tmp_path):
     found = edgekeras_imports(probe)
     assert (1, "edgekeras.app.pipeline", False, True) in found and (4, "edgekeras.models", True, True) in found
     assert sum(len(targets) for targets in import_graph().values()) > 50
+
+
+def test_the_readme_architecture_names_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Architecture"):readme.index("## Development")]
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sources()
+        if path.name not in ("__init__.py", "__main__.py") and f"`{path.name}`" not in section
+    ]
+    assert not missing, f"name these modules in the README's Architecture section: {missing}"
