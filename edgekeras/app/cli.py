@@ -23,6 +23,21 @@ __all__ = ["main"]
 COMMANDS_MODULE = "edgekeras.app.commands"
 
 
+def _at_least(minimum, kind=int):
+    """An argparse type: a number >= `minimum`, so a bad value is a usage error, not a traceback."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number >= {minimum}; received {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}; received {text!r}")
+        return value
+
+    return parse
+
+
 def _add_data_arguments(parser):
     parser.add_argument("--dataset", default="cifar10", help="TFDS dataset name (default: cifar10)")
     parser.add_argument(
@@ -52,13 +67,13 @@ def _parser():
 
     train = commands.add_parser("train", help="train the seed's reference model and print its test accuracy")
     _add_data_arguments(train)
-    train.add_argument("--image-size", type=int, default=160)
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples only")
+    train.add_argument("--image-size", type=_at_least(32), default=160)
+    train.add_argument("--epochs", type=_at_least(1), default=1)
+    train.add_argument("--batch-size", type=_at_least(1), default=64)
+    train.add_argument("--learning-rate", type=_at_least(1e-12, float), default=1e-3)
+    train.add_argument("--max-train-examples", type=_at_least(1), default=None, help="train on the first N examples only")
     train.add_argument(
-        "--validation-size", type=int, default=5000, help="examples carved from the end of the training split"
+        "--validation-size", type=_at_least(0), default=5000, help="examples carved from the end of the training split"
     )
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler="train")
@@ -83,7 +98,7 @@ def _parser():
     )
     tune.add_argument("--config", required=True, help="the TOML config, e.g. configs/tune.toml")
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
-    tune.add_argument("--top", type=int, default=None, help="rows of the final table (default: tune.top)")
+    tune.add_argument("--top", type=_at_least(1), default=None, help="rows of the final table (default: tune.top)")
     tune.set_defaults(handler="tune")
     return parser
 

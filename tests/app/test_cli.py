@@ -66,7 +66,19 @@ def test_any_other_error_keeps_its_traceback(monkeypatch, bug):
 
 
 def test_help_does_not_import_tensorflow():
-    code = "import sys\nfrom edgekeras.app.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules"
+    code = (
+        "import sys\nfrom edgekeras.app.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage: edgekeras" in result.stdout
+
+
+@pytest.mark.parametrize("argument, value", [("--image-size", "0"), ("--epochs", "-1"), ("--batch-size", "many")])
+def test_bad_numbers_are_usage_errors(argument, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", argument, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argument}: must be" in err and repr(value) in err and "Traceback" not in err
