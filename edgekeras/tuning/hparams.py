@@ -48,6 +48,7 @@ METRICS = (
     ("within_budget", "within budget", "1 if the trial meets every budget, else 0"),
 )
 
+
 def _domain(hyperparameter, hp_api):
     from keras_tuner.engine import hyperparameters as hp_module
 

@@ -1,4 +1,4 @@
-"""Tests of `edgekeras.tuning` and `edgekeras.tuning`: tiny models, tiny synthetic data."""
+"""Tests of `EdgeTuner`: whole searches with tiny models on tiny synthetic data."""
 
 import json
 import math
@@ -13,14 +13,10 @@ import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given
-from hypothesis import strategies as st
 
 from edgekeras import keras
 from edgekeras.litert import evaluate_accuracy
-from edgekeras.tuning import SearchSpace, read_hparams
-from edgekeras.app.tune import load_tune_config, parse_tune_config
-from edgekeras.tuning import OBJECTIVE, Budget, EdgeTuner, load_results, make_oracle
+from edgekeras.tuning import OBJECTIVE, Budget, EdgeTuner, SearchSpace, load_results, make_oracle, read_hparams
 
 NUM_CLASSES = 3
 SIDE = 8
@@ -84,83 +80,7 @@ def searched(tmp_path_factory):
     return tuner, train, validation
 
 
-# -- the search space ---------------------------------------------------------------
-
-
-def test_search_space_declares_each_kind_of_hyperparameter():
-    space = SearchSpace(
-        learning_rate=(1e-4, 1e-2), final_sparsity={"min": 0.5, "max": 0.9, "step": 0.1}, pruning_begin=0.1,
-        pruning_end={"values": [0.6, 0.9]}, qat_epochs=[0, 2],
-    )
-    hp = keras_tuner.HyperParameters()
-    space.declare(hp)
-    kinds = {h.name: type(h).__name__ for h in hp.space}
-    assert kinds == {"learning_rate": "Float", "final_sparsity": "Float", "pruning_begin": "Fixed",
-                     "pruning_end": "Choice", "qat_epochs": "Int"}
-    assert hp.space[0].sampling == "log"
-    assert SearchSpace.from_config(space.get_config()).get_config() == space.get_config()
-    assert set(space.values(hp)) == set(kinds)
-
-
-@pytest.mark.parametrize(
-    "arguments, match",
-    [
-        ({"learning_rate": (0.0, 1e-2)}, r"`learning_rate` must be > 0"),
-        ({"final_sparsity": (0.5, 1.0)}, r"`final_sparsity` must be in \[0, 1\)"),
-        ({"pruning_end": 1.5}, r"`pruning_end` must be in \(0, 1\]"),
-        ({"pruning_begin": 0.7, "pruning_end": (0.6, 1.0)}, r"overlap"),
-        ({"qat_epochs": {"values": [0, 1.5]}}, r"`qat_epochs` must hold integers"),
-        ({"qat_epochs": {"min": 0, "max": 1.5}}, r"`qat_epochs` must have integer bounds"),
-        ({"learning_rate": (1e-2, 1e-4)}, r"min < max"),
-        ({"learning_rate": "fast"}, r"Received: learning_rate='fast'"),
-    ],
-)
-def test_search_space_rejects_bad_values(arguments, match):
-    with pytest.raises(ValueError, match=match):
-        SearchSpace(**arguments)
-
-
-def test_search_space_from_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="Unknown search-space key `sparsity`"):
-        SearchSpace.from_config({"sparsity": 0.5})
-
-
 # -- budgets --------------------------------------------------------------------------
-
-
-@given(
-    inside=st.floats(0.0, 1.0),
-    outside=st.floats(0.0, 1.0),
-    over=st.floats(1.0 + 1e-9, 1e6, exclude_min=True),
-)
-def test_over_budget_never_beats_within_budget(inside, outside, over):
-    budget = Budget(max_gzip_bytes=1000, max_latency_ms=5.0)
-    ok = budget.score(inside, {"gzip_bytes": 1000, "latency_ms": 5.0})
-    bad = budget.score(outside, {"gzip_bytes": 1000 * over, "latency_ms": 1.0})
-    assert ok == inside
-    assert bad < 0 <= ok
-
-
-def test_budget_marks_the_metrics_over_their_limit():
-    budget = Budget(max_gzip_bytes=1000, max_latency_ms=5.0)
-    assert budget.violations({"gzip_bytes": 1500, "latency_ms": 9.0}) == ["gzip_bytes", "latency_ms"]
-    assert budget.violations({"gzip_bytes": 900, "latency_ms": 1.0}) == []
-    # The closer to the budget, the better an over-budget trial scores.
-    assert budget.score(0.5, {"gzip_bytes": 1100, "latency_ms": 1.0}) > budget.score(0.5, {"gzip_bytes": 1500, "latency_ms": 1.0})
-    assert Budget().violations({"gzip_bytes": 1e12, "latency_ms": 1e6}) == []
-
-
-@pytest.mark.parametrize(
-    "arguments, match",
-    [
-        ({"max_gzip_bytes": 0}, r"`max_gzip_bytes` must be a positive number or None. Received: max_gzip_bytes=0"),
-        ({"max_latency_ms": -1.0}, r"`max_latency_ms` must be a positive number or None"),
-        ({"max_gzip_bytes": "1MB"}, r"Received: max_gzip_bytes='1MB'"),
-    ],
-)
-def test_budget_rejects_bad_limits(arguments, match):
-    with pytest.raises(ValueError, match=match):
-        Budget(**arguments)
 
 
 def test_budget_ranks_trials_within_budget_first(tmp_path):
@@ -202,7 +122,7 @@ def test_run_trial_scores_the_tflite_file_not_the_keras_model(tmp_path, monkeypa
         exported.append(path)
         return real_export(broken, path, conversion, **kwargs)
 
-    monkeypatch.setattr(export, "export_tflite", export_constant_class)
+    monkeypatch.setattr("edgekeras.tuning.scoring.export_tflite", export_constant_class)
     train = _dataset(60, 1)
     validation = _dataset(36, 2, label_of=lambda i: 0 if i % 6 == 0 else 1 + i % 2)  # 1/6 are class 0
     space = SearchSpace(learning_rate=3e-2, final_sparsity=0.5, pruning_begin=0.0, pruning_end=0.5, qat_epochs=0)
@@ -499,92 +419,6 @@ def test_keras3_models_are_refused_with_a_clear_error(tmp_path):
 
     with pytest.raises(TypeError, match="Keras 3 model"):
         _tuner(tmp_path, make_oracle("random", max_trials=1), build_keras3)
-
-
-# -- config and CLI --------------------------------------------------------------------------
-
-
-def test_the_shipped_tune_config_is_valid():
-    config = load_tune_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tune.toml"))
-    assert config.tune.max_trials == 20
-    assert config.data.validation_size > 0
-    assert config.budget.max_gzip_bytes == 1_800_000 and config.budget.max_latency_ms is None
-    assert config.tune.int8_float_layers == ("expanded_conv_depthwise",)
-
-
-@pytest.mark.parametrize(
-    "values, match",
-    [
-        ({"tune": {"trials": 3}}, r"Unknown key `trials` in section \[tune\]"),
-        ({"tune": {"oracle": "grid"}}, r"Config key `tune.oracle` must be one of 'random', 'bayesian', 'hyperband'"),
-        ({"tune": {"max_trials": 0}}, r"Config key `tune.max_trials` must be an integer >= 1. Received: tune.max_trials=0"),
-        ({"tune": {"overwrite": "yes"}}, r"Config key `tune.overwrite` must be true or false"),
-        ({"tune": {"int8_float_layers": "Conv1"}}, r"Config key `tune.int8_float_layers` must be a list of layer names"),
-        ({"tune": {"space": {"final_sparsity": 1.5}}}, r"\[tune.space\].*`final_sparsity` must be in \[0, 1\)"),
-        ({"tune": {"budget": {"max_size": 1}}}, r"Unknown key `max_size` in table \[tune.budget\]"),
-        ({"tune": {"budget": {"max_gzip_bytes": -1}}}, r"`tune.budget.max_gzip_bytes` must be a number >= 0"),
-        ({"train": {"epochs": 1}}, r"Unknown section `train`"),
-        ({"data": {"image_size": 8}}, r"data.image_size"),
-    ],
-)
-def test_tune_config_errors_name_the_key(values, match):
-    from edgekeras.app.config import ConfigError
-
-    with pytest.raises(ConfigError, match=match):
-        parse_tune_config(values)
-
-
-def test_cli_tune_reports_config_errors_in_one_line(tmp_path, capsys):
-    from edgekeras.app.cli import main
-
-    path = tmp_path / "bad.toml"
-    path.write_text("[tune]\noracle = 'grid'\n")
-    assert main(["tune", "--config", str(path)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("edgekeras tune: error: Config key `tune.oracle`") and "\n" not in error
-
-
-def test_cli_tune_runs_a_search_and_prints_the_top_trials(tmp_path, tiny_tfds_dir, capsys):
-    from edgekeras.app.cli import main
-
-    path = tmp_path / "tiny.toml"
-    path.write_text(
-        f"""
-[data]
-dataset = "edgekeras_tiny_images"
-data_dir = "{tiny_tfds_dir}"
-download = false
-image_size = 32
-batch_size = 16
-validation_size = 20
-augment = false
-
-[model]
-alpha = 0.35
-weights = "none"
-trainable_from = "block_16_expand"
-
-[tune]
-max_trials = 2
-directory = "{tmp_path}"
-project_name = "cli"
-conversion = "float32"
-cache_features = true
-cache_engine = "keras"
-
-[tune.space]
-qat_epochs = 0
-"""
-    )
-    assert main(["tune", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "[edgekeras tune] trial 0: .tflite val accuracy" in out and "[edgekeras tune] trial 1:" in out
-    assert out.count("cached the frozen prefix's activations") == 1  # once per search, not per trial
-    assert "tflite acc" in out and "2 finished trial(s)" in out
-    summary = json.loads((tmp_path / "cli" / "results.json").read_text())
-    assert sorted(t["trial_id"] for t in summary["trials"]) == ["0", "1"]
-    assert summary["best_trial"] == summary["trials"][0]["trial_id"]
-    assert all((tmp_path / "cli" / f"trial_{i}" / "model.tflite").is_file() for i in "01")
 
 
 class DiesAfterTheFirstResult(EdgeTuner):
