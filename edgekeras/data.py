@@ -21,6 +21,7 @@ from edgekeras.errors import EdgekerasError
 
 __all__ = [
     "batches_per_epoch",
+    "check_class_ids",
     "DataNotFoundError",
     "ImageData",
     "load_image_data",
@@ -66,7 +67,20 @@ class ImageData:
 
 
 def normalize(images):
-    """Scales uint8-range pixels to [-1, 1], as MobileNetV2 expects."""
+    """Scales uint8-range pixels to [-1, 1], as MobileNetV2 expects.
+
+    Args:
+        images: pixels in [0, 255], any numeric dtype.
+
+    Returns:
+        A float32 tensor of the same shape, in [-1, 1].
+
+    Example:
+
+    ```python
+    normalize(np.array([0.0, 127.5, 255.0]))  # [-1, 0, 1]
+    ```
+    """
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
@@ -163,6 +177,81 @@ def _check_complete(builder, name, data_dir, where):
         )
 
 
+def _check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples):
+    for value, argument in (
+        (image_size, "image_size"),
+        (batch_size, "batch_size"),
+        (shuffle_buffer, "shuffle_buffer"),
+    ):
+        _check_positive_int(value, argument)
+    if isinstance(validation_size, bool) or not isinstance(validation_size, int) or validation_size < 0:
+        raise ValueError(
+            "Argument `validation_size` must be a non-negative integer. "
+            f"Received: validation_size={validation_size!r}"
+        )
+    if max_train_examples is not None:
+        _check_positive_int(max_train_examples, "max_train_examples")
+
+
+def _check_features(info, dataset):
+    features = info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"Argument `dataset` must name an image-classification dataset with "
+            f"`image` and `label` features. Received: dataset={dataset!r} with "
+            f"features {sorted(features.keys())}"
+        )
+
+
+def _splits(info, validation_size, max_train_examples):
+    """The TFDS split strings: validation carved from the end of train, so the test split stays unseen."""
+    total_train = info.splits["train"].num_examples
+    if validation_size >= total_train:
+        raise ValueError(
+            f"Argument `validation_size` must be smaller than the training split "
+            f"({total_train} examples). Received: validation_size={validation_size}"
+        )
+    num_train = total_train - validation_size
+    if max_train_examples is not None:
+        num_train = min(num_train, max_train_examples)
+    return {
+        "train": f"train[:{num_train}]",
+        "validation": f"train[{total_train - validation_size}:]" if validation_size else None,
+        "test": "test",
+    }, num_train
+
+
+def _read(builder, split, cache):
+    """Decoded `(image, label)` examples of one split, cached before resizing (see the module docstring)."""
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    ds = ds.map(lambda image, label: (image, label), num_parallel_calls=AUTOTUNE)
+    return ds.cache() if cache else ds
+
+
+def _shuffle_and_augment(ds, shuffle_buffer, augment, seed):
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        # Dataset.random re-draws each epoch, so augmentation differs per
+        # epoch but is reproducible from `seed`.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
+        ds = ds.map(
+            lambda example, s: (_augment(example[0], s), example[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return ds
+
+
+def _batch(ds, batch_size, image_size):
+    """Batches, then resizes and normalizes each batch (resizing after the cache keeps the cache small)."""
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.map(
+        lambda images, labels: (normalize(_resize(images, image_size)), labels),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return ds.prefetch(AUTOTUNE)
+
+
 def load_image_data(
     dataset="cifar10",
     *,
@@ -217,80 +306,24 @@ def load_image_data(
     images, labels = next(iter(data.train))
     ```
     """
-    for value, argument in (
-        (image_size, "image_size"),
-        (batch_size, "batch_size"),
-        (shuffle_buffer, "shuffle_buffer"),
-    ):
-        _check_positive_int(value, argument)
-    if isinstance(validation_size, bool) or not isinstance(validation_size, int) or validation_size < 0:
-        raise ValueError(
-            "Argument `validation_size` must be a non-negative integer. "
-            f"Received: validation_size={validation_size!r}"
-        )
-    if max_train_examples is not None:
-        _check_positive_int(max_train_examples, "max_train_examples")
-
+    _check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples)
     builder = _builder(dataset, data_dir, download)
     info = builder.info
-    features = info.features
-    if "image" not in features or "label" not in features:
-        raise ValueError(
-            f"Argument `dataset` must name an image-classification dataset with "
-            f"`image` and `label` features. Received: dataset={dataset!r} with "
-            f"features {sorted(features.keys())}"
-        )
-    total_train = info.splits["train"].num_examples
-    if validation_size >= total_train:
-        raise ValueError(
-            f"Argument `validation_size` must be smaller than the training split "
-            f"({total_train} examples). Received: validation_size={validation_size}"
-        )
-    num_train = total_train - validation_size
-    if max_train_examples is not None:
-        num_train = min(num_train, max_train_examples)
-    splits = {
-        "train": f"train[:{num_train}]",
-        "validation": f"train[{total_train - validation_size}:]" if validation_size else None,
-        "test": "test",
-    }
-
-    def read(split):
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-        ds = ds.map(lambda image, label: (image, label), num_parallel_calls=AUTOTUNE)
-        return ds.cache() if cache else ds
-
-    def finish(ds, training):
-        if training:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            if augment:
-                # Dataset.random re-draws each epoch, so augmentation differs per
-                # epoch but is reproducible from `seed`.
-                seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-                ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
-                ds = ds.map(
-                    lambda example, s: (_augment(example[0], s), example[1]),
-                    num_parallel_calls=AUTOTUNE,
-                )
-        ds = ds.batch(batch_size, drop_remainder=False)
-        ds = ds.map(
-            lambda images, labels: (normalize(_resize(images, image_size) ), labels),
-            num_parallel_calls=AUTOTUNE,
-        )
-        return ds.prefetch(AUTOTUNE)
-
-    label_feature = features["label"]
-    num_validation = validation_size
+    _check_features(info, dataset)
+    splits, num_train = _splits(info, validation_size, max_train_examples)
+    train = _shuffle_and_augment(_read(builder, splits["train"], cache), shuffle_buffer, augment, seed)
+    validation = _read(builder, splits["validation"], cache) if validation_size else None
+    label_feature = info.features["label"]
     return ImageData(
         name=dataset,
-        train=finish(read(splits["train"]), training=True),
-        validation=finish(read(splits["validation"]), training=False) if validation_size else None,
-        test=finish(read(splits["test"]), training=False),
+        train=_batch(train, batch_size, image_size),
+        validation=None if validation is None else _batch(validation, batch_size, image_size),
+        test=_batch(_read(builder, splits["test"], cache), batch_size, image_size),
         num_classes=int(label_feature.num_classes),
         class_names=list(label_feature.names),
         image_size=image_size,
         num_train=num_train,
-        num_validation=num_validation,
+        num_validation=validation_size,
         num_test=info.splits["test"].num_examples,
         splits=splits,
     )
@@ -342,6 +375,12 @@ def batches_per_epoch(x, batch_size=None):
     Returns:
         An int, or None for infinite or unsized data (generators, repeated
         datasets, dict inputs): callers then need `steps_per_epoch`.
+
+    Example:
+
+    ```python
+    batches_per_epoch(np.zeros((100, 8)), batch_size=32)  # 4
+    ```
     """
     if isinstance(x, tf.data.Dataset):
         count = int(x.cardinality())
@@ -351,3 +390,46 @@ def batches_per_epoch(x, batch_size=None):
     if hasattr(x, "__len__") and not isinstance(x, dict):
         return math.ceil(len(x) / (batch_size or 32))
     return None
+
+
+def check_class_ids(labels, num_classes, argument, fix, *, one_hot=False, model="the model", where=""):
+    """Refuses labels of classes a classifier with `num_classes` outputs cannot predict.
+
+    Training would fail mid-fit on CPU ("label value outside the valid
+    range") and train on garbage on a GPU; accuracy would be silently wrong
+    (labels the model cannot output just never match).
+
+    Args:
+        labels: class ids, or one-hot rows when `one_hot`.
+        num_classes: the model's number of outputs.
+        argument: the argument that holds the labels, named in the message
+            (e.g. "dataset", or "x`/`y" for two).
+        fix: the sentence that tells the user what to do.
+        one_hot: whether `labels` are one-hot rows (checked by their width)
+            rather than class ids (checked by their range).
+        model: how the message names the model, e.g. "model 'tiny'".
+        where: what part of the data was checked, e.g. " in the first batch".
+
+    Raises:
+        ValueError: the labels name a class id outside [0, num_classes), or
+            one-hot rows have another width than `num_classes`.
+
+    Example:
+
+    ```python
+    check_class_ids(np.array([0, 2, 1]), 3, "y", "Build the model with the data's number of classes.")
+    ```
+    """
+    labels = np.asarray(labels)
+    if one_hot:
+        if labels.shape[-1] == num_classes:
+            return
+        received = f"one-hot labels of {labels.shape[-1]} classes"
+    else:
+        if labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes:
+            return
+        received = f"class ids from {labels.min()} to {labels.max()}"
+    raise ValueError(
+        f"Argument `{argument}` does not match the number of classes of {model}, which has {num_classes} "
+        f"outputs (class ids 0 to {num_classes - 1}). Received: {received}{where}. {fix}"
+    )

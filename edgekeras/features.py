@@ -29,6 +29,46 @@ from edgekeras.litert import ExportError, TFLiteModel, convert, progress_bar
 __all__ = ["array_dataset", "cache_features"]
 
 
+class _GrowingArray:
+    """Rows appended to one array that grows in place.
+
+    `ndarray.resize` reallocates the block, which for large blocks remaps
+    pages instead of copying them, so the cache is never held twice, unlike a
+    list of batches and its concatenation.
+    """
+
+    def __init__(self, dtype, capacity=0):
+        self._dtype = dtype
+        self._capacity = capacity
+        self._array = None
+        self._size = 0
+
+    def append(self, rows):
+        if self._array is None:
+            self._array = np.empty((max(self._capacity, len(rows)), *rows.shape[1:]), self._dtype)
+        end = self._size + len(rows)
+        if end > len(self._array):
+            self._array.resize((max(end, 2 * len(self._array)), *self._array.shape[1:]), refcheck=False)
+        self._array[self._size : end] = rows
+        self._size = end
+
+    def finish(self):
+        """Returns the rows as one array (trimmed in place to the rows appended)."""
+        self._array.resize((self._size, *self._array.shape[1:]), refcheck=False)
+        return self._array
+
+
+def _check_against_keras(prefix, images, output):
+    expected = prefix(images, training=False).numpy()
+    scale = max(1.0, float(np.abs(expected).max()))
+    difference = float(np.abs(expected - output).max())
+    if difference > 1e-3 * scale:
+        raise ExportError(
+            f"The LiteRT copy of the frozen prefix differs from Keras by {difference:.3g}; "
+            'set train.cache_engine = "keras".'
+        )
+
+
 def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2, progress=True, description="cache"):
     """Runs the frozen `prefix` over a labelled dataset once; returns arrays.
 
@@ -46,16 +86,20 @@ def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2,
         `(features, labels)` numpy arrays; features are float16, which halves
         the memory of a multi-GB cache (its rounding, ~1e-3 relative, is far
         below what int8 deployment later adds).
+
+    Raises:
+        ExportError: the LiteRT copy of `prefix` does not compute what Keras does.
+        ValueError: `dataset` yielded no batches.
+
+    Example:
+
+    ```python
+    features, labels = cache_features(prefix, data.train, engine="keras", progress=False)
+    ```
     """
-    runner = None
-    if engine == "litert":
-        runner = TFLiteModel(convert(prefix, "float32"), num_threads=num_threads)
-    # Batches go straight into one preallocated array when the dataset's
-    # length is known: a list of batches plus their concatenation would hold
-    # the cache twice at its peak.
-    features, labels, filled = [], [], 0
-    checked = engine != "litert"
+    runner = TFLiteModel(convert(prefix, "float32"), num_threads=num_threads) if engine == "litert" else None
     total = int(dataset.cardinality()) if int(dataset.cardinality()) > 0 else None
+    features = labels = None
     for _ in range(passes):
         for images, batch_labels in progress_bar(
             dataset.as_numpy_iterator(), total=total, description=description, enabled=progress
@@ -63,27 +107,19 @@ def cache_features(prefix, dataset, *, engine="litert", passes=1, num_threads=2,
             if runner is None:
                 output = prefix(images, training=False).numpy()
             else:
-                output = runner.predict(images, batch_size=images.shape[0] if filled == 0 else None)
-                if not checked:
-                    expected = prefix(images, training=False).numpy()
-                    scale = max(1.0, float(np.abs(expected).max()))
-                    difference = float(np.abs(expected - output).max())
-                    if difference > 1e-3 * scale:
-                        raise ExportError(
-                            f"The LiteRT copy of the frozen prefix differs from Keras by {difference:.3g}; "
-                            'set train.cache_engine = "keras".'
-                        )
-                    checked = True
-            if total is not None and not isinstance(features, np.ndarray):
-                features = np.empty((total * passes * len(output), *output.shape[1:]), np.float16)
-            if isinstance(features, np.ndarray):
-                features[filled : filled + len(output)] = output
-            else:
-                features.append(output.astype(np.float16))
-            filled += len(output)
+                output = runner.predict(images, batch_size=images.shape[0] if features is None else None)
+                if features is None:
+                    _check_against_keras(prefix, images, output)
+            if features is None:
+                # A known length sizes the buffer at once; the last batch may be short.
+                capacity = total * passes * len(output) if total is not None else 0
+                features = _GrowingArray(np.float16, capacity)
+                labels = _GrowingArray(batch_labels.dtype, capacity)
+            features.append(output)
             labels.append(batch_labels)
-    features = features[:filled] if isinstance(features, np.ndarray) else np.concatenate(features)
-    return features, np.concatenate(labels)
+    if features is None:
+        raise ValueError(f"Argument `dataset` yielded no batches to cache. Received: dataset={dataset!r}")
+    return features.finish(), labels.finish()
 
 
 def array_dataset(features, labels, batch_size, shuffle_seed=None):
@@ -92,6 +128,24 @@ def array_dataset(features, labels, batch_size, shuffle_seed=None):
     Unlike `from_tensor_slices`, this neither copies the arrays into a
     tensor (cached activations can be several GB) nor hits the 2 GB limit of
     a serialized dataset graph: a generator slices one batch at a time.
+
+    Args:
+        features: an array of examples (e.g. from `cache_features`), any
+            dtype; batches come out as float32.
+        labels: an array of as many labels.
+        batch_size: examples per batch.
+        shuffle_seed: None keeps the order; a seed reshuffles every epoch,
+            reproducibly.
+
+    Returns:
+        A `tf.data.Dataset` of `(features, labels)` batches with a known
+        cardinality.
+
+    Example:
+
+    ```python
+    top.fit(array_dataset(features, labels, batch_size=64, shuffle_seed=0), epochs=3)
+    ```
     """
     count = len(features)
     batches = math.ceil(count / batch_size)

@@ -35,6 +35,7 @@ __all__ = [
     "UnquantizableLayersError",
     "is_sparse",
     "unquantizable_layers",
+    "check_quantizable",
     "quantize_model",
     "is_quantization_aware",
     "check_layer_names",
@@ -72,11 +73,43 @@ class UnquantizableLayersError(EdgekerasError, ValueError):
 
 
 def is_sparse(model, threshold=SPARSE_THRESHOLD):
-    """True if any prunable kernel of `model` has at least `threshold` exact zeros."""
+    """True if any prunable kernel of `model` has at least `threshold` exact zeros.
+
+    Args:
+        model: a tf_keras model.
+        threshold: the fraction of exact zeros that marks a pruned kernel.
+
+    Returns:
+        Whether `model` was pruned (and QAT should preserve its zeros).
+
+    Example:
+
+    ```python
+    scheme = "prune_preserve" if is_sparse(model) else "default"
+    ```
+    """
     return any(value >= threshold for value in sparsity.layer_sparsities(model).values())
 
 
 def check_layer_names(values, argument):
+    """Returns `values` as a tuple of layer names, or raises a ValueError naming `argument`.
+
+    Args:
+        values: a list of layer names, or None for none.
+        argument: the argument's name, for the message.
+
+    Returns:
+        The names as a tuple.
+
+    Raises:
+        ValueError: `values` is a string or holds something other than strings.
+
+    Example:
+
+    ```python
+    check_layer_names(["doubler"], "quantize_skip")  # ("doubler",)
+    ```
+    """
     if values is None:
         return ()
     if isinstance(values, str) or not all(isinstance(v, str) for v in values):
@@ -107,6 +140,20 @@ def unquantizable_layers(model, quantize_skip=(), quantize_configs=None):
     """Returns `(name, class name)` of layers TFMOT's 8-bit scheme cannot quantize.
 
     Layers in `quantize_skip` or `quantize_configs` are not reported.
+
+    Args:
+        model: a flat tf_keras model.
+        quantize_skip: names of layers left in float.
+        quantize_configs: `{layer name: tfmot QuantizeConfig}`.
+
+    Returns:
+        A list of `(layer name, class name)` pairs; empty when QAT can proceed.
+
+    Example:
+
+    ```python
+    unquantizable_layers(model, quantize_skip=["doubler"])
+    ```
     """
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
     handled = set(quantize_skip) | set(quantize_configs or {})
@@ -148,6 +195,18 @@ def frozen_weights_made_trainable(model):
     flag says, so a frozen Conv2D's kernel is trained during QAT. Moving the
     variables to the non-trainable list would change the weight order that
     `.h5` files rely on; `EdgeTrainer` restores them after every batch instead.
+
+    Args:
+        model: a quantization-aware model (from `quantize_model`).
+
+    Returns:
+        A list of `tf.Variable`s to hold at their values while training.
+
+    Example:
+
+    ```python
+    frozen = frozen_weights_made_trainable(qat_model)
+    ```
     """
     found = []
     for layer in model.layers:
@@ -165,6 +224,30 @@ def _restore_trainable(quantized, original):
         inner = getattr(layer, "layer", layer)
         if inner.name in flags:
             inner.trainable = flags[inner.name]
+
+
+def check_quantizable(model, quantize_skip=(), quantize_configs=None):
+    """Raises before any training when TFMOT could not make `model` quantization-aware.
+
+    Args:
+        model: a flat functional or Sequential tf_keras model.
+        quantize_skip: names of layers to leave in float.
+        quantize_configs: `{layer name: tfmot QuantizeConfig}`.
+
+    Raises:
+        UnquantizableLayersError: some layers have no quantization config.
+        ValueError: a subclassed or nested model.
+
+    Example:
+
+    ```python
+    check_quantizable(model, quantize_skip=["doubler"])
+    ```
+    """
+    _check_graph_model(model)
+    missing = unquantizable_layers(model, quantize_skip, quantize_configs)
+    if missing:
+        raise UnquantizableLayersError(missing)
 
 
 def quantize_model(model, scheme="auto", quantize_skip=(), quantize_configs=None):
@@ -205,9 +288,7 @@ def quantize_model(model, scheme="auto", quantize_skip=(), quantize_configs=None
             f"Arguments `quantize_skip` / `quantize_configs` name layers the model does not have: "
             f"{unknown}. Layer names: {sorted(names)[:20]}"
         )
-    missing = unquantizable_layers(model, quantize_skip, quantize_configs)
-    if missing:
-        raise UnquantizableLayersError(missing)
+    check_quantizable(model, quantize_skip, quantize_configs)
     if scheme == "auto":
         scheme = "prune_preserve" if is_sparse(model) else "default"
 

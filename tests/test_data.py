@@ -94,7 +94,8 @@ def test_representative_dataset_yields_single_float_examples(tiny_tfds_dir):
 
 
 def test_missing_data_without_download_says_how_to_fix(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"not prepared in .*download=False`\. Received: dataset='cifar10', data_dir='.*'\. .*TFDS_DATA_DIR"):
+    match = r"not prepared in .*download=False`\. Received: dataset='cifar10', data_dir='.*'\. .*TFDS_DATA_DIR"
+    with pytest.raises(DataNotFoundError, match=match):
         load_image_data("cifar10", data_dir=str(tmp_path), download=False)
 
 
@@ -120,7 +121,8 @@ def _partial_copy(tiny_tfds_dir, tmp_path, damage):
 )
 def test_partial_data_dir_is_refused_before_training(tiny_tfds_dir, tmp_path, damage, match):
     data_dir = _partial_copy(tiny_tfds_dir, tmp_path, damage)
-    with pytest.raises(DataNotFoundError, match=match + r"\. Received: data_dir='.*tfds'\. Copy the whole `edgekeras_tiny_images/1\.0\.0/` directory again"):
+    fix = r"\. Received: data_dir='.*tfds'\. Copy the whole `edgekeras_tiny_images/1\.0\.0/` directory again"
+    with pytest.raises(DataNotFoundError, match=match + fix):
         _load(data_dir)
 
 

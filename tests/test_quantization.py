@@ -18,7 +18,8 @@ def test_unquantizable_layer_names_the_layer_and_the_fix():
     with pytest.raises(
         UnquantizableLayersError,
         match=r"Argument `model` has layers that TFMOT's 8-bit quantization-aware training cannot quantize\. "
-        r"Received: 'doubler' \(Lambda\)\. Fix: keep them in float with `quantize_skip=\['doubler'\]` \(config: `qat\.skip_layers`",
+        r"Received: 'doubler' \(Lambda\)\. "
+        r"Fix: keep them in float with `quantize_skip=\['doubler'\]` \(config: `qat\.skip_layers`",
     ) as info:
         quantize_model(lambda_net())
     assert info.value.layers == [("doubler", "Lambda")]

@@ -165,5 +165,3 @@ class MagnitudePruning(MaskingCallback):
             self._resolve_slots()
         self._set_masks_for_step(self._step())
         self._apply_now(zero_slots=True)
-
-

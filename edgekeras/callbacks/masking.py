@@ -19,7 +19,21 @@ __all__ = ["MaskingCallback", "current_learning_rate"]
 
 
 def current_learning_rate(optimizer):
-    """Returns the optimizer's learning rate at its current step, as a float."""
+    """Returns the optimizer's learning rate at its current step, as a float.
+
+    Args:
+        optimizer: a tf_keras optimizer, legacy or not; its rate may be a
+            schedule.
+
+    Returns:
+        The rate, or NaN when it cannot be read.
+
+    Example:
+
+    ```python
+    logs["learning_rate"] = current_learning_rate(model.optimizer)
+    ```
+    """
     rate = getattr(optimizer, "learning_rate", None)
     if rate is None:
         rate = getattr(optimizer, "lr", None)

@@ -4,9 +4,9 @@ Exporting is the last step of every edge training run, so it belongs in the
 fit loop like checkpointing does: add the callback and `model.fit` leaves
 verified .tflite files behind. Each file is converted from the trained model,
 checked in LiteRT against the Keras model and only then renamed into place
-(see `edgekeras.litert.export_tflite`). A model still wrapped for pruning is
-stripped first; a quantization-aware model is exported as int8 from its own
-ranges.
+(see `edgekeras.litert.export_tflite`, which also decides which settings apply
+to which conversion). A model still wrapped for pruning is stripped first; a
+quantization-aware model is exported as int8 from its own ranges.
 
 Like Keras' own callbacks, it touches no model, file or TF object in
 `__init__`, so it survives `copy.deepcopy` (keras-tuner copies callbacks per
@@ -18,12 +18,28 @@ import copy
 import os
 
 from edgekeras.compat import keras
-from edgekeras.litert import CONVERSIONS, IO_DTYPES, export_tflite
-from edgekeras.models import is_quantization_aware
+from edgekeras.litert import CONVERSIONS, IO_DTYPES, check_float_layers, check_representative_data, export_tflite
 
 __all__ = ["TFLiteExport"]
 
 _SHARED = ("representative_data", "verify_data")
+
+
+def _check_conversions(conversions):
+    if isinstance(conversions, str):
+        conversions = (conversions,)
+    conversions = tuple(conversions)
+    if not conversions:
+        raise ValueError("Argument `conversions` must name at least one conversion. Received: conversions=()")
+    for conversion in conversions:
+        if conversion not in CONVERSIONS:
+            raise ValueError(
+                f"Argument `conversions` must hold names from {', '.join(CONVERSIONS)}. "
+                f"Received: conversions={conversions!r}"
+            )
+    if len(set(conversions)) != len(conversions):
+        raise ValueError(f"Argument `conversions` has duplicates. Received: conversions={conversions!r}")
+    return conversions
 
 
 class TFLiteExport(keras.callbacks.Callback):
@@ -43,12 +59,15 @@ class TFLiteExport(keras.callbacks.Callback):
             training split (e.g. `ImageData.train`).
         representative_examples: calibration images, at most.
         io_dtype: input/output dtype of "int8" files: "float32", "int8" or
-            "uint8".
+            "uint8"; the other conversions write float32-I/O files.
         verify_data: images to verify each file on (a batched dataset or an
             array); None uses a fixed random batch.
         verify_examples: images to verify on.
         min_agreement: if set, a file agreeing with Keras on a smaller
             fraction of top-1 predictions is not written and `fit` raises.
+        float_layers: layers that post-training "int8" files keep in float
+            (see `edgekeras.litert.convert`); not used for the other
+            conversions nor for a quantization-aware model.
         verbose: print one line per file.
 
     Example:
@@ -73,24 +92,13 @@ class TFLiteExport(keras.callbacks.Callback):
         verify_data=None,
         verify_examples=64,
         min_agreement=None,
+        float_layers=(),
         verbose=1,
     ):
         super().__init__()
         if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
             raise ValueError(f"Argument `directory` must be a non-empty path. Received: directory={directory!r}")
-        if isinstance(conversions, str):
-            conversions = (conversions,)
-        conversions = tuple(conversions)
-        if not conversions:
-            raise ValueError("Argument `conversions` must name at least one conversion. Received: conversions=()")
-        for conversion in conversions:
-            if conversion not in CONVERSIONS:
-                raise ValueError(
-                    f"Argument `conversions` must hold names from {', '.join(CONVERSIONS)}. "
-                    f"Received: conversions={conversions!r}"
-                )
-        if len(set(conversions)) != len(conversions):
-            raise ValueError(f"Argument `conversions` has duplicates. Received: conversions={conversions!r}")
+        conversions = _check_conversions(conversions)
         if io_dtype not in IO_DTYPES:
             raise ValueError(f"Argument `io_dtype` must be one of {', '.join(IO_DTYPES)}. Received: io_dtype={io_dtype!r}")
         if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
@@ -106,6 +114,7 @@ class TFLiteExport(keras.callbacks.Callback):
         self.verify_data = verify_data
         self.verify_examples = verify_examples
         self.min_agreement = min_agreement
+        self.float_layers = check_float_layers(float_layers)
         self.verbose = verbose
         self.exported = []
 
@@ -122,18 +131,9 @@ class TFLiteExport(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.exported = []
         # Checked here, not at the end: a missing calibration set must not
-        # surface only after hours of training. QAT models carry their ranges.
-        if (
-            "int8" in self.conversions
-            and self.representative_data is None
-            and not is_quantization_aware(self.model)
-        ):
-            raise ValueError(
-                "Argument `representative_data` is required to export 'int8' from a model "
-                "without quantization-aware training (full-integer calibration); pass images "
-                "from the training split, e.g. `representative_data=data.train`. "
-                "Received: representative_data=None"
-            )
+        # surface only after hours of training.
+        for conversion in self.conversions:
+            check_representative_data(self.model, conversion, self.representative_data)
 
     def on_train_end(self, logs=None):
         self.exported = []
@@ -145,10 +145,11 @@ class TFLiteExport(keras.callbacks.Callback):
                 conversion,
                 representative_data=self.representative_data,
                 representative_examples=self.representative_examples,
-                io_dtype=self.io_dtype if conversion == "int8" else "float32",
+                io_dtype=self.io_dtype,
                 verify_data=self.verify_data,
                 verify_examples=self.verify_examples,
                 min_agreement=self.min_agreement,
+                float_layers=self.float_layers,
             )
             self.exported.append(exported)
             if self.verbose:

@@ -1,6 +1,8 @@
 """LiteRT: converting models to .tflite, running the files, reading and evaluating them.
 
-- `export`: `convert` and `export_tflite` (verified, atomic) for every conversion.
+- `convert`: `convert`, one model to one .tflite flatbuffer in memory, for every conversion.
+- `export`: `export_tflite`, the one export function: settings applied per conversion,
+  the file verified in LiteRT and written atomically.
 - `runtime`: `TFLiteModel`, batched LiteRT inference (no TensorFlow needed).
 - `flatbuffer`: sizes and the weight sparsity a file really holds.
 - `evaluate`: accuracy on a labelled dataset and batch-1 latency.
@@ -14,18 +16,18 @@ from edgekeras.litert.evaluate import (
     evaluate_tflite,
     measure_latency,
 )
-from edgekeras.litert.export import (
+from edgekeras.litert.conversion import (
     CONVERSIONS,
     IO_DTYPES,
-    ExportedModel,
     ExportError,
-    Verification,
+    applicable_options,
+    check_conversion,
     check_float_layers,
+    check_representative_data,
     convert,
-    export_tflite,
     prepare_for_export,
-    verify,
 )
+from edgekeras.litert.export import ExportedModel, Verification, export_tflite, verify
 from edgekeras.litert.flatbuffer import file_sizes, gzip_size, tflite_sparsity, weight_sparsity
 from edgekeras.litert.runtime import TFLiteFileError, TFLiteModel, progress_bar
 
@@ -40,7 +42,10 @@ __all__ = [
     "TFLiteFileError",
     "TFLiteModel",
     "Verification",
+    "applicable_options",
+    "check_conversion",
     "check_float_layers",
+    "check_representative_data",
     "convert",
     "evaluate_accuracy",
     "evaluate_tflite",

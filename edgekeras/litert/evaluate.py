@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from edgekeras.data import check_class_ids
 from edgekeras.litert.flatbuffer import file_sizes, tflite_sparsity
 from edgekeras.litert.runtime import TFLiteModel, check_threads, progress_bar
 
@@ -34,9 +35,21 @@ __all__ = [
     "evaluate_tflite",
 ]
 
+_LABELS_FIX = (
+    "Evaluate the model on the dataset it was trained for, or build it with that dataset's number of classes "
+    "(e.g. build_transfer_model(data.num_classes, ...))."
+)
+
+
 @dataclasses.dataclass
 class Accuracy:
-    """Top-1 accuracy of a model on a dataset."""
+    """Top-1 accuracy of a model on a dataset.
+
+    Attributes:
+        accuracy: `correct / examples`, in [0, 1].
+        correct: examples whose top-1 prediction is their label.
+        examples: examples evaluated.
+    """
 
     accuracy: float
     correct: int
@@ -45,7 +58,14 @@ class Accuracy:
 
 @dataclasses.dataclass
 class Latency:
-    """Batch-1 latency of one model with a given number of threads."""
+    """Batch-1 latency of one model with a given number of threads.
+
+    Attributes:
+        num_threads: interpreter threads.
+        median_ms: median time of one invocation, in milliseconds.
+        p90_ms: 90th percentile of the same, in milliseconds.
+        runs: timed invocations.
+    """
 
     num_threads: int
     median_ms: float
@@ -78,6 +98,7 @@ class Evaluation:
     input_dtype: str
 
     def to_dict(self):
+        """Returns the fields as a JSON-able dict (latency keyed by the thread count as a string)."""
         result = dataclasses.asdict(self)
         result["latency"] = {str(k): dataclasses.asdict(v) for k, v in self.latency.items()}
         return result
@@ -109,23 +130,14 @@ def _dataset_batches(dataset):
     return dataset, None
 
 
-def _check_labels(labels, num_classes, runner):
-    """Refuses labels of more classes than the model has outputs (accuracy would be silently wrong)."""
+def _true_classes(labels, num_classes, runner):
+    """The class id of each label, once checked against the model's outputs (accuracy would be silently wrong)."""
     one_hot = labels.ndim == 2 and labels.shape[1] > 1
-    if one_hot and labels.shape[1] == num_classes:
-        return
-    if not one_hot and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes):
-        return
-    model = "the model" if runner.path is None else f"model {runner.path!r}"
-    received = f"one-hot labels of {labels.shape[1]} classes" if one_hot else (
-        f"class ids from {labels.min()} to {labels.max()}"
+    check_class_ids(
+        labels, num_classes, "dataset", _LABELS_FIX, one_hot=one_hot,
+        model="the model" if runner.path is None else f"model {runner.path!r}",
     )
-    raise ValueError(
-        f"Argument `dataset` does not match the number of classes of {model}, which has {num_classes} "
-        f"outputs (class ids 0 to {num_classes - 1}). Received: {received}. Evaluate the model on the "
-        "dataset it was trained for, or build it with that dataset's number of classes "
-        "(e.g. build_transfer_model(data.num_classes, ...))."
-    )
+    return labels.argmax(axis=1) if one_hot else labels.reshape(-1)
 
 
 def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progress=True):
@@ -176,9 +188,8 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
         batch_size = batch_size or images.shape[0]
         outputs = runner.predict(images, batch_size=batch_size)
         outputs = outputs.reshape(outputs.shape[0], -1)
-        _check_labels(labels, outputs.shape[1], runner)
+        truth = _true_classes(labels, outputs.shape[1], runner)
         predicted = outputs.argmax(axis=1)
-        truth = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels.reshape(-1)
         correct += int(np.sum(predicted == truth))
         examples += int(images.shape[0])
         if max_examples is not None and examples >= max_examples:

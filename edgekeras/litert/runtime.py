@@ -17,7 +17,24 @@ __all__ = ["TFLiteFileError", "TFLiteModel", "progress_bar", "check_threads", "t
 
 
 def progress_bar(iterable, *, total=None, description="", enabled=True):
-    """Wraps `iterable` in a tqdm progress bar on stderr when `enabled`."""
+    """Wraps `iterable` in a tqdm progress bar on stderr when `enabled`.
+
+    Args:
+        iterable: what to iterate over.
+        total: its length, if known.
+        description: the bar's label.
+        enabled: False returns `iterable` itself (and imports no tqdm).
+
+    Returns:
+        An iterable over the same items.
+
+    Example:
+
+    ```python
+    for batch in progress_bar(dataset, total=100, description="evaluate"):
+        ...
+    ```
+    """
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -30,6 +47,22 @@ class TFLiteFileError(EdgekerasError, ValueError):
 
 
 def tflite_file_error(model, error, argument="model"):
+    """Returns the `TFLiteFileError` for a file or buffer LiteRT could not read.
+
+    Args:
+        model: the path or bytes that were read.
+        error: what went wrong, for the message.
+        argument: the argument that held `model`, for the message.
+
+    Returns:
+        A `TFLiteFileError` to raise.
+
+    Example:
+
+    ```python
+    raise tflite_file_error(path, error) from error
+    ```
+    """
     received = f"{len(model)} bytes" if isinstance(model, (bytes, bytearray)) else repr(os.fspath(model))
     return TFLiteFileError(
         f"Argument `{argument}` is not a valid .tflite model ({error}). Received: {argument}={received}. "
@@ -39,6 +72,21 @@ def tflite_file_error(model, error, argument="model"):
 
 
 def check_threads(num_threads, argument="num_threads"):
+    """Raises a ValueError naming `argument` unless `num_threads` is a positive integer or None.
+
+    Args:
+        num_threads: interpreter threads, or None for LiteRT's default.
+        argument: the argument's name, for the message.
+
+    Raises:
+        ValueError: `num_threads` is not a positive integer or None.
+
+    Example:
+
+    ```python
+    check_threads(2)
+    ```
+    """
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):

@@ -36,7 +36,20 @@ def _is_graph_model(layer):
 
 
 def is_nested(model):
-    """Returns True if a model holds other functional/Sequential models as layers."""
+    """Returns True if a model holds other functional/Sequential models as layers.
+
+    Args:
+        model: a tf_keras model.
+
+    Returns:
+        Whether any layer of `model` is itself a functional or Sequential model.
+
+    Example:
+
+    ```python
+    model = flatten(model) if is_nested(model) else model
+    ```
+    """
     return any(_is_graph_model(layer) for layer in model.layers)
 
 
@@ -131,6 +144,18 @@ def clone_with_weights(model):
     `tf.distribute` strategy whose scope is current, so calling this outside
     any scope gives a plain copy of a distributed model (what the TFLite
     converter and file writers need).
+
+    Args:
+        model: a tf_keras functional or Sequential model.
+
+    Returns:
+        The copy.
+
+    Example:
+
+    ```python
+    snapshot = clone_with_weights(model)  # later training of `model` leaves it alone
+    ```
     """
     with keras.utils.custom_object_scope(custom_objects()), SafeModeScope(safe_mode=False):
         copy = keras.models.clone_model(model)
@@ -150,9 +175,21 @@ def split_model(model):
     in `top`, since they behave differently in training. Returns
     `(None, model, None)` when the first layer is already trainable.
 
+    Args:
+        model: a flat tf_keras functional model.
+
+    Returns:
+        `(prefix, top, cut_name)`.
+
     Raises:
         ValueError: the cut falls where a skip connection crosses it (the top
             would need a second input), or nothing is trainable.
+
+    Example:
+
+    ```python
+    prefix, top, cut = split_model(build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand"))
+    ```
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     index = next((i for i, layer in enumerate(layers) if layer.trainable_weights), None)
@@ -176,10 +213,27 @@ def split_model(model):
 
 
 def assemble_with_weights(full_model, trained):
-    """A copy of `full_model` carrying `trained`'s weights where names match."""
+    """A copy of `full_model` carrying `trained`'s weights where names match.
+
+    Args:
+        full_model: the whole model (e.g. before `split_model`).
+        trained: a model sharing layer names with it (e.g. the trained top).
+
+    Returns:
+        A copy of `full_model`; `full_model` itself is not changed.
+
+    Example:
+
+    ```python
+    prefix, top, _ = split_model(model)
+    top.fit(...)
+    deployed = assemble_with_weights(model, top)
+    ```
+    """
     assembled = clone_with_weights(full_model)
+    names = {layer.name for layer in assembled.layers}
     for layer in trained.layers:
-        if layer.weights and any(l.name == layer.name for l in assembled.layers):
+        if layer.weights and layer.name in names:
             assembled.get_layer(layer.name).set_weights(layer.get_weights())
     return assembled
 
@@ -189,6 +243,16 @@ def custom_objects():
 
     `load_model` applies these itself; this is for code that calls
     `keras.models.load_model` or `model_from_config` directly.
+
+    Returns:
+        A dict of class names to classes.
+
+    Example:
+
+    ```python
+    with keras.utils.custom_object_scope(custom_objects()):
+        model = keras.models.load_model("qat.h5")
+    ```
     """
     objects = {
         "PrunePreserveDefaultWeightsQuantizer": prune_preserve.PrunePreserveDefaultWeightsQuantizer,
@@ -209,10 +273,37 @@ def _layer_types(model):
 
 
 def is_quantization_aware(model):
-    """Returns True if `model` has TFMOT quantization wrappers (QAT)."""
+    """Returns True if `model` has TFMOT quantization wrappers (QAT).
+
+    Args:
+        model: a tf_keras model.
+
+    Returns:
+        Whether `model` was made quantization-aware (`quantize_apply`).
+
+    Example:
+
+    ```python
+    conversion = "int8" if is_quantization_aware(model) else "float32"
+    ```
+    """
     return bool(_layer_types(model) & _QUANTIZE_LAYER_TYPES)
 
 
 def is_pruning_wrapped(model):
-    """Returns True if `model` still holds TFMOT `PruneLowMagnitude` wrappers."""
+    """Returns True if `model` still holds TFMOT `PruneLowMagnitude` wrappers.
+
+    Args:
+        model: a tf_keras model.
+
+    Returns:
+        Whether `model` needs `strip_pruning` before export.
+
+    Example:
+
+    ```python
+    if is_pruning_wrapped(model):
+        model = tfmot.sparsity.keras.strip_pruning(model)
+    ```
+    """
     return "PruneLowMagnitude" in _layer_types(model)

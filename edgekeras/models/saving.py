@@ -106,7 +106,7 @@ def save_model(model, path, include_optimizer=False):
                 with warnings.catch_warnings():
                     # Keras calls .h5 "legacy"; for QAT models it is one of
                     # the two formats that reload, and it was asked for.
-                    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`")
+                    warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")
                     model.save(temporary, include_optimizer=include_optimizer)
     return path
 

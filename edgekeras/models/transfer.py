@@ -62,6 +62,56 @@ def _first_trainable_index(layers, trainable_from):
     return names.index(trainable_from)
 
 
+def _check_arguments(num_classes, image_size, dropout):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            "Argument `num_classes` must be an integer >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(
+            "Argument `image_size` must be an integer >= 32 (MobileNetV2 "
+            f"downsamples by 32). Received: image_size={image_size!r}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
+
+
+def _mobilenet_v2(inputs, weights, alpha):
+    """MobileNetV2 without top on `inputs`; a weights file that does not fit raises `WeightsError`."""
+    try:
+        return keras.applications.MobileNetV2(input_tensor=inputs, include_top=False, weights=weights, alpha=alpha)
+    except ValueError as error:
+        if weights not in (None, "imagenet"):
+            raise WeightsError(
+                f"Argument `weights` does not fit MobileNetV2(alpha={alpha}, "
+                f"include_top=False). Received: weights={weights!r} ({error}). "
+                "Pass a no-top MobileNetV2 .h5 file saved for the same alpha."
+            ) from error
+        raise
+    except OSError as error:  # h5py: not an HDF5 file, or a truncated one
+        if weights not in (None, "imagenet"):
+            raise WeightsError(
+                f"Argument `weights` names a file that is not a readable .h5 weights file ({error}). "
+                f"Received: weights={weights!r}. Pass a no-top MobileNetV2 .h5 file (e.g. "
+                "../shared/data/weights/...) and check that it was copied whole."
+            ) from error
+        raise
+
+
+def _set_trainable(base, trainable_from, train_batchnorm):
+    # Layer 0 is the shared Input; the base's real layers follow it.
+    base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    first = _first_trainable_index(base_layers, trainable_from)
+    for index, layer in enumerate(base_layers):
+        trainable = index >= first
+        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
+            # Frozen BatchNorm stays in inference mode: the stable choice for
+            # fine-tuning with small batches.
+            trainable = False
+        layer.trainable = trainable
+
+
 def build_transfer_model(
     num_classes=10,
     image_size=160,
@@ -108,50 +158,11 @@ def build_transfer_model(
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     ```
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            "Argument `num_classes` must be an integer >= 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(
-            "Argument `image_size` must be an integer >= 32 (MobileNetV2 "
-            f"downsamples by 32). Received: image_size={image_size!r}"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    _check_arguments(num_classes, image_size, dropout)
     weights = _check_weights(weights)
-
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    try:
-        base = keras.applications.MobileNetV2(
-            input_tensor=inputs, include_top=False, weights=weights, alpha=alpha
-        )
-    except ValueError as error:
-        if weights not in (None, "imagenet"):
-            raise WeightsError(
-                f"Argument `weights` does not fit MobileNetV2(alpha={alpha}, "
-                f"include_top=False). Received: weights={weights!r} ({error}). "
-                "Pass a no-top MobileNetV2 .h5 file saved for the same alpha."
-            ) from error
-        raise
-    except OSError as error:  # h5py: not an HDF5 file, or a truncated one
-        if weights not in (None, "imagenet"):
-            raise WeightsError(
-                f"Argument `weights` names a file that is not a readable .h5 weights file ({error}). "
-                f"Received: weights={weights!r}. Pass a no-top MobileNetV2 .h5 file (e.g. "
-                "../shared/data/weights/...) and check that it was copied whole."
-            ) from error
-        raise
-    # Layers 0 is the shared Input; the base's real layers follow it.
-    base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-    first = _first_trainable_index(base_layers, trainable_from)
-    for index, layer in enumerate(base_layers):
-        trainable = index >= first
-        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
-            trainable = False
-        layer.trainable = trainable
-
+    base = _mobilenet_v2(inputs, weights, alpha)
+    _set_trainable(base, trainable_from, train_batchnorm)
     x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling")(base.output)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)

@@ -66,19 +66,18 @@ README's CIFAR-10 example (2,500 images, 96 px), QAT validation accuracy was 43.
 calibration and 62.2 % with it, against 62.0 % for the pruned float model.
 """
 
-import inspect
-import math
-import numbers
 import os
 
-import numpy as np
 import tensorflow as tf
 
-from edgekeras import distribute, quantization, sparsity
+from edgekeras import quantization, sparsity
 from edgekeras.callbacks import MagnitudePruning, PreserveSparsity, current_learning_rate
-from edgekeras.compat import check_model, keras
+from edgekeras.compat import keras
+from edgekeras.data import batches_per_epoch
 from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.schedules import PruningSchedule, polynomial_ramp
+from edgekeras.trainers.checks import check_fit_arguments, check_labels, check_strategy, check_trainer_arguments
+from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
 
 __all__ = ["EdgeTrainer", "PHASES"]
 
@@ -137,10 +136,33 @@ class _KeepFrozen(keras.callbacks.Callback):
         self._saved, self._restore = [], None
 
 
-def _check_epochs(value, argument):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"Argument `{argument}` must be an integer >= 0. Received: {argument}={value!r}")
-    return int(value)
+def _pruning_schedule(prune, steps):
+    if isinstance(prune, PruningSchedule):
+        return prune
+    return polynomial_ramp(steps, float(prune), end=RAMP_FRACTION, mask_updates=MASK_UPDATES)
+
+
+def _steps_per_epoch(x, batch_size, steps_per_epoch):
+    steps = steps_per_epoch if steps_per_epoch is not None else batches_per_epoch(x, batch_size)
+    if steps is None:
+        raise ValueError(
+            "Argument `steps_per_epoch` is needed to turn `prune` into a schedule: the number of "
+            "batches per epoch of the training data is unknown (infinite or unsized dataset). "
+            "Received: steps_per_epoch=None. Pass steps_per_epoch=<batches per epoch>, or a "
+            "schedule object as `prune`."
+        )
+    return steps
+
+
+def _calibration_batches(x, batch_size):
+    """Training batches to calibrate QAT ranges on, or None when reading them would consume training data."""
+    if isinstance(x, tf.data.Dataset):
+        return x
+    if isinstance(x, keras.utils.Sequence):
+        return (x[i] for i in range(len(x)))
+    if hasattr(x, "shape") and hasattr(x, "__len__"):
+        return tf.data.Dataset.from_tensor_slices(x).batch(batch_size or 32)
+    return None  # generators: consuming them here would steal training batches
 
 
 class EdgeTrainer:
@@ -221,51 +243,9 @@ class EdgeTrainer:
         strategy=None,
         backup_dir=None,
     ):
-        check_model(model)
-        if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
-            raise ValueError(
-                "Argument `model` must be a functional or Sequential model: EdgeTrainer's QAT "
-                "phase rebuilds it layer by layer. Received: "
-                f"model={model.name!r} of subclassed type {type(model).__name__}. For a subclassed "
-                "model use model.fit(..., callbacks=[edgekeras.callbacks.MagnitudePruning(...)])."
-            )
-        if loss is None:
-            raise ValueError(
-                "Argument `loss` is required, e.g. loss='sparse_categorical_crossentropy'. "
-                "Received: loss=None"
-            )
-        sparsity.check_policy(prune_policy, "prune_policy")
-        if quantize_scheme not in quantization.SCHEMES:
-            raise ValueError(
-                f"Argument `quantize_scheme` must be one of {quantization.SCHEMES}. "
-                f"Received: quantize_scheme={quantize_scheme!r}"
-            )
-        if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
-            raise ValueError(
-                f"Argument `compile_kwargs` must be a dict of model.compile keywords. "
-                f"Received: compile_kwargs={compile_kwargs!r}"
-            )
-        if calibration_steps != 0 and (
-            isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) or calibration_steps < 2
-        ):
-            raise ValueError(
-                "Argument `calibration_steps` must be 0 (off) or an integer >= 2. "
-                f"Received: calibration_steps={calibration_steps!r}"
-            )
-        if strategy is None:
-            strategy = distribute.strategy_of(model)
-        elif not isinstance(strategy, tf.distribute.Strategy):
-            raise ValueError(
-                "Argument `strategy` must be a tf.distribute.Strategy such as "
-                f"tf.distribute.MirroredStrategy(). Received: strategy={strategy!r}"
-            )
-        distribute.check_model_in_scope(model, strategy)
-        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
-            raise ValueError(
-                "Argument `backup_dir` must be None or a directory path for the phases' checkpoints. "
-                f"Received: backup_dir={backup_dir!r}"
-            )
-        self._make_optimizer(optimizer, "float", check_only=True)
+        check_trainer_arguments(model, loss, prune_policy, quantize_scheme, compile_kwargs, calibration_steps, backup_dir)
+        strategy = check_strategy(model, strategy)
+        check_optimizer(optimizer)
         with strategy.scope():
             self.model = flatten(model) if is_nested(model) else model
         self.optimizer = optimizer
@@ -290,113 +270,19 @@ class EdgeTrainer:
         self._pruned_names = None
         self._epochs = {}
 
-    @staticmethod
-    def _make_optimizer(optimizer, phase, check_only=False):
-        if isinstance(optimizer, (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)):
-            return None if check_only else type(optimizer).from_config(optimizer.get_config())
-        if isinstance(optimizer, (str, dict)):
-            try:
-                made = keras.optimizers.get(optimizer)  # a fresh one for each phase
-            except ValueError as error:
-                raise ValueError(
-                    "Argument `optimizer` must be a Keras optimizer identifier such as 'adam'. "
-                    f"Received: optimizer={optimizer!r} ({error})"
-                ) from error
-            return None if check_only else made
-        if callable(optimizer):
-            if check_only:
-                return None
-            try:
-                takes_phase = len(inspect.signature(optimizer).parameters) >= 1
-            except (TypeError, ValueError):
-                takes_phase = False
-            made = optimizer(phase) if takes_phase else optimizer()
-            if not isinstance(made, (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)):
-                raise TypeError(
-                    "Argument `optimizer` must return a tf_keras optimizer. "
-                    f"Received: optimizer({phase!r}) returned {made!r}"
-                )
-            return made
-        raise ValueError(
-            "Argument `optimizer` must be a Keras optimizer identifier, config dict, tf_keras "
-            f"Optimizer or a callable returning one. Received: optimizer={optimizer!r}"
-        )
-
     def _compile(self, model, phase):
         model.compile(
-            optimizer=self._make_optimizer(self.optimizer, phase),
+            optimizer=make_optimizer(self.optimizer, phase),
             loss=self.loss,
             metrics=self.metrics,
             **self.compile_kwargs,
         )
 
-    def _steps_per_epoch(self, x, fit_kwargs, steps_per_epoch):
-        if steps_per_epoch is not None:
-            return steps_per_epoch
-        if isinstance(x, tf.data.Dataset):
-            count = int(x.cardinality())
-            if count > 0:
-                return count
-        elif hasattr(x, "__len__") and not isinstance(x, dict):
-            batch = fit_kwargs.get("batch_size") or 32
-            if isinstance(x, keras.utils.Sequence):
-                return len(x)
-            return math.ceil(len(x) / batch)
-        raise ValueError(
-            "Argument `steps_per_epoch` is needed to turn `prune` into a schedule: the number of "
-            "batches per epoch of the training data is unknown (infinite or unsized dataset). "
-            "Received: steps_per_epoch=None. Pass steps_per_epoch=<batches per epoch>, or a "
-            "schedule object as `prune`."
-        )
-
-    @staticmethod
-    def _calibration_batches(x, fit_kwargs):
-        if isinstance(x, tf.data.Dataset):
-            return x
-        if isinstance(x, keras.utils.Sequence):
-            return (x[i] for i in range(len(x)))
-        if hasattr(x, "shape") and hasattr(x, "__len__"):
-            batch = fit_kwargs.get("batch_size") or 32
-            return tf.data.Dataset.from_tensor_slices(x).batch(batch)
-        return None  # generators: consuming them here would steal training batches
-
-    def _check_labels(self, x, y):
-        """Integer class ids beyond the classifier's outputs fail here, before training.
-
-        TensorFlow would fail mid-fit on CPU ("label value outside the valid
-        range") and train on garbage on a GPU.
-        """
-        outputs = self.model.output_shape
-        if not isinstance(outputs, tuple) or not outputs or outputs[-1] is None or outputs[-1] < 2:
-            return
-        if y is not None:
-            labels = y
-        elif isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) >= 2:
-            labels = next(iter(x.take(1)))[1]
-        else:
-            return
-        labels = np.asarray(labels)
-        if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.shape[-1:] == (outputs[-1],):
-            return  # one-hot or float targets: the shapes tell
-        if labels.min() < 0 or labels.max() >= outputs[-1]:
-            raise ValueError(
-                f"Argument `x`/`y` holds class ids the model cannot output: model {self.model.name!r} has "
-                f"{outputs[-1]} outputs (class ids 0 to {outputs[-1] - 1}). Received: class ids from "
-                f"{labels.min()} to {labels.max()} in the first batch. Build the model with the data's "
-                "number of classes (e.g. build_transfer_model(data.num_classes, ...)) or train it on the "
-                "data it was built for."
-            )
-
-    def _prune_schedule(self, prune, steps):
-        if isinstance(prune, PruningSchedule):
-            return prune
-        return polynomial_ramp(steps, float(prune), end=RAMP_FRACTION, mask_updates=MASK_UPDATES)
-
     def _record_sparsity(self, phase, model):
         pairs = sparsity.prunable_weights(model)
         self._model_sparsity[phase] = sparsity.overall_sparsity(model, pairs)
         if self._pruned_names is not None:
-            pairs = [(l, w) for l, w in pairs if l.name in self._pruned_names]
+            pairs = [(layer, weight) for layer, weight in pairs if layer.name in self._pruned_names]
             self._sparsity[phase] = sparsity.overall_sparsity(model, pairs)
 
     def _run_phase(self, phase, model, x, n_epochs, callbacks, extra_callbacks, fit_kwargs):
@@ -457,56 +343,17 @@ class EdgeTrainer:
             UnquantizableLayersError: QAT was asked for and some layers
                 cannot be quantized (raised before any training).
         """
-        float_epochs = _check_epochs(float_epochs, "float_epochs")
-        prune_epochs = _check_epochs(prune_epochs, "prune_epochs")
-        qat_epochs = _check_epochs(qat_epochs, "qat_epochs")
-        if prune is not None and not isinstance(prune, PruningSchedule):
-            if isinstance(prune, bool) or not isinstance(prune, numbers.Real) or not 0.0 < prune < 1.0:
-                raise ValueError(
-                    "Argument `prune` must be None, a target sparsity in (0, 1) or a pruning schedule "
-                    f"(edgekeras.schedules). Received: prune={prune!r}"
-                )
-        if prune is not None and prune_epochs == 0:
-            raise ValueError(
-                "Argument `prune_epochs` must be a positive integer when `prune` is set. "
-                f"Received: prune_epochs={prune_epochs}"
-            )
-        if prune is None and prune_epochs:
-            raise ValueError(
-                f"Argument `prune` must be set to prune for prune_epochs={prune_epochs} epochs, "
-                "e.g. prune=0.75. Received: prune=None"
-            )
-        if float_epochs + prune_epochs + qat_epochs == 0:
-            raise ValueError(
-                "Arguments `float_epochs`, `prune_epochs` and `qat_epochs` are all 0: nothing to "
-                "train. Received: float_epochs=0, prune_epochs=0, qat_epochs=0"
-            )
-        if callbacks is None:
-            callbacks = []
-        elif isinstance(callbacks, keras.callbacks.Callback) or not all(
-            isinstance(c, keras.callbacks.Callback) for c in callbacks
-        ):
-            raise ValueError(
-                "Argument `callbacks` must be a list of tf_keras callbacks. "
-                f"Received: callbacks={callbacks!r}"
-            )
-        for key in ("epochs", "initial_epoch", "callbacks"):
-            if key in fit_kwargs:
-                raise ValueError(
-                    f"Argument `{key}` is set by EdgeTrainer per phase; use float_epochs / "
-                    f"prune_epochs / qat_epochs. Received: {key}={fit_kwargs[key]!r}"
-                )
-        self._check_labels(x, y)
+        float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(
+            float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs
+        )
+        check_labels(self.model, x, y)
         schedule = None
         if prune is not None:
-            steps = self._steps_per_epoch(x, fit_kwargs, steps_per_epoch) * prune_epochs
-            schedule = self._prune_schedule(prune, steps)
+            steps = _steps_per_epoch(x, fit_kwargs.get("batch_size"), steps_per_epoch) * prune_epochs
+            schedule = _pruning_schedule(prune, steps)
         if qat_epochs:
             # Fail before training, not after the float and pruning phases.
-            quantization._check_graph_model(self.model)
-            missing = quantization.unquantizable_layers(self.model, self.quantize_skip, self.quantize_configs)
-            if missing:
-                raise quantization.UnquantizableLayersError(missing)
+            quantization.check_quantizable(self.model, self.quantize_skip, self.quantize_configs)
         fit_kwargs = dict(fit_kwargs, y=y, validation_data=validation_data)
         if steps_per_epoch is not None:
             fit_kwargs["steps_per_epoch"] = steps_per_epoch
@@ -539,7 +386,7 @@ class EdgeTrainer:
                 self.model, self.quantize_scheme_setting, self.quantize_skip, self.quantize_configs
             )
             self._compile(qat_model, "qat")
-            calibration = self._calibration_batches(x, fit_kwargs)
+            calibration = _calibration_batches(x, fit_kwargs.get("batch_size"))
             if self.calibration_steps and calibration is not None:
                 self.calibrated_ranges = quantization.calibrate_activation_ranges(
                     qat_model, calibration, self.calibration_steps

@@ -1,14 +1,21 @@
 """One fresh optimizer per training phase, each with its own learning rate.
 
 `EdgeTrainer` compiles each phase (float, prune, QAT) with a new optimizer: a
-phase must not inherit the previous phase's momentum or step count. Its
+phase must not inherit the previous phase's momentum or step count, and an
+optimizer is bound to the variables of the first model it trains (the QAT
+phase trains a new model). `make_optimizer` makes that new optimizer from
+whatever the user gave (identifier, config, instance or function). Its
 `optimizer` argument may be a function `optimizer(phase)`; `phase_optimizer`
 builds that function from one learning rate per phase.
 """
 
+import inspect
+
 from edgekeras.compat import keras
 
-__all__ = ["OPTIMIZERS", "phase_optimizer"]
+__all__ = ["OPTIMIZERS", "check_optimizer", "make_optimizer", "phase_optimizer"]
+
+_OPTIMIZER_TYPES = (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -50,3 +57,89 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None):
         return keras.optimizers.Adam(rate)
 
     return make
+
+
+def _unknown_kind(optimizer):
+    return ValueError(
+        "Argument `optimizer` must be a Keras optimizer identifier, config dict, tf_keras "
+        f"Optimizer or a callable returning one. Received: optimizer={optimizer!r}"
+    )
+
+
+def _from_identifier(optimizer):
+    try:
+        return keras.optimizers.get(optimizer)  # a fresh one for each call
+    except ValueError as error:
+        raise ValueError(
+            "Argument `optimizer` must be a Keras optimizer identifier such as 'adam'. "
+            f"Received: optimizer={optimizer!r} ({error})"
+        ) from error
+
+
+def _from_function(optimizer, phase):
+    try:
+        takes_phase = len(inspect.signature(optimizer).parameters) >= 1
+    except (TypeError, ValueError):  # builtins and C callables have no signature
+        takes_phase = False
+    made = optimizer(phase) if takes_phase else optimizer()
+    if not isinstance(made, _OPTIMIZER_TYPES):
+        raise TypeError(
+            "Argument `optimizer` must return a tf_keras optimizer. "
+            f"Received: optimizer({phase!r}) returned {made!r}"
+        )
+    return made
+
+
+def check_optimizer(optimizer):
+    """Raises a clear error now for an `optimizer` that `make_optimizer` could not use later.
+
+    A function is only called per phase, so what it returns is checked then.
+
+    Args:
+        optimizer: as for `make_optimizer`.
+
+    Raises:
+        ValueError: `optimizer` is an unknown identifier or of another kind.
+
+    Example:
+
+    ```python
+    check_optimizer("adam")
+    ```
+    """
+    if isinstance(optimizer, (str, dict)):
+        _from_identifier(optimizer)
+    elif not isinstance(optimizer, _OPTIMIZER_TYPES) and not callable(optimizer):
+        raise _unknown_kind(optimizer)
+
+
+def make_optimizer(optimizer, phase):
+    """Returns a new tf_keras optimizer for `phase`, whatever form `optimizer` takes.
+
+    Args:
+        optimizer: a Keras identifier (`"adam"`), a config dict, an
+            `Optimizer` instance (re-created from its config: an optimizer is
+            bound to the variables of its first model) or a callable returning
+            a new optimizer, taking the phase name or no argument.
+        phase: "float", "prune" or "qat", passed to a callable `optimizer`.
+
+    Returns:
+        A tf_keras optimizer no model has used yet.
+
+    Raises:
+        ValueError: `optimizer` is an unknown identifier or of another kind.
+        TypeError: a callable `optimizer` returned something else than an optimizer.
+
+    Example:
+
+    ```python
+    make_optimizer(keras.optimizers.SGD(0.01, momentum=0.9), "qat")
+    ```
+    """
+    if isinstance(optimizer, _OPTIMIZER_TYPES):
+        return type(optimizer).from_config(optimizer.get_config())
+    if isinstance(optimizer, (str, dict)):
+        return _from_identifier(optimizer)
+    if callable(optimizer):
+        return _from_function(optimizer, phase)
+    raise _unknown_kind(optimizer)

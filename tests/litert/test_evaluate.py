@@ -136,14 +136,17 @@ def test_evaluate_tflite_gathers_everything(files):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda f: evaluate_tflite(f, crafted_data(), latency_runs=10), ValueError, "Argument `latency_runs` must be an integer >= 50"),
-        (lambda f: evaluate_tflite(f, crafted_data(), latency_threads=(0,)), ValueError, "Argument `latency_threads` must be a positive"),
+        (lambda f: evaluate_tflite(f, crafted_data(), latency_runs=10),
+         ValueError, "Argument `latency_runs` must be an integer >= 50"),
+        (lambda f: evaluate_tflite(f, crafted_data(), latency_threads=(0,)),
+         ValueError, "Argument `latency_threads` must be a positive"),
         (lambda f: measure_latency(f, runs=0), ValueError, "Argument `runs` must be a positive integer"),
         (lambda f: measure_latency(f, warmup=-1), ValueError, "Argument `warmup` must be a non-negative"),
         (lambda f: TFLiteModel(f, num_threads=0), ValueError, "Argument `num_threads` must be a positive"),
         (lambda f: TFLiteModel(f + ".missing"), FileNotFoundError, "does not exist"),
         (lambda f: evaluate_accuracy(f, [], progress=False), ValueError, "yielded no examples"),
-        (lambda f: evaluate_accuracy(f, [np.zeros((1, SIDE, SIDE, 3))], progress=False), ValueError, r"must yield \(images, labels\)"),
+        (lambda f: evaluate_accuracy(f, [np.zeros((1, SIDE, SIDE, 3))], progress=False),
+         ValueError, r"must yield \(images, labels\)"),
         (lambda f: evaluate_accuracy(f, crafted_data(), max_examples=0), ValueError, "Argument `max_examples` must be"),
     ],
 )
@@ -155,7 +158,8 @@ def test_bad_arguments(files, call, error, match):
 def _damaged(files, tmp_path, damage):
     """A damaged copy of a good .tflite file, as a path (or as bytes)."""
     good = open(files["float32_float32"], "rb").read()
-    data = {"garbage": b"not a flatbuffer " * 40, "empty": b"", "truncated": good[: len(good) // 2]}[damage.removesuffix(" bytes")]
+    damages = {"garbage": b"not a flatbuffer " * 40, "empty": b"", "truncated": good[: len(good) // 2]}
+    data = damages[damage.removesuffix(" bytes")]
     if damage.endswith(" bytes"):
         return data
     path = tmp_path / "bad.tflite"
@@ -167,7 +171,8 @@ def _damaged(files, tmp_path, damage):
 def test_corrupted_tflite_is_a_clear_error(files, tmp_path, damage):
     model = _damaged(files, tmp_path, damage)
     received = r"\d+ bytes" if isinstance(model, bytes) else r"'.*bad\.tflite'"
-    with pytest.raises(TFLiteFileError, match=r"Argument `model` is not a valid \.tflite model \(.*\)\. Received: model=" + received + r"\. .*export it again"):
+    match = r"Argument `model` is not a valid \.tflite model \(.*\)\. Received: model=" + received + r"\. .*export it again"
+    with pytest.raises(TFLiteFileError, match=match):
         TFLiteModel(model)
 
 
@@ -186,8 +191,16 @@ def test_sparsity_of_a_corrupted_tflite_is_a_clear_error(files, tmp_path, damage
 @pytest.mark.parametrize(
     "labels, match",
     [
-        (np.arange(10) % 10, r"Argument `dataset` does not match the number of classes of model '.*float32_float32\.tflite', which has 3 outputs \(class ids 0 to 2\)\. Received: class ids from 0 to 9\."),
-        (np.eye(10)[np.arange(10)], r"Argument `dataset` does not match .* 3 outputs .*Received: one-hot labels of 10 classes\. .*build_transfer_model\(data\.num_classes"),
+        (
+            np.arange(10) % 10,
+            r"Argument `dataset` does not match the number of classes of model '.*float32_float32\.tflite', "
+            r"which has 3 outputs \(class ids 0 to 2\)\. Received: class ids from 0 to 9\.",
+        ),
+        (
+            np.eye(10)[np.arange(10)],
+            r"Argument `dataset` does not match .* 3 outputs .*Received: one-hot labels of 10 classes\. "
+            r".*build_transfer_model\(data\.num_classes",
+        ),
     ],
 )
 def test_labels_of_more_classes_than_outputs(files, labels, match):

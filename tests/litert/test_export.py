@@ -12,6 +12,7 @@ from edgekeras.litert import (
     CONVERSIONS,
     ExportError,
     TFLiteModel,
+    applicable_options,
     convert,
     export_tflite,
     prepare_for_export,
@@ -160,7 +161,8 @@ def test_min_agreement_rejects_a_file(images, tmp_path):
     [
         ({"conversion": "int4"}, "Argument `conversion` must be one of"),
         ({"conversion": "int8", "io_dtype": "int16"}, "Argument `io_dtype` must be one of"),
-        ({"conversion": "float16", "io_dtype": "int8"}, "can only be int8 or uint8 for full-integer"),
+        ({"conversion": "float16", "io_dtype": "int16"}, "Argument `io_dtype` must be one of"),
+        ({"conversion": "float16", "float_layers": "depthwise"}, "Argument `float_layers` must be a list of layer names"),
         ({"conversion": "int8"}, "Argument `representative_data` is required"),
         ({"conversion": "float32", "path_name": "model.bin"}, "Argument `path` must end with .tflite"),
         ({"conversion": "float32", "min_agreement": 1.5}, r"Argument `min_agreement` must be in \[0, 1\]"),
@@ -236,6 +238,7 @@ def test_callback_checks_calibration_data_before_training(images, tmp_path):
         ({"io_dtype": "int4"}, "Argument `io_dtype` must be one of"),
         ({"min_agreement": -0.1}, r"Argument `min_agreement` must be in \[0, 1\]"),
         ({"prefix": 3}, "Argument `prefix` must be a string"),
+        ({"float_layers": "depthwise"}, "Argument `float_layers` must be a list of layer names"),
     ],
 )
 def test_callback_argument_errors(tmp_path, kwargs, match):
@@ -286,10 +289,17 @@ def test_float_layers_stay_float_in_an_int8_file(images, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"conversion": "float32"}, r"Argument `float_layers` applies to conversion='int8'.*Received: float_layers=\['depthwise'\] with conversion='float32'"),
+        (
+            {"conversion": "float32"},
+            r"Argument `float_layers` applies to conversion='int8'.*"
+            r"Received: float_layers=\['depthwise'\] with conversion='float32'",
+        ),
         ({"io_dtype": "uint8"}, r"Argument `float_layers` applies to .* io_dtype='float32'.*io_dtype='uint8'"),
         ({"float_layers": ["head"]}, r"Argument `float_layers` names layers that model 'named' does not have: \['head'\]"),
-        ({"float_layers": "depthwise"}, r"Argument `float_layers` must be a list of layer names.*Received: float_layers='depthwise'"),
+        (
+            {"float_layers": "depthwise"},
+            r"Argument `float_layers` must be a list of layer names.*Received: float_layers='depthwise'",
+        ),
     ],
 )
 def test_float_layers_bad_arguments(images, kwargs, match):
@@ -297,3 +307,54 @@ def test_float_layers_bad_arguments(images, kwargs, match):
     conversion = arguments.pop("conversion")
     with pytest.raises(ValueError, match=match):
         convert(_named_model(), conversion, **arguments)
+
+
+def test_convert_refuses_io_dtype_of_a_float_conversion(model):
+    # `convert` takes its arguments literally; `export_tflite` applies them per conversion.
+    match = r"can only be int8 or uint8 for full-integer.*io_dtype='int8' with conversion='float16'"
+    with pytest.raises(ValueError, match=match):
+        convert(model, "float16", io_dtype="int8")
+
+
+def test_applicable_options_per_conversion():
+    import tensorflow_model_optimization as tfmot
+
+    model = _named_model()
+    qat = tfmot.quantization.keras.quantize_model(_named_model())
+    for conversion in ("float32", "float16", "dynamic_int8", "sparse_float32"):
+        assert applicable_options(model, conversion, "uint8", ["depthwise"]) == ("float32", ())
+    assert applicable_options(model, "int8", "uint8", ["depthwise"]) == ("uint8", ("depthwise",))
+    assert applicable_options(qat, "int8", "int8", ["depthwise"]) == ("int8", ())
+    with pytest.raises(ValueError, match="Argument `io_dtype` must be one of"):
+        applicable_options(model, "float16", "int4")
+    with pytest.raises(ValueError, match="Argument `float_layers` must be a list of layer names"):
+        applicable_options(model, "float32", "float32", "depthwise")
+
+
+def test_export_applies_the_settings_of_a_run_per_conversion(images, tmp_path):
+    import tensorflow_model_optimization as tfmot
+
+    settings = {"representative_data": images, "verify_data": images, "io_dtype": "uint8", "float_layers": ["depthwise"]}
+    float16 = export_tflite(_named_model(), tmp_path / "float16.tflite", "float16", **settings)
+    assert float16.io_dtype == "float32" and TFLiteModel(float16.path).input_dtype.name == "float32"
+    qat = tfmot.quantization.keras.quantize_model(_named_model())
+    int8 = export_tflite(qat, tmp_path / "qat.tflite", "int8", **settings)
+    assert int8.io_dtype == "uint8" and TFLiteModel(int8.path).input_dtype.name == "uint8"
+    # A QAT model carries its ranges: float_layers do not apply, every layer is int8.
+    assert _op_input_types(open(int8.path, "rb").read())["DEPTHWISE_CONV_2D"][:2] == ["int8", "int8"]
+    # Post-training int8 is where float_layers apply, and they need float I/O.
+    with pytest.raises(ValueError, match=r"Argument `float_layers` applies to .* io_dtype='float32'"):
+        export_tflite(_named_model(), tmp_path / "int8.tflite", "int8", **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float16.tflite", "qat.tflite"]
+
+
+def test_callback_passes_float_layers_through(images, tmp_path):
+    callback = TFLiteExport(
+        tmp_path, ("float32", "int8"), representative_data=images, verify_data=images, float_layers=["depthwise"],
+        verbose=0,
+    )
+    _fit_once(_named_model(), images, callback)
+    ops = _op_input_types(open(callback.exported[1].path, "rb").read())
+    assert ops["DEPTHWISE_CONV_2D"][:2] == ["float32", "float32"]
+    assert ops["CONV_2D"][0] == "int8"
+    assert [e.io_dtype for e in callback.exported] == ["float32", "float32"]

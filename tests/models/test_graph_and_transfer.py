@@ -71,9 +71,11 @@ def test_weights_of_another_alpha_give_a_clear_error(tmp_path):
     "write, message",
     [
         (lambda path: keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]).save_weights(path),
-         r"`weights` does not fit MobileNetV2\(alpha=0.35, include_top=False\)\. Received: weights='.*other\.h5' \(Layer count mismatch"),
+         r"`weights` does not fit MobileNetV2\(alpha=0.35, include_top=False\)\. "
+         r"Received: weights='.*other\.h5' \(Layer count mismatch"),
         (lambda path: open(path, "wb").write(b"not hdf5" * 100),
-         r"`weights` names a file that is not a readable \.h5 weights file \(.*file signature not found.*\)\. Received: weights='.*other\.h5'"),
+         r"`weights` names a file that is not a readable \.h5 weights file \(.*file signature not found.*\)\. "
+         r"Received: weights='.*other\.h5'"),
     ],
 )
 def test_weights_file_of_another_model_or_format(tmp_path, write, message):

@@ -36,7 +36,8 @@ def saved(tmp_path_factory):
 
 @pytest.mark.parametrize("extension", FORMATS)
 def test_lambda_layer_is_refused_by_default(saved, extension):
-    with pytest.raises(UnsafeModelError, match=r"Argument `path` names a model with Lambda layers .*'doubler'.*safe_mode=False") as info:
+    match = r"Argument `path` names a model with Lambda layers .*'doubler'.*safe_mode=False"
+    with pytest.raises(UnsafeModelError, match=match) as info:
         load_model(saved["lambda", extension])
     assert info.value.layers == ["doubler"]
 
@@ -80,7 +81,8 @@ def _zip_without_config(path):
         ("garbage.keras", "garbage", r"is not a \.keras model file edgekeras can read \(OSError: not a \.keras zip archive"),
         ("truncated.keras", "truncated .keras", r"is not a \.keras model file edgekeras can read"),
         ("noconfig.keras", "zip without config", r"is not a \.keras model file edgekeras can read \(KeyError: .*config\.json"),
-        ("empty_saved_model", "empty directory", r"is not a SavedModel directory edgekeras can read \(OSError: SavedModel file does not exist"),
+        ("empty_saved_model", "empty directory",
+         r"is not a SavedModel directory edgekeras can read \(OSError: SavedModel file does not exist"),
     ],
 )
 @pytest.mark.parametrize("safe_mode", [True, False])

@@ -236,13 +236,19 @@ class Subclassed(keras.Model):
 TRAINER_ARGUMENTS = [
     (lambda: EdgeTrainer(Subclassed(), "adam", LOSS), r"Argument `model` must be a functional or Sequential model"),
     (lambda: EdgeTrainer(conv_net(), "adam", None), r"Argument `loss` is required.*Received: loss=None"),
-    (lambda: EdgeTrainer(conv_net(), "nonsense", LOSS), r"Argument `optimizer` must be a Keras optimizer identifier.*Received: optimizer='nonsense'"),
-    (lambda: EdgeTrainer(conv_net(), 3, LOSS), r"Argument `optimizer` must be a Keras optimizer identifier, config dict.*Received: optimizer=3"),
-    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, prune_policy="most"), r"Argument `prune_policy` must be one of .*Received: prune_policy='most'"),
-    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, quantize_scheme="int4"), r"Argument `quantize_scheme` must be one of .*Received: quantize_scheme='int4'"),
-    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, quantize_skip="stem"), r"Argument `quantize_skip` must be a list of layer names\. Received: quantize_skip='stem'"),
+    (lambda: EdgeTrainer(conv_net(), "nonsense", LOSS),
+     r"Argument `optimizer` must be a Keras optimizer identifier.*Received: optimizer='nonsense'"),
+    (lambda: EdgeTrainer(conv_net(), 3, LOSS),
+     r"Argument `optimizer` must be a Keras optimizer identifier, config dict.*Received: optimizer=3"),
+    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, prune_policy="most"),
+     r"Argument `prune_policy` must be one of .*Received: prune_policy='most'"),
+    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, quantize_scheme="int4"),
+     r"Argument `quantize_scheme` must be one of .*Received: quantize_scheme='int4'"),
+    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, quantize_skip="stem"),
+     r"Argument `quantize_skip` must be a list of layer names\. Received: quantize_skip='stem'"),
     (lambda: EdgeTrainer(conv_net(), "adam", LOSS, compile_kwargs=[1]), r"Argument `compile_kwargs` must be a dict"),
-    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, calibration_steps=1), r"Argument `calibration_steps` must be 0 \(off\) or an integer >= 2\. Received: calibration_steps=1"),
+    (lambda: EdgeTrainer(conv_net(), "adam", LOSS, calibration_steps=1),
+     r"Argument `calibration_steps` must be 0 \(off\) or an integer >= 2\. Received: calibration_steps=1"),
 ]
 
 
@@ -377,6 +383,10 @@ def test_labels_beyond_the_outputs_fail_before_training(as_dataset):
     y = np.arange(SAMPLES) % 5  # conv_net has 3 outputs
     trainer = EdgeTrainer(conv_net(), "adam", LOSS)
     inputs = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH) if as_dataset else x
-    with pytest.raises(ValueError, match=r"Argument `x`/`y` holds class ids the model cannot output: model 'tiny' has 3 outputs .*Received: class ids from 0 to 4"):
+    match = (
+        r"Argument `x`/`y` does not match the number of classes of model 'tiny', which has 3 outputs "
+        r"\(class ids 0 to 2\)\. Received: class ids from 0 to 4 in the first batch\. Build the model"
+    )
+    with pytest.raises(ValueError, match=match):
         trainer.fit(inputs, None if as_dataset else y, float_epochs=1, verbose=0)
     assert trainer.histories == {}

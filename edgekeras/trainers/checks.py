@@ -1,0 +1,248 @@
+"""`EdgeTrainer`'s checks of its arguments and training data, all made before any training.
+
+A mistake found after the float phase would cost that phase's hours, so
+`EdgeTrainer.__init__` and `EdgeTrainer.fit` check everything they can up
+front, each error naming the argument, what it must be and what was received.
+"""
+
+import numbers
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from edgekeras import distribute, quantization, sparsity
+from edgekeras.compat import check_model, keras
+from edgekeras.data import check_class_ids
+from edgekeras.schedules import PruningSchedule
+
+__all__ = ["check_epochs", "check_fit_arguments", "check_labels", "check_strategy", "check_trainer_arguments"]
+
+# `fit` keywords that EdgeTrainer sets itself for each phase.
+_PHASE_KEYWORDS = ("epochs", "initial_epoch", "callbacks")
+
+_LABELS_FIX = (
+    "Build the model with the data's number of classes (e.g. build_transfer_model(data.num_classes, ...)) "
+    "or train it on the data it was built for."
+)
+
+
+def _check_phase_model(model):
+    check_model(model)
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise ValueError(
+            "Argument `model` must be a functional or Sequential model: EdgeTrainer's QAT "
+            "phase rebuilds it layer by layer. Received: "
+            f"model={model.name!r} of subclassed type {type(model).__name__}. For a subclassed "
+            "model use model.fit(..., callbacks=[edgekeras.callbacks.MagnitudePruning(...)])."
+        )
+
+
+def check_trainer_arguments(model, loss, prune_policy, quantize_scheme, compile_kwargs, calibration_steps, backup_dir):
+    """Checks `EdgeTrainer`'s arguments other than the optimizer and the strategy.
+
+    Args:
+        model, loss, prune_policy, quantize_scheme, compile_kwargs,
+            calibration_steps, backup_dir: as for `EdgeTrainer`.
+
+    Raises:
+        TypeError: `model` is not a tf_keras model.
+        ValueError: an argument is out of range (named in the message).
+
+    Example:
+
+    ```python
+    check_trainer_arguments(model, "sparse_categorical_crossentropy", "all", "auto", None, 16, None)
+    ```
+    """
+    _check_phase_model(model)
+    if loss is None:
+        raise ValueError("Argument `loss` is required, e.g. loss='sparse_categorical_crossentropy'. Received: loss=None")
+    sparsity.check_policy(prune_policy, "prune_policy")
+    if quantize_scheme not in quantization.SCHEMES:
+        raise ValueError(
+            f"Argument `quantize_scheme` must be one of {quantization.SCHEMES}. "
+            f"Received: quantize_scheme={quantize_scheme!r}"
+        )
+    if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
+        raise ValueError(
+            f"Argument `compile_kwargs` must be a dict of model.compile keywords. "
+            f"Received: compile_kwargs={compile_kwargs!r}"
+        )
+    if calibration_steps != 0 and (
+        isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) or calibration_steps < 2
+    ):
+        raise ValueError(
+            "Argument `calibration_steps` must be 0 (off) or an integer >= 2. "
+            f"Received: calibration_steps={calibration_steps!r}"
+        )
+    if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+        raise ValueError(
+            "Argument `backup_dir` must be None or a directory path for the phases' checkpoints. "
+            f"Received: backup_dir={backup_dir!r}"
+        )
+
+
+def check_strategy(model, strategy):
+    """Returns the strategy every phase runs under: `strategy`, or the one that holds `model`.
+
+    Args:
+        model: the tf_keras model to train.
+        strategy: a `tf.distribute.Strategy`, or None.
+
+    Returns:
+        A `tf.distribute.Strategy` whose scope holds the model's variables.
+
+    Raises:
+        ValueError: `strategy` is not a strategy, or the model was built
+            outside its scope.
+
+    Example:
+
+    ```python
+    strategy = check_strategy(model, None)
+    ```
+    """
+    if strategy is None:
+        strategy = distribute.strategy_of(model)
+    elif not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError(
+            "Argument `strategy` must be a tf.distribute.Strategy such as "
+            f"tf.distribute.MirroredStrategy(). Received: strategy={strategy!r}"
+        )
+    distribute.check_model_in_scope(model, strategy)
+    return strategy
+
+
+def check_epochs(value, argument):
+    """Returns `value` as an int if it is an integer >= 0, else raises a ValueError naming `argument`.
+
+    Args:
+        value: a number of epochs.
+        argument: the argument's name, for the message.
+
+    Returns:
+        `value` as an int.
+
+    Raises:
+        ValueError: `value` is not an integer >= 0 (booleans included).
+
+    Example:
+
+    ```python
+    float_epochs = check_epochs(3, "float_epochs")
+    ```
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"Argument `{argument}` must be an integer >= 0. Received: {argument}={value!r}")
+    return int(value)
+
+
+def _check_prune(prune, prune_epochs):
+    if prune is not None and not isinstance(prune, PruningSchedule):
+        if isinstance(prune, bool) or not isinstance(prune, numbers.Real) or not 0.0 < prune < 1.0:
+            raise ValueError(
+                "Argument `prune` must be None, a target sparsity in (0, 1) or a pruning schedule "
+                f"(edgekeras.schedules). Received: prune={prune!r}"
+            )
+    if prune is not None and prune_epochs == 0:
+        raise ValueError(
+            "Argument `prune_epochs` must be a positive integer when `prune` is set. "
+            f"Received: prune_epochs={prune_epochs}"
+        )
+    if prune is None and prune_epochs:
+        raise ValueError(
+            f"Argument `prune` must be set to prune for prune_epochs={prune_epochs} epochs, "
+            "e.g. prune=0.75. Received: prune=None"
+        )
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback) or not all(
+        isinstance(c, keras.callbacks.Callback) for c in callbacks
+    ):
+        raise ValueError(f"Argument `callbacks` must be a list of tf_keras callbacks. Received: callbacks={callbacks!r}")
+    return callbacks
+
+
+def check_fit_arguments(float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs):
+    """Checks the arguments of `EdgeTrainer.fit`; returns the epochs as ints and the callbacks as a list.
+
+    Args:
+        float_epochs, prune, prune_epochs, qat_epochs, callbacks: as for
+            `EdgeTrainer.fit`.
+        fit_kwargs: the other `keras.Model.fit` keywords.
+
+    Returns:
+        `(float_epochs, prune_epochs, qat_epochs, callbacks)`.
+
+    Raises:
+        ValueError: a bad argument (named in the message).
+
+    Example:
+
+    ```python
+    float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(3, 0.75, 2, 1, None, {})
+    ```
+    """
+    float_epochs = check_epochs(float_epochs, "float_epochs")
+    prune_epochs = check_epochs(prune_epochs, "prune_epochs")
+    qat_epochs = check_epochs(qat_epochs, "qat_epochs")
+    _check_prune(prune, prune_epochs)
+    if float_epochs + prune_epochs + qat_epochs == 0:
+        raise ValueError(
+            "Arguments `float_epochs`, `prune_epochs` and `qat_epochs` are all 0: nothing to "
+            "train. Received: float_epochs=0, prune_epochs=0, qat_epochs=0"
+        )
+    callbacks = _check_callbacks(callbacks)
+    for key in _PHASE_KEYWORDS:
+        if key in fit_kwargs:
+            raise ValueError(
+                f"Argument `{key}` is set by EdgeTrainer per phase; use float_epochs / "
+                f"prune_epochs / qat_epochs. Received: {key}={fit_kwargs[key]!r}"
+            )
+    return float_epochs, prune_epochs, qat_epochs, callbacks
+
+
+def _first_labels(x, y):
+    """The labels of `y`, or of the first batch of an `(x, y)` dataset; None when they cannot be read."""
+    if y is not None:
+        return np.asarray(y)
+    if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) >= 2:
+        return np.asarray(next(iter(x.take(1)))[1])
+    return None  # generators and Sequences: reading a batch here would steal it from training
+
+
+def check_labels(model, x, y):
+    """Integer class ids beyond the classifier's outputs fail here, before training.
+
+    TensorFlow would fail mid-fit on CPU ("label value outside the valid
+    range") and train on garbage on a GPU. Models that are not classifiers
+    (fewer than 2 outputs) and float targets are left alone.
+
+    Args:
+        model: the model to train.
+        x, y: the training data, as for `keras.Model.fit`.
+
+    Raises:
+        ValueError: the labels (`y`, or the first batch of a dataset) hold
+            class ids the model cannot output.
+
+    Example:
+
+    ```python
+    check_labels(model, x_train, y_train)
+    ```
+    """
+    outputs = model.output_shape
+    if not isinstance(outputs, tuple) or not outputs or outputs[-1] is None or outputs[-1] < 2:
+        return
+    labels = _first_labels(x, y)
+    if labels is None or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        return  # float targets: not class ids
+    check_class_ids(
+        labels, outputs[-1], "x`/`y", _LABELS_FIX,
+        one_hot=labels.shape[-1:] == (outputs[-1],), model=f"model {model.name!r}", where=" in the first batch",
+    )
