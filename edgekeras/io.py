@@ -17,7 +17,7 @@ import tempfile
 
 from edgekeras.errors import EdgekerasError
 
-__all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["DiskFullError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "remove"]
 
 
 class DiskFullError(EdgekerasError, OSError):
@@ -44,7 +44,12 @@ def _temporary_name(path, directory):
     return temporary
 
 
-def _remove(path):
+def remove(path):
+    """Deletes a file, a link (not what it points to) or a directory tree, if it exists.
+
+    A directory that cannot be deleted entirely is left partly deleted rather
+    than raising: callers use this to clear temporary or replaced artifacts.
+    """
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
@@ -93,11 +98,11 @@ def atomic_path(path, *, directory=False):
             old = temporary + ".old"
             os.replace(path, old)
             os.replace(temporary, path)
-            _remove(old)
+            remove(old)
         else:
             os.replace(temporary, path)
     except BaseException as error:
-        _remove(temporary)
+        remove(temporary)
         full = _disk_full(error, path)
         if full is not None:
             raise full from error
@@ -131,7 +136,7 @@ def atomic_write_bytes(path, data):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException as error:
-        _remove(temporary)
+        remove(temporary)
         full = _disk_full(error, path)
         if full is not None:
             raise full from error

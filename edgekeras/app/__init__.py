@@ -1,8 +1,11 @@
 """The application on top of the library: `edgekeras run`, `edgekeras tune` and the CLI.
 
-- `config`: the TOML configs of `run` and `tune`, validated section by section.
-- `pipeline`: `run(config)`, data -> model -> train/prune/QAT -> export -> evaluate -> report.
+- `sections` / `config`: the TOML configs of `run` and `tune`, one section parser for both
+  (`tune_config` adds the [tune.space] and [tune.budget] tables).
+- `factories`: config sections -> library objects (data, model, trainer, schedule).
 - `state`: the run directory's `state.json`, so a killed run resumes.
+- `stages` / `pipeline`: `run(config)` as a loop over stages: data -> model -> train/prune/QAT
+  -> export -> evaluate -> report.
 - `tune`: `tune(config)`, a keras-tuner search from a config.
 - `report`: report.json, report.md, the Pareto plot and TensorBoard scalars.
 - `cli` / `commands`: the `edgekeras` command line.

@@ -136,7 +136,8 @@ def validate_report(report):
             if key not in variant:
                 _fail(f"{where} is missing {key!r}")
             value = variant[key]
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else isinstance(value, kind) and not isinstance(value, bool)
+            kinds = (int, float) if kind is float else kind
+            ok = isinstance(value, kinds) and not isinstance(value, bool)
             if not ok:
                 _fail(f"{where}.{key} must be {kind.__name__}, received {value!r}")
         if variant["name"] in names:

@@ -5,7 +5,16 @@ import tomllib
 
 import pytest
 
-from edgekeras.app.config import Config, ConfigError, config_to_toml, default_config_toml, load_config, parse_config
+from edgekeras.app.config import (
+    Config,
+    ConfigError,
+    config_to_toml,
+    default_config_toml,
+    load_config,
+    parse_config,
+    parse_section,
+)
+from edgekeras.app.sections import TrainSection, TuneSettings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -76,7 +85,10 @@ def test_shipped_configs_are_valid(name):
     [
         ({"trian": {}}, r"Unknown section `trian` at the top level.* Did you mean `train`\?"),
         ({"epochs": 3}, r"Unknown key `epochs` at the top level.* `epochs` is a key of \[train\], \[prune\], \[qat\]: write it below"),
-        ({"train": {"epoch": 3}}, r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:.* Did you mean `epochs`\?"),
+        (
+            {"train": {"epoch": 3}},
+            r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:.* Did you mean `epochs`\?",
+        ),
         ({"train": 3}, r"Config section \[train\] in <dict> must be a table"),
         ({"train": {"epochs": "3"}}, r"Config key `train.epochs` must be an integer. Received: train.epochs='3'"),
         ({"train": {"epochs": True}}, r"`train.epochs` must be an integer"),
@@ -117,6 +129,10 @@ def test_shipped_configs_are_valid(name):
         ),
         ({"export": {"int8_float_layers": [""]}}, r"`export.int8_float_layers` must be a list of layer names"),
         ({"qat": {"skip_layers": [3]}}, r"`qat.skip_layers` must be a list of layer names\. Received: qat.skip_layers=\[3\]"),
+        # A value that is no list gets the same message as a list with a bad item.
+        ({"qat": {"skip_layers": "Conv_1"}}, r"`qat.skip_layers` must be a list of layer names\. Received: qat.skip_layers='Conv_1'"),
+        ({"evaluate": {"latency_threads": 2}}, r"`evaluate.latency_threads` must be a non-empty list of positive integers"),
+        ({"distribute": {"devices": "/gpu:0"}}, r"`distribute.devices` must be a list of device names"),
         ({"export": {"min_agreement": 2}}, r"`export.min_agreement` must be in \[0, 1\]"),
         ({"export": {"verify_examples": 0}}, r"`export.verify_examples` must be an integer >= 1"),
         ({"evaluate": {"split": "train"}}, r"`evaluate.split` must be one of 'test', 'validation'"),
@@ -124,8 +140,16 @@ def test_shipped_configs_are_valid(name):
         ({"evaluate": {"latency_threads": []}}, r"`evaluate.latency_threads` must be a non-empty list"),
         ({"evaluate": {"num_threads": 0}}, r"`evaluate.num_threads` must be an integer >= 1"),
         ({"report": {"quantized": "int4"}}, r"`report.quantized` must name a variant this config exports"),
-        ({"qat": {"epochs": 0}}, r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'\. 'qat_int8' needs `qat.epochs` > 0"),
-        ({"prune": {"enabled": False}}, r"`report.pruned` must name a variant .*'pruned_float32' needs `prune.enabled` = true and 'float32' in `export.pruned_conversions`"),
+        (
+            {"qat": {"epochs": 0}},
+            r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'\. "
+            r"'qat_int8' needs `qat.epochs` > 0",
+        ),
+        (
+            {"prune": {"enabled": False}},
+            r"`report.pruned` must name a variant .*'pruned_float32' needs `prune.enabled` = true and 'float32' in "
+            r"`export.pruned_conversions`",
+        ),
         ({"report": {"pruned": "float32"}}, r"names 'float32', which already holds the role 'original' \(`report.original`\)"),
         ({"report": {"original": ""}}, r"`report.original` must name the float reference"),
     ],
@@ -163,3 +187,21 @@ def test_error_names_the_file(tmp_path):
     path = write(tmp_path, "[prune]\nsparsity = 0.5\n")
     with pytest.raises(ConfigError, match=r"Unknown key `sparsity` in section \[prune\] of .*config.toml"):
         load_config(path)
+
+
+def test_one_parser_for_run_and_tune_sections():
+    assert parse_section("train", TrainSection, {"epochs": 5}, "<dict>") == TrainSection(epochs=5)
+    tables = ("space", "budget")
+    values = {"oracle": "bayesian", "space": {}, "int8_float_layers": ["a"]}
+    settings = parse_section("tune", TuneSettings, values, "<dict>", tables=tables)
+    assert (settings.oracle, settings.int8_float_layers) == ("bayesian", ("a",))
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown key `trials` in section \[tune\] of <dict>\. Valid keys of \[tune\]: .*top, "
+        r"and the tables \[tune.space\], \[tune.budget\]\. Did you mean `max_trials`\?",
+    ):
+        parse_section("tune", TuneSettings, {"trials": 3}, "<dict>", tables=tables)
+    with pytest.raises(ConfigError, match=r"Config key `tune.directory` must be a non-empty string\. Received: tune.directory=''"):
+        parse_section("tune", TuneSettings, {"directory": ""}, "<dict>", tables=tables)
+    with pytest.raises(ConfigError, match=r"Config key `tune.factor` must be an integer >= 2"):
+        parse_section("tune", TuneSettings, {"factor": 1}, "<dict>", tables=tables)

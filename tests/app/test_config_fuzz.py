@@ -189,7 +189,8 @@ def _mangled_toml(data):
         if data.draw(st.booleans()) and position < len(raw):
             del raw[position]
         else:
-            raw[position:position] = data.draw(st.binary(min_size=1, max_size=2) | st.sampled_from([b"[", b"]", b"=", b'"', b"\n", b"\xff"]))
+            inserted = st.binary(min_size=1, max_size=2) | st.sampled_from([b"[", b"]", b"=", b'"', b"\n", b"\xff"])
+            raw[position:position] = data.draw(inserted)
     return bytes(raw)
 
 

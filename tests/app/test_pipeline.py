@@ -86,7 +86,7 @@ def test_split_model_shares_layers_and_computes_the_same(tmp_path):
 
     frozen = build_transfer_model(3, 32, alpha=0.35, weights=None, dropout=0.2)
     _, head, cut = split_model(frozen)
-    assert cut == "dropout" and [l.name for l in head.layers[1:]] == ["dropout", "classifier"]
+    assert cut == "dropout" and [layer.name for layer in head.layers[1:]] == ["dropout", "classifier"]
 
 
 def test_cache_features_litert_matches_keras(tmp_path):
@@ -177,11 +177,11 @@ def test_qat_skip_layers_reach_the_trainer(tiny_tfds_dir, tmp_path):
     import tensorflow as tf
 
     from edgekeras.models import build_transfer_model
-    from edgekeras.app.pipeline import _trainer
+    from edgekeras.app.factories import make_trainer
 
     config = tiny_config(tiny_tfds_dir, tmp_path, qat={"skip_layers": ["Conv_1", "Conv_1_bn", "out_relu"]})
     model = build_transfer_model(3, 32, alpha=0.35, weights=None, trainable_from="block_16_expand")
-    trainer = _trainer(model, config, None, tf.distribute.get_strategy(), None)
+    trainer = make_trainer(model, config, None, tf.distribute.get_strategy(), None)
     assert trainer.quantize_skip == ("Conv_1", "Conv_1_bn", "out_relu")
 
 
@@ -200,11 +200,12 @@ class Killed(BaseException):
 
 
 def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, tmp_path, monkeypatch, capsys):
-    import edgekeras.app.pipeline as run_module
+    # The export stage looks export_tflite up in edgekeras.app.stages.
+    import edgekeras.app.stages as stages_module
 
     config = tiny_config(tiny_tfds_dir, tmp_path)
     run_dir = tmp_path / "tiny"
-    real_export = run_module.export_tflite
+    real_export = stages_module.export_tflite
     calls, died = [], []
 
     def export_then_die(*args, **kwargs):
@@ -214,7 +215,7 @@ def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, t
             raise Killed("killed during the third export")
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "export_tflite", export_then_die)
+    monkeypatch.setattr(stages_module, "export_tflite", export_then_die)
     with pytest.raises(Killed):
         run(config)
     state = json.loads((run_dir / "state.json").read_text())
@@ -254,17 +255,18 @@ def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, t
 
 
 def test_run_directory_of_another_config(tiny_tfds_dir, tmp_path):
-    from edgekeras.app.pipeline import RunDirectoryError, _RunState
+    from edgekeras.app.pipeline import RunDirectoryError
+    from edgekeras.app.state import RunState
 
     config = tiny_config(tiny_tfds_dir, tmp_path)
-    _RunState(config.run_dir, config, overwrite=False, enabled=True).save()
+    RunState(config.run_dir, config, overwrite=False, enabled=True).save()
     (tmp_path / "tiny" / "report.md").write_text("earlier results")
     other = tiny_config(tiny_tfds_dir, tmp_path, prune={"target_sparsity": 0.6})
     with pytest.raises(RunDirectoryError, match=r"Run directory `.*tiny` holds a run of another config .*Pass --overwrite"):
         run(other)
     assert (tmp_path / "tiny" / "report.md").read_text() == "earlier results"
 
-    state = _RunState(other.run_dir, other, overwrite=True, enabled=True)
+    state = RunState(other.run_dir, other, overwrite=True, enabled=True)
     assert not (tmp_path / "tiny" / "report.md").exists() and state.data["attempts"] == 1
 
 
@@ -279,7 +281,7 @@ def test_run_directory_without_state_is_refused(tiny_tfds_dir, tmp_path):
 
 
 def test_corrupt_cache_is_computed_again(tmp_path):
-    from edgekeras.app.pipeline import _RunState
+    from edgekeras.app.state import RunState
 
     config = parse_config({"run": {"name": "cache", "output_dir": str(tmp_path)}}, source="test")
     computed = []
@@ -288,7 +290,7 @@ def test_corrupt_cache_is_computed_again(tmp_path):
         computed.append(1)
         return np.ones((4, 2, 2), np.float16), np.arange(4)
 
-    state = _RunState(config.run_dir, config, overwrite=False, enabled=True)
+    state = RunState(config.run_dir, config, overwrite=False, enabled=True)
     state.cached_arrays("train", compute)
     features, labels = state.cached_arrays("train", compute)
     assert len(computed) == 1 and isinstance(features, np.memmap)
@@ -301,13 +303,56 @@ def test_corrupt_cache_is_computed_again(tmp_path):
 
 
 def test_cli_refuses_a_run_directory_of_another_config(tiny_tfds_dir, tmp_path, capsys):
-    from edgekeras.app.pipeline import _RunState
+    from edgekeras.app.state import RunState
 
     config = tiny_config(tiny_tfds_dir, tmp_path)
-    _RunState(config.run_dir, config, overwrite=False, enabled=True).save()
+    RunState(config.run_dir, config, overwrite=False, enabled=True).save()
     path = tmp_path / "other.toml"
     path.write_text(config_to_toml(tiny_config(tiny_tfds_dir, tmp_path, train={"epochs": 2})))
     assert main(["run", "--config", str(path), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("edgekeras run: error: Run directory") and "--overwrite" in error
     assert error.count("\n") == 1
+
+
+def test_verify_run_dir_lists_what_is_wrong(tmp_path):
+    from edgekeras.app.state import RunState, verify_run_dir
+
+    config = parse_config({"run": {"name": "v", "output_dir": str(tmp_path)}}, source="test")
+    assert verify_run_dir(config.run_dir) == ["state.json is missing or unreadable"]
+    state = RunState(config.run_dir, config, overwrite=False, enabled=True)
+    model = tmp_path / "v" / "tflite" / "x.tflite"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"x")
+    state.data["exports"]["x"] = state.record_file(str(model))
+    state.save()
+    model.write_bytes(b"y")
+    (tmp_path / "v" / ".report.json.abc.tmp").write_text("")
+    assert verify_run_dir(config.run_dir) == [
+        "the run is not finished",
+        "report.json is missing or unreadable",
+        "report.md is missing",
+        "pareto.png is missing",
+        "tflite/x.tflite is missing or does not match its checksum",
+        f"temporary file left: {tmp_path / 'v' / '.report.json.abc.tmp'}",
+    ]
+
+
+def test_overwrite_clears_the_run_directory_without_following_links(tmp_path):
+    from edgekeras.app.pipeline import RunDirectoryError
+    from edgekeras.app.state import RunState
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    config = parse_config({"run": {"name": "o", "output_dir": str(tmp_path)}}, source="test")
+    run_dir = tmp_path / "o"
+    (run_dir / "tflite").mkdir(parents=True)
+    (run_dir / "tflite" / "a.tflite").write_bytes(b"a")
+    (run_dir / "link").symlink_to(outside)
+    (run_dir / "state.json").write_text("not json")
+    with pytest.raises(RunDirectoryError, match=r"has an unreadable .*state.json .*Pass --overwrite"):
+        RunState(config.run_dir, config, overwrite=False, enabled=True)
+    state = RunState(config.run_dir, config, overwrite=True, enabled=True)
+    assert os.listdir(run_dir) == [] and (outside / "keep.txt").read_text() == "mine"
+    assert state.data["attempts"] == 1

@@ -1,0 +1,359 @@
+"""The stages of `edgekeras run`, in order, and the `RunContext` they share.
+
+Each stage is a function of the `RunContext`: it reads what the earlier
+stages set and sets what it produces. `edgekeras.app.pipeline.run` calls them
+in the order of `STAGES` and records each one's time under its name, in
+`RunResult.timings` and `state.json`. Every stage that writes an artifact
+records it in the `RunState` right away, and reuses what an earlier attempt
+left intact: that is what makes a killed run resume.
+
+Example:
+
+```python
+from edgekeras.app.stages import STAGES
+
+print([name for name, _ in STAGES])  # ['data_and_model', 'cache_features', ...]
+```
+"""
+
+import dataclasses
+import gc
+import math
+import os
+import time
+
+import numpy as np
+
+from edgekeras import features
+from edgekeras.app.config import ConfigError
+from edgekeras.app.factories import build_model, load_data, make_trainer, prune_schedule, tensorboard_callbacks
+from edgekeras.app.report import VariantResult, build_report, write_report
+from edgekeras.app.state import RunState, log
+from edgekeras.data import batches_per_epoch
+from edgekeras.distribute import shard_by_data
+from edgekeras.litert import evaluate_tflite, export_tflite
+from edgekeras.models import assemble_with_weights, clone_with_weights, save_model, split_model
+
+__all__ = ["RunContext", "STAGES", "CHIEF_ONLY"]
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What the stages of one `run` share: each stage reads what earlier ones set.
+
+    Attributes:
+        config: the run's `Config`.
+        progress: show progress bars.
+        strategy: the `tf.distribute` strategy training runs under.
+        chief: this process writes the run directory.
+        distributed: the strategy distributes variables, so conversions
+            and saved files need plain copies (`local`).
+        state: the run directory's `RunState`.
+        started: `time.perf_counter()` when the run began.
+        timings: seconds per finished stage (this attempt).
+        data: the `ImageData` (data_and_model).
+        model: the full model (data_and_model).
+        train_model, train_data, validation_data: what the float and pruning
+            phases train on: the model and images, or the trainable top and
+            cached activations (cache_features); released after training.
+        models: {"float", "pruned", "qat", "pqat": model or None}.
+        exported: {variant: (ExportedModel, source model name)} (export).
+        rows: one `VariantResult` per variant (evaluate).
+        examples: images each variant was evaluated on (evaluate).
+        report: the report dict (report).
+    """
+
+    config: object
+    progress: bool
+    strategy: object
+    chief: bool
+    distributed: bool
+    state: RunState
+    started: float
+    timings: dict = dataclasses.field(default_factory=dict)
+    data: object = None
+    model: object = None
+    train_model: object = None
+    train_data: object = None
+    validation_data: object = None
+    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat")))
+    exported: dict = dataclasses.field(default_factory=dict)
+    rows: list = dataclasses.field(default_factory=list)
+    examples: int = None
+    report: dict = None
+
+    def path(self, *parts):
+        """A path inside the run directory."""
+        return os.path.join(self.config.run_dir, *parts)
+
+    def local(self, model):
+        """`model`, or a plain copy of it when its variables are distributed."""
+        return clone_with_weights(model) if self.distributed else model
+
+
+def _repeat_if_bounded(dataset, steps_per_epoch):
+    # Keras does not restart a finite dataset between epochs when
+    # steps_per_epoch is shorter than it, and stops with "ran out of data";
+    # repeating makes every epoch take the next `steps_per_epoch` batches.
+    return dataset.repeat() if steps_per_epoch else dataset
+
+
+def data_and_model(context):
+    """Stage: loads the data and builds the model (under the strategy)."""
+    config, section = context.config, context.config.data
+    data = load_data(section, seed=config.run.seed)
+    # The sharding policy only matters under a multi-worker strategy.
+    context.data = data = dataclasses.replace(
+        data, train=shard_by_data(data.train),
+        validation=None if data.validation is None else shard_by_data(data.validation),
+    )
+    with context.strategy.scope():
+        context.model = model = build_model(config.model, data.num_classes, section.image_size)
+    log(
+        f"{data.name}: {data.num_train} train / {data.num_validation} validation / {data.num_test} test "
+        f"images at {section.image_size} px; model {model.name} with "
+        f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights)} trainable weights"
+    )
+
+
+def cache_features(context):
+    """Stage: with `train.cache_features`, the frozen prefix's activations (cached in the run directory)."""
+    config, data, state = context.config, context.data, context.state
+    context.train_model, context.train_data, context.validation_data = context.model, data.train, data.validation
+    if not config.train.cache_features:
+        return
+    prefix, top, cut = split_model(context.model)
+    if prefix is None:
+        return
+    engine, threads, batch_size = config.train.cache_engine, config.evaluate.num_threads, config.data.batch_size
+    log(f"caching the activations entering {cut!r} ({engine})")
+    frozen = context.local(prefix)
+    train_features, labels = state.cached_arrays("train", lambda: features.cache_features(
+        frozen, data.train, engine=engine, passes=config.train.cache_passes,
+        num_threads=threads, progress=context.progress, description="cache train",
+    ))
+    context.train_data = shard_by_data(
+        features.array_dataset(train_features, labels, batch_size, shuffle_seed=config.run.seed)
+    )
+    if data.validation is not None:
+        validation = state.cached_arrays("validation", lambda: features.cache_features(
+            frozen, data.validation, engine=engine, num_threads=threads, progress=context.progress,
+            description="cache validation",
+        ))
+        context.validation_data = shard_by_data(features.array_dataset(*validation, batch_size))
+    context.train_model = top
+    log(f"cached {train_features.shape[0]} activations of shape {train_features.shape[1:]}")
+
+
+def train_and_prune(context):
+    """Stage: the float and pruning phases (one `EdgeTrainer.fit`), resumed from their checkpoints."""
+    config, model = context.config, context.model
+    steps_per_epoch = config.train.steps_per_epoch or batches_per_epoch(context.train_data)
+    if steps_per_epoch is None:
+        steps_per_epoch = math.ceil(context.data.num_train / config.data.batch_size) * config.train.cache_passes
+    pruning = config.prune.enabled
+    float_model, pruned_model = model, None
+    if config.train.epochs or pruning:
+        trainer = make_trainer(
+            context.train_model, config, steps_per_epoch * config.train.epochs, context.strategy,
+            context.path("checkpoints", "train"),
+        )
+        trainer.fit(
+            _repeat_if_bounded(context.train_data, config.train.steps_per_epoch),
+            validation_data=context.validation_data,
+            float_epochs=config.train.epochs,
+            prune=prune_schedule(config.prune, steps_per_epoch) if pruning else None,
+            prune_epochs=config.prune.epochs if pruning else 0,
+            steps_per_epoch=config.train.steps_per_epoch or None,
+            callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief),
+            verbose=2,
+        )
+        # The full model shares the top's layers: it now holds the last
+        # phase's weights. The float snapshot is re-assembled around it.
+        with context.strategy.scope():
+            float_model = assemble_with_weights(model, trainer.float_model) if pruning else model
+        pruned_model = model if pruning else None
+    context.models.update(float=float_model, pruned=pruned_model)
+    # The cached activations (GBs) are not needed past this point: QAT and
+    # export work on images.
+    context.train_model = context.train_data = context.validation_data = trainer = None
+    gc.collect()
+
+
+def _quantization_aware(context, name, model):
+    config = context.config
+    trainer = make_trainer(clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name))
+    log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
+    trainer.fit(
+        _repeat_if_bounded(context.data.train, config.qat.steps_per_epoch),
+        qat_epochs=config.qat.epochs,
+        steps_per_epoch=config.qat.steps_per_epoch or None,
+        callbacks=tensorboard_callbacks(context.path("logs"), name, context.chief),
+        verbose=2,
+    )
+    return trainer.qat_model
+
+
+def qat(context):
+    """Stage: quantization-aware fine-tuning of the float and pruned models, on the whole model."""
+    section, models = context.config.qat, context.models
+    with context.strategy.scope():
+        if section.epochs and section.quantize_float:
+            models["qat"] = _quantization_aware(context, "qat", models["float"])
+        if section.epochs and section.quantize_pruned and models["pruned"] is not None:
+            models["pqat"] = _quantization_aware(context, "pqat", models["pruned"])
+    # Every worker takes part: reading a multi-worker model's variables can
+    # be collective (variables synchronized on read, such as BatchNorm's).
+    context.models = {name: None if model is None else context.local(model) for name, model in models.items()}
+
+
+def save_models(context):
+    """Stage: models/float.h5, pruned.h5, qat.h5, pqat.h5 (those that exist)."""
+    for name, model in context.models.items():
+        if model is not None:
+            save_model(model, context.path("models", f"{name}.h5"))
+
+
+def _export_jobs(context):
+    """`(variant, model, conversion, source)` of every .tflite file, in report order."""
+    section, models = context.config.export, context.models
+    jobs = [(c, models["float"], c, "float") for c in section.conversions]
+    if models["qat"] is not None:
+        jobs.append(("qat_int8", models["qat"], "int8", "qat"))
+    if models["pruned"] is not None:
+        jobs += [(f"pruned_{c}", models["pruned"], c, "pruned") for c in section.pruned_conversions]
+    if models["pqat"] is not None:
+        jobs.append(("pqat_int8", models["pqat"], "int8", "pqat"))
+    return jobs
+
+
+def export(context):
+    """Stage: every variant's .tflite file, each verified right after conversion (intact ones reused)."""
+    section, state, data = context.config.export, context.state, context.data
+    # Calibration and verification images come from the held-out end of the
+    # training split: unshuffled and unaugmented, so every int8 file is
+    # calibrated on the same images, and the test split stays untouched.
+    images = data.validation if data.validation is not None else data.train
+    for name, model, conversion, source in _export_jobs(context):
+        reused = state.exported(name)
+        if reused is not None:
+            context.exported[name] = (reused, source)
+            log(f"reusing {state.data['exports'][name]['file']} (checksum matches)")
+            continue
+        result = export_tflite(
+            model,
+            context.path("tflite", f"{name}.tflite"),
+            conversion,
+            representative_data=images,
+            representative_examples=section.representative_examples,
+            # Both apply where they can (int8 I/O; float layers of post-training
+            # int8 only): export_tflite holds those rules for every caller.
+            io_dtype=section.io_dtype,
+            verify_data=images,
+            verify_examples=section.verify_examples,
+            min_agreement=section.min_agreement or None,
+            name=name,
+            float_layers=section.int8_float_layers,
+        )
+        context.exported[name] = (result, source)
+        state.record_export(name, result)
+        check = result.verification
+        log(
+            f"exported {name}: {result.size_bytes} B ({result.gzip_bytes} B gzipped), agreement "
+            f"{check.top1_agreement:.1%}, max |diff| {check.max_abs_diff:.2g}"
+        )
+
+
+def _evaluate_file(context, dataset, name, role, result, source):
+    """`(VariantResult, examples)` of one .tflite file evaluated with LiteRT."""
+    section = context.config.evaluate
+    evaluation = evaluate_tflite(
+        result.path,
+        dataset,
+        num_threads=section.num_threads,
+        latency_threads=section.latency_threads,
+        latency_runs=section.latency_runs,
+        warmup=section.warmup,
+        max_examples=section.max_examples or None,
+        progress=context.progress,
+    )
+    row = VariantResult(
+        name=name,
+        role=role,
+        file=os.path.relpath(result.path, context.config.run_dir),
+        accuracy=evaluation.accuracy,
+        size_bytes=evaluation.size_bytes,
+        gzip_bytes=evaluation.gzip_bytes,
+        sparsity=evaluation.sparsity,
+        latency_ms=evaluation.latency[section.latency_threads[0]].median_ms,
+        latency={t: dataclasses.asdict(v) for t, v in evaluation.latency.items()},
+        conversion=result.conversion,
+        source=source,
+        io_dtype=result.io_dtype,
+        verification=dataclasses.asdict(result.verification),
+    )
+    return row, evaluation.examples
+
+
+def evaluate(context):
+    """Stage: every file's accuracy and latency with LiteRT on `evaluate.split` (kept ones reused).
+
+    Raises:
+        ConfigError: `evaluate.split` is "validation" but there is no
+            validation split (`data.validation_size` = 0).
+    """
+    config, state = context.config, context.state
+    split = config.evaluate.split
+    dataset = context.data.test if split == "test" else context.data.validation
+    if dataset is None:
+        raise ConfigError(
+            "Config key `evaluate.split` is 'validation' but data.validation_size is 0. "
+            "Received: evaluate.split='validation'"
+        )
+    roles = config.roles()
+    for name, (result, source) in context.exported.items():
+        kept = state.evaluation(name, roles.get(name, "other"))
+        if kept is not None:
+            row, context.examples = kept
+            context.rows.append(row)
+            log(f"reusing the evaluation of {name}: accuracy {row.accuracy:.4f}")
+            continue
+        row, context.examples = _evaluate_file(context, dataset, name, roles.get(name, "other"), result, source)
+        context.rows.append(row)
+        state.record_evaluation(name, row, context.examples)
+        log(f"evaluated {name}: accuracy {row.accuracy:.4f} on {context.examples} {split} images")
+
+
+def report(context):
+    """Stage: report.json, report.md, pareto.png and the TensorBoard report scalars."""
+    config, state = context.config, context.state
+    context.timings["total"] = round(time.perf_counter() - context.started, 2)
+    state.add_time("total", context.timings["total"])
+    context.report = build_report(
+        context.rows,
+        dataset=context.data.name,
+        split=config.evaluate.split,
+        examples=context.examples,
+        run=config.run.name,
+        config=config.source,
+        image_size=config.data.image_size,
+        # Summed over the attempts of a resumed run.
+        timings=dict(state.data["timings"]),
+    )
+    write_report(context.report, config.run_dir, tensorboard_dir=context.path("logs", "report"))
+
+
+# (name, stage) in order; the name is the stage's key in the timings.
+STAGES = (
+    ("data_and_model", data_and_model),
+    ("cache_features", cache_features),
+    ("train_and_prune", train_and_prune),
+    ("qat", qat),
+    ("save_models", save_models),
+    ("export", export),
+    ("evaluate", evaluate),
+    ("report", report),
+)
+# Saved models, .tflite files, evaluation and report are the chief's alone:
+# other workers of a multi-worker run stop before them.
+CHIEF_ONLY = ("save_models", "export", "evaluate", "report")
