@@ -20,7 +20,6 @@ assert verify_run_dir("runs/demo") == []
 import dataclasses
 import hashlib
 import os
-import shutil
 
 import numpy as np
 
@@ -204,7 +203,7 @@ class RunState:
     def drop_cache(self):
         """Deletes the cached activations (GBs) once nothing needs them."""
         if self.enabled:
-            shutil.rmtree(os.path.join(self.run_dir, "cache"), ignore_errors=True)
+            remove(os.path.join(self.run_dir, "cache"))
             self.data["cache"] = {}
 
     def exported(self, name):
