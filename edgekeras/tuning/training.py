@@ -44,15 +44,9 @@ from edgekeras.features import array_dataset, cache_features
 from edgekeras.models import split_model
 from edgekeras.schedules import polynomial_ramp
 from edgekeras.trainers import EdgeTrainer, phase_optimizer
+from edgekeras.trainers.checks import check_epochs
 
 __all__ = ["TrialTraining", "trial_callbacks"]
-
-
-def _check_epochs(value, argument):
-    """Returns `value` as an int if it is an integer >= 0, else raises."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"Argument `{argument}` must be an integer >= 0. Received: {argument}={value!r}")
-    return int(value)
 
 
 def _check_qat_learning_rate_scale(scale):
@@ -173,8 +167,8 @@ class TrialTraining:
         seed=0,
         verbose=1,
     ):
-        self.float_epochs = _check_epochs(float_epochs, "float_epochs")
-        self.prune_epochs = _check_epochs(prune_epochs, "prune_epochs")
+        self.float_epochs = check_epochs(float_epochs, "float_epochs")
+        self.prune_epochs = check_epochs(prune_epochs, "prune_epochs")
         self.qat_learning_rate_scale = _check_qat_learning_rate_scale(qat_learning_rate_scale)
         sparsity.check_policy(prune_policy, "prune_policy")
         _check_cache_engine(cache_engine)
