@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 export TFDS_DATA_DIR ?= $(if $(wildcard $(SHARED)/tfds),$(abspath $(SHARED)/tfds),)
 export EDGEKERAS_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights/*.h5),$(abspath $(firstword $(wildcard $(SHARED)/weights/*.h5))),imagenet)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lint test test-slow test-all demo run tune bench faults clean
 

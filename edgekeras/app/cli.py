@@ -7,13 +7,21 @@ print one clear line and exit with status 2; anything else is a bug and keeps
 its traceback.
 
 The commands module (and with it TensorFlow) is loaded only once the arguments
-parse, so `edgekeras --help` and usage errors answer at once.
+parse, so `edgekeras --help` and usage errors answer at once. TensorFlow's
+native start-up lines (oneDNN notes, CUDA probing on a CPU machine, absl's
+pre-initialisation warning) say nothing a user can act on, so they are hidden
+unless `--verbose`: its C++ log level is raised to errors-only and file
+descriptor 2 is parked in a temporary file while TensorFlow loads (those lines
+are written before the log level applies); when the import itself fails, the
+parked output is replayed.
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
 
 from edgekeras.errors import EdgekerasError
 
@@ -58,14 +66,47 @@ def _add_data_arguments(parser):
     )
 
 
+@contextlib.contextmanager
+def _native_stderr_parked():
+    """Sends what native code writes to stderr into a temporary file; replays it on an exception."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as parked:
+        os.dup2(parked.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            parked.seek(0)
+            sys.stderr.write(parked.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _load_commands(verbose):
+    if verbose:
+        return importlib.import_module(COMMANDS_MODULE)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with _native_stderr_parked():
+        return importlib.import_module(COMMANDS_MODULE)
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="edgekeras",
         description="Pruning, quantization-aware training and TFLite export inside model.fit.",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's native start-up and info lines"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train the seed's reference model and print its test accuracy")
+    train = commands.add_parser(
+        "train", parents=[common], help="train the seed's reference model and print its test accuracy"
+    )
     _add_data_arguments(train)
     train.add_argument("--image-size", type=_at_least(32), default=160)
     train.add_argument("--epochs", type=_at_least(1), default=1)
@@ -79,7 +120,7 @@ def _parser():
     train.set_defaults(handler="train")
 
     run = commands.add_parser(
-        "run", help="train, prune, quantize, export, evaluate and report as one TOML config says"
+        "run", parents=[common], help="train, prune, quantize, export, evaluate and report as one TOML config says"
     )
     run.add_argument("--config", required=True, help="the TOML config, e.g. configs/demo.toml")
     run.add_argument("--name", default=None, help="override run.name (the run directory's name)")
@@ -94,7 +135,7 @@ def _parser():
     run.set_defaults(handler="run")
 
     tune = commands.add_parser(
-        "tune", help="search sparsity, learning rate and QAT epochs with keras-tuner, scored on the .tflite"
+        "tune", parents=[common], help="search sparsity, learning rate and QAT epochs with keras-tuner, scored on the .tflite"
     )
     tune.add_argument("--config", required=True, help="the TOML config, e.g. configs/tune.toml")
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
@@ -106,7 +147,7 @@ def _parser():
 def main(argv=None):
     """Runs the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
-    commands = importlib.import_module(COMMANDS_MODULE)
+    commands = _load_commands(args.verbose)
     try:
         return getattr(commands, args.handler)(args)
     except EdgekerasError as error:

@@ -82,3 +82,27 @@ def test_bad_numbers_are_usage_errors(argument, value, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {argument}: must be" in err and repr(value) in err and "Traceback" not in err
+
+
+NATIVE_START_UP = ("oneDNN", "cuInit", "absl::InitializeLog", "cpu_feature_guard", "cuda drivers")
+
+
+def _cli(*arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "edgekeras", *arguments], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_commands_hide_tensorflow_start_up_lines_unless_verbose(tmp_path):
+    missing = str(tmp_path / "missing.toml")
+    quiet = _cli("run", "--config", missing)
+    assert quiet.returncode == 2
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgekeras run: error:"), quiet.stderr[-2000:]
+    assert not any(marker in quiet.stderr for marker in NATIVE_START_UP)
+
+    verbose = _cli("run", "--config", missing, "--verbose")
+    assert verbose.returncode == 2
+    assert verbose.stderr.splitlines()[-1] == lines[0]
+    # TensorFlow prints its start-up lines on CPU machines; --verbose shows whatever it prints.
+    assert len(verbose.stderr.splitlines()) >= len(lines)
