@@ -19,6 +19,7 @@ parked output is replayed.
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -90,7 +91,12 @@ def _load_commands(verbose):
         return importlib.import_module(COMMANDS_MODULE)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with _native_stderr_parked():
-        return importlib.import_module(COMMANDS_MODULE)
+        commands = importlib.import_module(COMMANDS_MODULE)
+    # The converter's Python-side notes (e.g. "Please consider providing the
+    # trackable_obj argument") concern TensorFlow's internals, not the user's run.
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return commands
 
 
 def _parser():
