@@ -174,6 +174,32 @@ def _prepare_run_dir(context):
     atomic_write_text(context.path("config.toml"), config_to_toml(config, header=header))
 
 
+def _existing_ancestor(path):
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _remove_empty_dirs(run_dir, keep):
+    """Removes the empty directories under and above `run_dir`, up to `keep`.
+
+    A non-chief worker's `BackupAndRestore` writes to a temporary directory
+    and deletes it when training ends, but leaves its parents behind; only
+    empty directories are removed, so a chief's files on a shared disk are safe.
+    """
+    keep = os.path.abspath(keep)
+    path = os.path.abspath(run_dir)
+    if os.path.isdir(path):
+        for root, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+            if root != keep and not os.listdir(root):
+                os.rmdir(root)
+    path = os.path.dirname(path) if not os.path.isdir(path) else path
+    while path.startswith(keep + os.sep) and os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+        path = os.path.dirname(path)
+
+
 def run(config, *, progress=None, overwrite=False):
     """Runs the pipeline a `Config` describes and returns a `RunResult`.
 
@@ -205,11 +231,13 @@ def run(config, *, progress=None, overwrite=False):
     finished = _finished_run(context)
     if finished is not None:
         return finished
+    existing = _existing_ancestor(config.run_dir)
     _prepare_run_dir(context)
     keras.utils.set_random_seed(config.run.seed)
     state, timings = context.state, context.timings
     for name, stage in STAGES:
         if name in CHIEF_ONLY and not context.chief:
+            _remove_empty_dirs(config.run_dir, keep=existing)
             return RunResult(run_dir=config.run_dir, report=None, table="", timings=timings)
         start = time.perf_counter()
         stage(context)

@@ -356,3 +356,22 @@ def test_overwrite_clears_the_run_directory_without_following_links(tmp_path):
     state = RunState(config.run_dir, config, overwrite=True, enabled=True)
     assert os.listdir(run_dir) == [] and (outside / "keep.txt").read_text() == "mine"
     assert state.data["attempts"] == 1
+
+
+def test_a_non_chief_worker_leaves_no_empty_directories(tmp_path):
+    # What Keras' BackupAndRestore leaves on a non-chief worker: its parents, emptied.
+    from edgekeras.app.pipeline import _existing_ancestor, _remove_empty_dirs
+
+    output = tmp_path / "out1"
+    keep = _existing_ancestor(output / "tiny")
+    (output / "tiny" / "checkpoints" / "train" / "float").mkdir(parents=True)
+    (output / "tiny" / "checkpoints" / "qat").mkdir(parents=True)
+    _remove_empty_dirs(output / "tiny", keep=keep)
+    assert keep == str(tmp_path) and not output.exists()
+
+    # A directory that existed before, and any file, stay.
+    shared = tmp_path / "shared"
+    (shared / "tiny" / "logs").mkdir(parents=True)
+    (shared / "tiny" / "report.json").write_text("{}")
+    _remove_empty_dirs(shared / "tiny", keep=_existing_ancestor(shared / "tiny"))
+    assert (shared / "tiny" / "report.json").is_file() and not (shared / "tiny" / "logs").exists()
