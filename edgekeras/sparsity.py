@@ -35,13 +35,45 @@ __all__ = [
     "select_weights",
     "select_layers",
     "prunable_weight",
+    "ALLOCATIONS",
+    "check_allocation",
     "magnitude_mask",
     "magnitude_masks",
+    "global_magnitude_masks",
+    "global_prune_counts",
     "m_by_n_mask",
     "weight_sparsity",
     "layer_sparsities",
     "overall_sparsity",
 ]
+
+
+# How a target sparsity is shared among the selected layers.
+ALLOCATIONS = ("uniform", "global")
+
+
+def check_allocation(allocation, max_layer_sparsity=None):
+    """Raises ValueError unless `allocation` and `max_layer_sparsity` are usable together."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"Argument `allocation` must be one of {', '.join(repr(a) for a in ALLOCATIONS)}. "
+            f"Received: allocation={allocation!r}"
+        )
+    if max_layer_sparsity is None:
+        return
+    if isinstance(max_layer_sparsity, bool) or not isinstance(max_layer_sparsity, (int, float)) or not (
+        0.0 < max_layer_sparsity < 1.0
+    ):
+        raise ValueError(
+            "Argument `max_layer_sparsity` must be in (0, 1) or None. "
+            f"Received: max_layer_sparsity={max_layer_sparsity!r}"
+        )
+    if allocation != "global":
+        raise ValueError(
+            "Argument `max_layer_sparsity` bounds the per-layer sparsity of global allocation only. "
+            f"Received: max_layer_sparsity={max_layer_sparsity!r} with allocation={allocation!r}; "
+            'pass allocation="global" or drop max_layer_sparsity.'
+        )
 
 
 def check_policy(policy, argument="policy"):
@@ -222,6 +254,98 @@ def magnitude_masks(weights, sparsity):
         _thresholds, [tf.cast(sparsity, tf.float64), *weights], dtypes, stateful=False
     )
     if not isinstance(thresholds, (list, tuple)):  # one output comes back bare
+        thresholds = [thresholds]
+    return [tf.cast(tf.abs(w) > t, w.dtype) for w, t in zip(weights, thresholds)]
+
+
+def global_prune_counts(sizes_or_arrays, sparsity, max_layer_sparsity=None):
+    """How many weights of each tensor global magnitude pruning zeroes.
+
+    The `round(total * sparsity)` smallest magnitudes over all tensors
+    together are pruned, so a layer of small weights gives up more than one
+    of large weights. With `max_layer_sparsity`, a tensor that would pass
+    that bound is held at it and the rest of the budget is shared among the
+    others by the same rule (repeated until no bound is passed), so the total
+    stays exact while the bound allows it. Every tensor keeps >= 1 weight.
+
+    Args:
+        sizes_or_arrays: the weight arrays (numpy).
+        sparsity: overall fraction of zeros in [0, 1).
+        max_layer_sparsity: per-tensor bound in (0, 1), or None.
+
+    Returns:
+        An int64 array of counts, one per tensor.
+
+    Example:
+
+    ```python
+    global_prune_counts([np.ones(10), np.full(10, 0.1)], 0.5)  # array([1, 9]): each keeps >= 1 weight
+    ```
+    """
+    magnitudes = [np.abs(np.asarray(a)).ravel() for a in sizes_or_arrays]
+    sizes = np.array([m.size for m in magnitudes], np.int64)
+    caps = sizes - 1
+    if max_layer_sparsity is not None:
+        caps = np.minimum(caps, np.floor(sizes * float(max_layer_sparsity)).astype(np.int64))
+    budget = min(int(round(sizes.sum() * float(sparsity))), int(caps.sum()))
+    counts = np.zeros(len(sizes), np.int64)
+    free = np.ones(len(sizes), bool)
+    while budget > 0 and free.any():
+        members = np.flatnonzero(free)
+        pooled = np.concatenate([magnitudes[i] for i in members])
+        owner = np.repeat(np.arange(len(members)), sizes[members])
+        take = min(budget, pooled.size)
+        chosen = np.argpartition(pooled, take - 1)[:take] if take < pooled.size else np.arange(pooled.size)
+        wanted = np.bincount(owner[chosen], minlength=len(members))
+        over = wanted > caps[members]
+        if not over.any():
+            counts[members] = wanted
+            break
+        # Hold the layers past their bound at it and share the rest again.
+        for index in members[over]:
+            counts[index] = caps[index]
+            free[index] = False
+        budget -= int(caps[members[over]].sum())
+    return counts
+
+
+def _global_thresholds(sparsity, max_layer_sparsity, *arrays):
+    bound = None if max_layer_sparsity < 0 else float(max_layer_sparsity)
+    counts = global_prune_counts(arrays, sparsity, bound)
+    thresholds = []
+    for array, count in zip(arrays, counts):
+        flat = np.abs(array).ravel()
+        thresholds.append(
+            np.array(-1.0, array.dtype) if count <= 0 else np.partition(flat, count - 1)[count - 1].astype(array.dtype)
+        )
+    return thresholds
+
+
+def global_magnitude_masks(weights, sparsity, max_layer_sparsity=None):
+    """Returns 0/1 masks pruning the smallest magnitudes over all `weights` together.
+
+    See `global_prune_counts` for how the zeros are shared; only ties at a
+    layer's threshold can zero more than the count.
+
+    Args:
+        weights: a list of tensors.
+        sparsity: overall fraction of zeros in [0, 1).
+        max_layer_sparsity: per-tensor bound in (0, 1), or None.
+
+    Returns:
+        A list of masks with the shapes and dtypes of `weights`.
+    """
+    weights = list(weights)
+    if not weights:
+        return []
+    bound = -1.0 if max_layer_sparsity is None else float(max_layer_sparsity)
+    thresholds = tf.numpy_function(
+        _global_thresholds,
+        [tf.cast(sparsity, tf.float64), tf.constant(bound, tf.float64), *weights],
+        [w.dtype for w in weights],
+        stateful=False,
+    )
+    if not isinstance(thresholds, (list, tuple)):
         thresholds = [thresholds]
     return [tf.cast(tf.abs(w) > t, w.dtype) for w, t in zip(weights, thresholds)]
 

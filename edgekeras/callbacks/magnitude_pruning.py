@@ -69,6 +69,14 @@ class MagnitudePruning(MaskingCallback):
             `policy(layer) -> bool`. See `edgekeras.sparsity`.
         include_frozen: also prune layers with `trainable=False` (they cannot
             recover, so the default leaves them alone).
+        allocation: how the schedule's sparsity is shared among the
+            selected layers: `"uniform"` (each layer pruned to it, as TFMOT
+            does) or `"global"` (one magnitude ranking over all selected
+            weights, so the large 1x1 layers give up more than small,
+            sensitive ones; the overall sparsity is the same).
+        max_layer_sparsity: with `"global"`, no layer goes past this
+            fraction of zeros (the rest of the budget moves to other layers);
+            None for no bound.
 
     Example:
 
@@ -86,7 +94,7 @@ class MagnitudePruning(MaskingCallback):
     ```
     """
 
-    def __init__(self, schedule, policy="all", include_frozen=False):
+    def __init__(self, schedule, policy="all", include_frozen=False, allocation="uniform", max_layer_sparsity=None):
         if not isinstance(schedule, schedules_module.PruningSchedule):
             raise TypeError(
                 "Argument `schedule` must be a pruning schedule such as "
@@ -98,14 +106,30 @@ class MagnitudePruning(MaskingCallback):
             isinstance(m_by_n, (tuple, list)) and len(m_by_n) == 2 and all(isinstance(v, numbers.Integral) for v in m_by_n)
         ):
             raise ValueError(f"Argument `schedule` has an invalid m_by_n. Received: m_by_n={m_by_n!r}")
+        sparsity.check_allocation(allocation, max_layer_sparsity)
+        if m_by_n is not None and allocation != "uniform":
+            raise ValueError(
+                f"Argument `allocation` must be \"uniform\" with an m-by-n schedule (every block has the same "
+                f"zeros). Received: allocation={allocation!r}"
+            )
+        final = getattr(schedule, "final_sparsity", getattr(schedule, "target_sparsity", None))
+        if max_layer_sparsity is not None and final is not None and final > max_layer_sparsity:
+            raise ValueError(
+                f"Argument `max_layer_sparsity` must be >= the schedule's final sparsity {final}, or no layer "
+                f"mix could reach it. Received: max_layer_sparsity={max_layer_sparsity!r}"
+            )
         super().__init__(policy=policy, include_frozen=include_frozen)
         self.schedule = schedule
+        self.allocation = allocation
+        self.max_layer_sparsity = max_layer_sparsity
 
     def get_config(self):
         return {
             "schedule": schedules_module.serialize(self.schedule),
             "policy": self.policy,
             "include_frozen": self.include_frozen,
+            "allocation": self.allocation,
+            "max_layer_sparsity": self.max_layer_sparsity,
         }
 
     @classmethod
@@ -118,6 +142,8 @@ class MagnitudePruning(MaskingCallback):
         m_by_n = getattr(self.schedule, "m_by_n", None)
         if m_by_n is not None:
             return [sparsity.m_by_n_mask(w, m_by_n) for w in weights]
+        if self.allocation == "global":
+            return sparsity.global_magnitude_masks(weights, target, self.max_layer_sparsity)
         return sparsity.magnitude_masks(weights, target)
 
     def _new_masks_fn(self):
