@@ -10,8 +10,8 @@ TensorFlow. Everything else lives in the subpackages:
 
 | step | where |
 |---|---|
-| data | `edgekeras.data` (TFDS image data), `edgekeras.features` (cached activations) |
-| model | `edgekeras.models` (transfer model, flatten/clone/split, save/load) |
+| data | `edgekeras.data` (TFDS image data), `edgekeras.folders` (image directories), `edgekeras.features` (cached activations) |
+| model | `edgekeras.models` (transfer models of several architectures, flatten/clone/split, save/load) |
 | fit with callbacks | `edgekeras.callbacks`, `edgekeras.schedules`, `edgekeras.sparsity`, `edgekeras.quantization` |
 | phases | `edgekeras.trainers` (`EdgeTrainer`: float -> prune -> QAT) |
 | export and evaluate | `edgekeras.litert` (convert, verify, run, evaluate .tflite files) |
@@ -47,6 +47,7 @@ _LAZY = {
     "load_model": "edgekeras.models",
     "save_model": "edgekeras.models",
     "load_image_data": "edgekeras.data",
+    "load_image_folders": "edgekeras.folders",
     "export_tflite": "edgekeras.litert",
     "evaluate_tflite": "edgekeras.litert",
     "TFLiteModel": "edgekeras.litert",

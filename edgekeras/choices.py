@@ -5,7 +5,10 @@ of `edgekeras run` and `edgekeras tune` are validated against the same ones,
 so reading and checking a config never has to import TensorFlow.
 """
 
-__all__ = ["CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "ORACLES", "POLICIES", "STRATEGIES"]
+__all__ = [
+    "ARCHITECTURES", "ARCHITECTURE_NORMALIZATION", "CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "NORMALIZATIONS",
+    "ORACLES", "POLICIES", "STRATEGIES",
+]
 
 # .tflite conversions (edgekeras.litert.convert). No sparse int8: LiteRT 2.3's
 # XNNPACK delegate fails to prepare the sparse int8 FULLY_CONNECTED that
@@ -23,3 +26,25 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 CACHE_ENGINES = ("litert", "keras")
 # keras-tuner oracles (edgekeras.tuning.make_oracle).
 ORACLES = ("random", "bayesian", "hyperband")
+# How pixels in [0, 255] are scaled before they enter the model
+# (edgekeras.images.normalize): "minus_one_to_one" x / 127.5 - 1;
+# "zero_to_one" x / 255; "pixels" unchanged (models with their own Rescaling);
+# "caffe" RGB -> BGR minus the ImageNet channel means; "torch" x / 255 minus
+# the ImageNet means, over the ImageNet standard deviations.
+NORMALIZATIONS = ("minus_one_to_one", "zero_to_one", "pixels", "caffe", "torch")
+# tf_keras.applications backbones (edgekeras.models.build_transfer_model)
+# and the input scaling each was trained with: the data pipelines scale
+# images this way, so training, int8 calibration, the .tflite file and its
+# LiteRT evaluation all see the same inputs.
+ARCHITECTURE_NORMALIZATION = {
+    "mobilenet_v2": "minus_one_to_one",
+    # tf_keras' MobileNetV3 and EfficientNet hold their own Rescaling layers.
+    "mobilenet_v3_small": "pixels",
+    "mobilenet_v3_large": "pixels",
+    "efficientnet_b0": "pixels",
+    "efficientnet_b1": "pixels",
+    "efficientnet_b2": "pixels",
+    "efficientnet_b3": "pixels",
+    "resnet50": "caffe",
+}
+ARCHITECTURES = tuple(ARCHITECTURE_NORMALIZATION)

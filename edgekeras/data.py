@@ -1,15 +1,18 @@
-"""Image-classification data from TFDS, preprocessed the way MobileNetV2 wants.
+"""Image-classification data from TFDS, preprocessed the way the model wants.
 
 `load_image_data` returns train / validation / test pipelines. The validation
 split is carved from the end of the training split so that tuning and model
 selection never look at the test split, which is kept for final reports.
+A dataset without a `test` split uses its `validation` split for testing, and
+one with neither has its test split carved from the end of `train` as well.
 
 Decoded images are cached at their stored (small) resolution and resized after
 the cache: CIFAR-10 at 32x32 uint8 is 150 MB, at 160x160 float32 it would be
-15 GB.
+15 GB. Datasets whose images vary in size are resized (to uint8) before the
+cache instead. The pipeline itself (normalization, augmentation, batching) is
+`edgekeras.images`, shared with the folder loader `edgekeras.folders`.
 """
 
-import dataclasses
 import math
 import os
 
@@ -17,104 +20,35 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras.compat import keras
-from edgekeras.errors import EdgekerasError
+from edgekeras.images import (
+    AUTOTUNE,
+    DataNotFoundError,
+    DataSplitError,
+    ImageData,
+    build_image_data,
+    carve_splits,
+    check_load_arguments,
+    check_normalization,
+    check_positive_int,
+    normalize,
+    resize_to_uint8,
+    to_rgb,
+)
 
 __all__ = [
     "batches_per_epoch",
     "check_class_ids",
     "DataNotFoundError",
+    "DataSplitError",
     "ImageData",
     "load_image_data",
     "normalize",
     "representative_dataset",
 ]
 
-AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DataNotFoundError(EdgekerasError, FileNotFoundError):
-    """The dataset is not prepared locally and could not be downloaded."""
-
-
-@dataclasses.dataclass
-class ImageData:
-    """Batched, preprocessed pipelines of one image-classification dataset.
-
-    Attributes:
-        name: the TFDS dataset name.
-        train: training pipeline, shuffled (and augmented if asked) each epoch.
-        validation: validation pipeline carved from the training split, or
-            None when `validation_size=0`.
-        test: test pipeline, only for final reports.
-        num_classes: number of classes, from the dataset info.
-        class_names: class names, from the dataset info.
-        image_size: side of the square images the pipelines yield.
-        num_train, num_validation, num_test: examples in each split.
-        splits: the TFDS split strings used for train / validation / test.
-    """
-
-    name: str
-    train: tf.data.Dataset
-    validation: tf.data.Dataset | None
-    test: tf.data.Dataset
-    num_classes: int
-    class_names: list
-    image_size: int
-    num_train: int
-    num_validation: int
-    num_test: int
-    splits: dict
-
-
-def normalize(images):
-    """Scales uint8-range pixels to [-1, 1], as MobileNetV2 expects.
-
-    Args:
-        images: pixels in [0, 255], any numeric dtype.
-
-    Returns:
-        A float32 tensor of the same shape, in [-1, 1].
-
-    Example:
-
-    ```python
-    normalize(np.array([0.0, 127.5, 255.0]))  # [-1, 0, 1]
-    ```
-    """
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
-
-
-def _resize(images, image_size):
-    images = tf.cast(images, tf.float32)
-    if images.shape[-3] == image_size and images.shape[-2] == image_size:
-        return images
-    return tf.image.resize(images, (image_size, image_size))
-
-
-def _augment(image, seed):
-    # Pad-and-crop plus flip at the stored resolution: cheap, and the usual
-    # CIFAR augmentation; seeds are stateless so a run is reproducible.
-    seeds = tf.random.experimental.stateless_split(seed, num=2)
-    height, width, channels = image.shape
-    pad = max(1, height // 8)
-    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    image = tf.image.stateless_random_crop(
-        image, (height, width, channels), seed=seeds[0]
-    )
-    return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-
-
-def _check_positive_int(value, argument):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"Argument `{argument}` must be a positive integer. "
-            f"Received: {argument}={value!r}"
-        )
-
 
 def _builder(name, data_dir, download):
-    import tensorflow_datasets as tfds
-
+    tfds = _tfds()
     resolved_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
         builder = tfds.builder(name, data_dir=resolved_dir)
@@ -155,8 +89,8 @@ def _check_complete(builder, name, data_dir, where):
     a missing or cut shard would only fail when the pipeline reaches it,
     possibly after training, at the final test evaluation.
     """
-    for split in ("train", "test"):  # the splits load_image_data reads
-        if split not in builder.info.splits:
+    for split in ("train", _test_split(builder.info)):  # the splits load_image_data reads
+        if split is None or split not in builder.info.splits:
             continue
         info = builder.info.splits[split]
         paths = [os.fspath(p) for p in info.filepaths]
@@ -177,79 +111,55 @@ def _check_complete(builder, name, data_dir, where):
         )
 
 
-def _check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples):
-    for value, argument in (
-        (image_size, "image_size"),
-        (batch_size, "batch_size"),
-        (shuffle_buffer, "shuffle_buffer"),
-    ):
-        _check_positive_int(value, argument)
-    if isinstance(validation_size, bool) or not isinstance(validation_size, int) or validation_size < 0:
-        raise ValueError(
-            "Argument `validation_size` must be a non-negative integer. "
-            f"Received: validation_size={validation_size!r}"
-        )
-    if max_train_examples is not None:
-        _check_positive_int(max_train_examples, "max_train_examples")
-
-
 def _check_features(info, dataset):
-    features = info.features
-    if "image" not in features or "label" not in features:
+    features, tfds = info.features, _tfds()
+    image = features["image"] if "image" in features else None
+    label = features["label"] if "label" in features else None
+    if not isinstance(image, tfds.features.Image) or not isinstance(label, tfds.features.ClassLabel):
+        kinds = {key: type(feature).__name__ for key, feature in features.items()}
         raise ValueError(
-            f"Argument `dataset` must name an image-classification dataset with "
-            f"`image` and `label` features. Received: dataset={dataset!r} with "
-            f"features {sorted(features.keys())}"
+            f"Argument `dataset` must name an image-classification dataset with an `image` (Image) and a "
+            f"`label` (ClassLabel) feature. Received: dataset={dataset!r} with features {kinds}"
         )
 
 
-def _splits(info, validation_size, max_train_examples):
-    """The TFDS split strings: validation carved from the end of train, so the test split stays unseen."""
+def _tfds():
+    import tensorflow_datasets as tfds  # imported on use: it takes seconds and folder data do not need it
+
+    return tfds
+
+
+def _test_split(info):
+    """The TFDS split used for testing: "test", else "validation", else None (carved from "train")."""
+    return next((name for name in ("test", "validation") if name in info.splits), None)
+
+
+def _splits(info, validation_size, max_train_examples, test_size):
+    """`(split strings, num_train, num_test)`: validation (and a missing test split) carved from the end of train."""
     total_train = info.splits["train"].num_examples
-    if validation_size >= total_train:
-        raise ValueError(
-            f"Argument `validation_size` must be smaller than the training split "
-            f"({total_train} examples). Received: validation_size={validation_size}"
-        )
-    num_train = total_train - validation_size
-    if max_train_examples is not None:
-        num_train = min(num_train, max_train_examples)
-    return {
-        "train": f"train[:{num_train}]",
-        "validation": f"train[{total_train - validation_size}:]" if validation_size else None,
-        "test": "test",
-    }, num_train
+    test_split = _test_split(info)
+    ranges = carve_splits(total_train, validation_size, test_size, max_train_examples, carve_test=test_split is None)
+    validation, test = ranges["validation"], ranges["test"]
+    splits = {
+        "train": f"train[:{ranges['train'][1]}]",
+        "validation": f"train[{validation[0]}:{validation[1] if test else ''}]" if validation else None,
+        "test": test_split or f"train[{test[0]}:]",
+    }
+    num_test = info.splits[test_split].num_examples if test_split else test[1] - test[0]
+    return splits, ranges["train"][1], num_test
 
 
-def _read(builder, split, cache):
-    """Decoded `(image, label)` examples of one split, cached before resizing (see the module docstring)."""
+def _read(builder, split, cache, image_size):
+    """Decoded RGB `(image, label)` examples of one split, cached before resizing (see the module docstring)."""
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-    ds = ds.map(lambda image, label: (image, label), num_parallel_calls=AUTOTUNE)
+    fixed = None not in builder.info.features["image"].shape[:2]
+
+    def prepare(image, label):
+        image = to_rgb(image)
+        return (image if fixed else resize_to_uint8(image, image_size)), label
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
     return ds.cache() if cache else ds
-
-
-def _shuffle_and_augment(ds, shuffle_buffer, augment, seed):
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        # Dataset.random re-draws each epoch, so augmentation differs per
-        # epoch but is reproducible from `seed`.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
-        ds = ds.map(
-            lambda example, s: (_augment(example[0], s), example[1]),
-            num_parallel_calls=AUTOTUNE,
-        )
-    return ds
-
-
-def _batch(ds, batch_size, image_size):
-    """Batches, then resizes and normalizes each batch (resizing after the cache keeps the cache small)."""
-    ds = ds.batch(batch_size, drop_remainder=False)
-    ds = ds.map(
-        lambda images, labels: (normalize(_resize(images, image_size)), labels),
-        num_parallel_calls=AUTOTUNE,
-    )
-    return ds.prefetch(AUTOTUNE)
 
 
 def load_image_data(
@@ -265,11 +175,14 @@ def load_image_data(
     cache=True,
     seed=0,
     max_train_examples=None,
+    normalization="minus_one_to_one",
+    test_size=None,
 ):
     """Loads a TFDS image-classification dataset as batched pipelines.
 
-    Images are resized to `image_size` and scaled to [-1, 1]; labels are
-    integer class ids.
+    Images are resized to `image_size`, made RGB and scaled as
+    `normalization` says; labels are integer class ids. The test split is
+    `test`, else `validation`, else carved from the end of `train`.
 
     Args:
         dataset: TFDS name of an image-classification dataset with `image`
@@ -289,6 +202,11 @@ def load_image_data(
             same batches.
         max_train_examples: use only the first N training examples (for
             quick runs and demos). None uses all of them.
+        normalization: how pixels are scaled, as the model was trained:
+            "minus_one_to_one" (MobileNetV2), "pixels" (MobileNetV3,
+            EfficientNet), "caffe" (ResNet50), ... (`edgekeras.images.normalize`).
+        test_size: examples carved for testing when the dataset has neither
+            `test` nor `validation` (None: `validation_size`); else None.
 
     Returns:
         An `ImageData`.
@@ -296,6 +214,8 @@ def load_image_data(
     Raises:
         DataNotFoundError: the dataset is missing and cannot be downloaded,
             or its prepared copy lacks files or has truncated ones.
+        DataSplitError: the held-out splits leave no training example, or
+            `test_size` is given for a dataset with a test split.
         ValueError: an argument is out of range.
 
     Example:
@@ -306,26 +226,17 @@ def load_image_data(
     images, labels = next(iter(data.train))
     ```
     """
-    _check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples)
+    check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples, test_size)
+    check_normalization(normalization)
     builder = _builder(dataset, data_dir, download)
     info = builder.info
     _check_features(info, dataset)
-    splits, num_train = _splits(info, validation_size, max_train_examples)
-    train = _shuffle_and_augment(_read(builder, splits["train"], cache), shuffle_buffer, augment, seed)
-    validation = _read(builder, splits["validation"], cache) if validation_size else None
-    label_feature = info.features["label"]
-    return ImageData(
-        name=dataset,
-        train=_batch(train, batch_size, image_size),
-        validation=None if validation is None else _batch(validation, batch_size, image_size),
-        test=_batch(_read(builder, splits["test"], cache), batch_size, image_size),
-        num_classes=int(label_feature.num_classes),
-        class_names=list(label_feature.names),
-        image_size=image_size,
-        num_train=num_train,
-        num_validation=validation_size,
-        num_test=info.splits["test"].num_examples,
-        splits=splits,
+    splits, num_train, num_test = _splits(info, validation_size, max_train_examples, test_size)
+    read = {name: _read(builder, split, cache, image_size) for name, split in splits.items() if split}
+    counts = {"train": num_train, "validation": validation_size, "test": num_test}
+    return build_image_data(
+        dataset, read, counts, info.features["label"].names, splits, image_size=image_size, batch_size=batch_size,
+        normalization=normalization, augment=augment, shuffle_buffer=shuffle_buffer, seed=seed,
     )
 
 
@@ -349,7 +260,7 @@ def representative_dataset(dataset, num_examples=256):
     converter.representative_dataset = representative_dataset(data.train, 200)
     ```
     """
-    _check_positive_int(num_examples, "num_examples")
+    check_positive_int(num_examples, "num_examples")
 
     def generate():
         produced = 0

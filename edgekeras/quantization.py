@@ -1,11 +1,15 @@
 """Quantization-aware copies of a model with TFMOT, with errors a user can act on.
 
-`quantize_model` annotates a flat functional or Sequential model, picks TFMOT's
-default 8-bit scheme, or its prune-preserving variant
-(`tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme`) when the
-model is sparse, and returns the `quantize_apply` result with the original
-layers' `trainable` flags re-applied: TFMOT rebuilds every layer from its
-config, and edgekeras promises that frozen layers stay frozen.
+`quantize_model` annotates a flat functional or Sequential model
+(`edgekeras.quantize_configs.annotate_model`), picks TFMOT's default 8-bit
+scheme, or its prune-preserving variant (TFMOT's
+`Default8BitPrunePreserveQuantizeScheme`) when the model is sparse, both with
+edgekeras' registry of the layers TFMOT lacks (Multiply, Rescaling,
+Normalization, TFOpLambda arithmetic, ...: `edgekeras.quantize_configs`), and
+returns the `quantize_apply` result with the original layers' `trainable`
+flags re-applied: TFMOT rebuilds every layer from its config, and edgekeras
+promises that frozen layers stay frozen. What has no config is reported, all
+of it in one `UnquantizableLayersError`, before anything is built.
 
 Plain QAT after pruning destroys the zeros (the fake-quantized weights are
 trained densely); the prune-preserving scheme multiplies Conv2D and Dense
@@ -19,16 +23,13 @@ import re
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-    default_8bit_quantize_registry,
-)
-
 from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 from edgekeras import sparsity
 from edgekeras.compat import check_model, keras
 from edgekeras.errors import EdgekerasError
 from edgekeras.models import is_nested, is_quantization_aware
+from edgekeras.quantize_configs import annotate_model, describe, is_quantizable, quantize_scheme
 
 __all__ = [
     "SCHEMES",
@@ -51,10 +52,12 @@ SPARSE_THRESHOLD = 0.05
 
 
 class UnquantizableLayersError(EdgekerasError, ValueError):
-    """Layers of the model have no quantization config in TFMOT's scheme.
+    """Layers of the model have no 8-bit quantization config.
 
     Attributes:
-        layers: list of `(layer name, class name)` pairs.
+        layers: list of `(layer name, description)` pairs; the description
+            is the class name, with the activation or TensorFlow op when
+            that is what has no config (`edgekeras.quantize_configs.describe`).
     """
 
     def __init__(self, layers, detail=""):
@@ -64,11 +67,11 @@ class UnquantizableLayersError(EdgekerasError, ValueError):
         super().__init__(
             f"Argument `model` has layers that TFMOT's 8-bit quantization-aware training cannot quantize. "
             f"Received: {names}. "
-            f"Fix: keep them in float with `quantize_skip=[{listed}]` (config: `qat.skip_layers`; the TFLite "
-            "converter adds quantize/dequantize around them), or give each a "
-            "`tfmot.quantization.keras.QuantizeConfig` with "
-            "`quantize_configs={name: config}` (e.g. a passthrough config that quantizes "
-            "nothing)." + (f" ({detail})" if detail else "")
+            f"Fix: keep them in float with `quantize_skip=[{listed}]` (config: `qat.skip_layers`; the int8 "
+            "file computes them in float between DEQUANTIZE and QUANTIZE ops), or, where TFLite has an int8 "
+            "kernel for what they compute, give each a `tfmot.quantization.keras.QuantizeConfig` with "
+            "`quantize_configs={name: config}` (e.g. `edgekeras.quantize_configs.output_config()`, which "
+            "quantizes the output only)." + (f" ({detail})" if detail else "")
         )
 
 
@@ -137,9 +140,12 @@ def _check_graph_model(model, argument="model"):
 
 
 def unquantizable_layers(model, quantize_skip=(), quantize_configs=None):
-    """Returns `(name, class name)` of layers TFMOT's 8-bit scheme cannot quantize.
+    """Returns `(name, description)` of the layers 8-bit QAT cannot quantize, all of them.
 
-    Layers in `quantize_skip` or `quantize_configs` are not reported.
+    A layer is quantizable when TFMOT's registry or edgekeras' configs
+    (`edgekeras.quantize_configs.is_quantizable`) cover it and its
+    activation. Layers in `quantize_skip` or `quantize_configs` are not
+    reported.
 
     Args:
         model: a flat tf_keras model.
@@ -147,7 +153,7 @@ def unquantizable_layers(model, quantize_skip=(), quantize_configs=None):
         quantize_configs: `{layer name: tfmot QuantizeConfig}`.
 
     Returns:
-        A list of `(layer name, class name)` pairs; empty when QAT can proceed.
+        A list of `(layer name, description)` pairs; empty when QAT can proceed.
 
     Example:
 
@@ -155,36 +161,13 @@ def unquantizable_layers(model, quantize_skip=(), quantize_configs=None):
     unquantizable_layers(model, quantize_skip=["doubler"])
     ```
     """
-    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
     handled = set(quantize_skip) | set(quantize_configs or {})
     found = []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or layer.name in handled:
+        if layer.name in handled or is_quantizable(layer):
             continue
-        if registry.supports(layer) or _folded_batch_norm(layer):
-            continue
-        found.append((layer.name, type(layer).__name__))
+        found.append((layer.name, describe(layer)))
     return found
-
-
-def _folded_batch_norm(layer):
-    # TFMOT's layout transforms handle BatchNormalization only right after a
-    # convolution or Dense layer; the registry itself has no entry for it.
-    if not isinstance(layer, keras.layers.BatchNormalization):
-        return False
-    producers = [
-        inbound
-        for node in layer._inbound_nodes
-        for inbound in tf.nest.flatten(node.inbound_layers)
-    ]
-    folding = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-    return bool(producers) and all(isinstance(p, folding) for p in producers)
-
-
-def _scheme(name):
-    if name == "prune_preserve":
-        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
 
 
 def frozen_weights_made_trainable(model):
@@ -292,36 +275,20 @@ def quantize_model(model, scheme="auto", quantize_skip=(), quantize_configs=None
     if scheme == "auto":
         scheme = "prune_preserve" if is_sparse(model) else "default"
 
-    annotate = tfmot.quantization.keras.quantize_annotate_layer
-
-    def annotate_layer(layer):
-        if isinstance(layer, keras.layers.InputLayer) or layer.name in quantize_skip:
-            return layer
-        return annotate(layer, quantize_config=quantize_configs.get(layer.name))
-
     # Cloning goes through layer configs; Keras' safe mode would refuse the
     # user's own Lambda layers, but this model is in memory, not untrusted data.
     with tfmot.quantization.keras.quantize_scope(), SafeModeScope(safe_mode=False):
-        annotated = keras.models.clone_model(model, clone_function=annotate_layer)
+        annotated = annotate_model(model, quantize_skip, quantize_configs)
         try:
-            quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme=_scheme(scheme))
-        except (RuntimeError, ValueError) as error:
-            match = re.search(r"Layer (\S+?):<class '[\w.]*?(\w+)'>", str(error)) or re.search(
-                r"Layer (\w+) is not supported", str(error)
-            )
+            quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme=quantize_scheme(scheme))
+        except RuntimeError as error:
+            # `quantize_apply`'s "Layer <name>:<class ...> is not supported": a
+            # layer `check_quantizable` let through; still one message, with the fix.
+            match = re.search(r"Layer (\S+?):<class '[\w.]*?(\w+)'>", str(error))
             if match is None:
                 raise
-            layer_name = match.group(1)
-            pairs = [(layer.name, type(layer).__name__) for layer in model.layers if layer.name == layer_name]
-            if not pairs:
-                # The prune-preserving registry names the class, not the layer.
-                pairs = [
-                    (layer.name, type(layer).__name__)
-                    for layer in model.layers
-                    if type(layer).__name__ == layer_name and layer.trainable_weights
-                    and layer.name not in quantize_skip
-                ]
-            raise UnquantizableLayersError(pairs or [(layer_name, "?")], detail=f"scheme {scheme!r}: {error}") from error
+            pairs = [(layer.name, describe(layer)) for layer in model.layers if layer.name == match.group(1)]
+            raise UnquantizableLayersError(pairs or [(match.group(1), match.group(2))], detail=f"scheme {scheme!r}: {error}") from error
     _restore_trainable(quantized, model)
     return quantized, scheme
 

@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgekeras.data import DataNotFoundError, load_image_data, normalize, representative_dataset
+from edgekeras.data import DataNotFoundError, DataSplitError, load_image_data, normalize, representative_dataset
 
 TINY = "edgekeras_tiny_images"
 
@@ -159,3 +159,82 @@ def test_real_cifar10_copy_has_full_splits(shared_data):
     assert (default.num_train, default.num_validation) == (45000, 5000)
     images, labels = next(iter(default.test))
     assert images.shape == (64, 160, 160, 3)
+
+
+@pytest.mark.parametrize(
+    "normalization, expected",
+    [
+        ("minus_one_to_one", [[-1.0, 0.0, 1.0]]),
+        ("zero_to_one", [[0.0, 0.5, 1.0]]),
+        ("pixels", [[0.0, 127.5, 255.0]]),
+        # BGR, minus the ImageNet means of keras.applications' "caffe" mode.
+        ("caffe", [[255.0 - 103.939, 127.5 - 116.779, 0.0 - 123.68]]),
+        ("torch", [[(0 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (1 - 0.406) / 0.225]]),
+    ],
+)
+def test_normalize_modes(normalization, expected):
+    rgb = np.array([[0.0, 127.5, 255.0]])
+    np.testing.assert_allclose(normalize(rgb, normalization).numpy(), expected, rtol=1e-5)
+
+
+def test_pixels_normalization_keeps_the_pixel_range(tiny_tfds_dir):
+    images, _ = next(iter(_load(tiny_tfds_dir, normalization="pixels").test))
+    values = images.numpy()
+    assert values.min() >= 0.0 and values.max() <= 255.0 and values.max() > 200.0
+
+
+def _train_only_builder_class():
+    import tensorflow_datasets as tfds
+
+    class EdgekerasTrainOnlyGray(tfds.core.GeneratorBasedBuilder):
+        """Grayscale images of varying sizes, a `train` split only (as tf_flowers has)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {"image": tfds.features.Image(shape=(None, None, 1)), "label": tfds.features.ClassLabel(names=["dark", "light"])}
+                ),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for index in range(30):
+                label = index % 2
+                side = 20 + index % 7
+                yield index, {"image": np.full((side, side + 3, 1), 40 + 170 * label, np.uint8), "label": label}
+
+    return EdgekerasTrainOnlyGray
+
+
+@pytest.fixture(scope="module")
+def train_only_dir(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds_train_only")
+    _train_only_builder_class()(data_dir=str(data_dir)).download_and_prepare()
+    return str(data_dir)
+
+
+def test_dataset_without_a_test_split_has_one_carved_from_train(train_only_dir):
+    options = dict(data_dir=train_only_dir, download=False, image_size=32, batch_size=8, validation_size=4)
+    data = load_image_data("edgekeras_train_only_gray", test_size=6, **options)
+    assert data.splits == {"train": "train[:20]", "validation": "train[20:24]", "test": "train[24:]"}
+    assert (data.num_train, data.num_validation, data.num_test) == (20, 4, 6)
+    assert (_count(data.train), _count(data.validation), _count(data.test)) == (20, 4, 6)
+    # Grayscale images of several sizes come out as batched RGB squares.
+    images, labels = _collect(data.test)
+    assert images.shape == (6, 32, 32, 3)
+    np.testing.assert_allclose(images[..., 0], images[..., 2])
+    np.testing.assert_allclose(images[labels == 1].max(), 210 / 127.5 - 1, rtol=1e-5)
+    # Without test_size, the test split is as large as the validation split.
+    assert load_image_data("edgekeras_train_only_gray", **options).num_test == 4
+
+
+def test_test_size_for_a_dataset_with_a_test_split_is_refused(tiny_tfds_dir):
+    with pytest.raises(DataSplitError, match=r"Argument `test_size` must be None when the data have a test split of "
+                                             r"their own \(config: `data.test_size` = 0\)\. Received: test_size=5"):
+        _load(tiny_tfds_dir, test_size=5)

@@ -21,8 +21,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "edgekeras"
 LAYERS = (
     ("errors",),
     ("choices", "compat", "io", "pareto"),
-    ("schedules", "sparsity", "distribute", "data"),
+    ("runtime",),
+    ("images",),
+    ("schedules", "sparsity", "distribute", "data", "folders"),
     ("models",),
+    ("quantize_configs",),
     ("quantization", "litert"),
     ("features",),
     ("callbacks",),

@@ -24,12 +24,20 @@ import os
 import sys
 import tempfile
 
+from edgekeras.choices import NORMALIZATIONS
 from edgekeras.errors import EdgekerasError
 
 __all__ = ["main"]
 
 # Where the subcommands live; imported after parsing (see the module docstring).
 COMMANDS_MODULE = "edgekeras.app.commands"
+# The device-side commands need no TensorFlow (edgekeras.runtime only).
+DEVICE_COMMANDS_MODULE = "edgekeras.app.device"
+# What `pip install "edgekeras[train]"` adds to the base (device-side) install.
+TRAINING_PACKAGES = (
+    "tensorflow", "tf_keras", "tensorflow_model_optimization", "keras_tuner", "tensorflow_datasets", "tensorboard",
+    "sklearn", "matplotlib", "tqdm",
+)
 
 
 def _at_least(minimum, kind=int):
@@ -86,12 +94,14 @@ def _native_stderr_parked():
             os.close(saved)
 
 
-def _load_commands(verbose):
+def _load_commands(module, verbose):
+    if module == DEVICE_COMMANDS_MODULE:
+        return importlib.import_module(module)
     if verbose:
-        return importlib.import_module(COMMANDS_MODULE)
+        return importlib.import_module(module)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with _native_stderr_parked():
-        commands = importlib.import_module(COMMANDS_MODULE)
+        commands = importlib.import_module(module)
     # The converter's Python-side notes (e.g. "Please consider providing the
     # trackable_obj argument") concern TensorFlow's internals, not the user's run.
     for name in ("absl", "tensorflow"):
@@ -147,13 +157,60 @@ def _parser():
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
     tune.add_argument("--top", type=_at_least(1), default=None, help="rows of the final table (default: tune.top)")
     tune.set_defaults(handler="tune")
+    _add_device_commands(commands)
     return parser
+
+
+def _add_device_commands(commands):
+    device = {"module": DEVICE_COMMANDS_MODULE, "verbose": False}
+    bench = commands.add_parser("bench", help="latency percentiles and memory of a .tflite file (no TensorFlow needed)")
+    bench.add_argument("model", help="the .tflite file")
+    bench.add_argument("--threads", type=_at_least(1), nargs="+", default=[1], help="thread counts to time (default: 1)")
+    bench.add_argument("--runs", type=_at_least(1), default=100, help="timed batch-1 runs per thread count")
+    bench.add_argument("--warmup", type=_at_least(0), default=10, help="untimed runs first")
+    bench.add_argument("--json", default=None, help="also write the result to this JSON file")
+    bench.set_defaults(handler="bench", **device)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="top-1 accuracy of a .tflite file on a folder of labelled images (no TensorFlow needed)"
+    )
+    evaluate.add_argument("model", help="the .tflite file (a single-input image classifier)")
+    evaluate.add_argument("--images", required=True, help="a folder with one sub-folder of images per class")
+    evaluate.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default="minus_one_to_one",
+        help="pixel scaling the model was trained with (the run's config.toml says; default: minus_one_to_one, MobileNetV2)",
+    )
+    evaluate.add_argument(
+        "--class-names", default=None, help="the model's classes in id order, comma-separated (default: sorted folders)"
+    )
+    evaluate.add_argument("--batch-size", type=_at_least(1), default=32)
+    evaluate.add_argument("--threads", type=_at_least(1), default=None, help="interpreter threads (default: LiteRT's)")
+    evaluate.add_argument("--json", default=None, help="also write the result to this JSON file")
+    evaluate.set_defaults(handler="evaluate", **device)
+
+    c_array = commands.add_parser("c-array", help="write a .tflite file as a C header for TensorFlow Lite Micro")
+    c_array.add_argument("model", help="the .tflite file")
+    c_array.add_argument("--output", default=None, help="the header to write (default: <model>_data.h)")
+    c_array.add_argument("--name", default=None, help="the array's C identifier (default: from the header's name)")
+    c_array.set_defaults(handler="c_array", **device)
 
 
 def main(argv=None):
     """Runs the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
-    commands = _load_commands(args.verbose)
+    try:
+        commands = _load_commands(getattr(args, "module", COMMANDS_MODULE), args.verbose)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAINING_PACKAGES:
+            raise
+        print(
+            f"edgekeras {args.command}: error: this install has the device side only (bench, evaluate, c-array); "
+            f"`{args.command}` needs {error.name}. Install the training side: pip install \"edgekeras[train]\"",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return getattr(commands, args.handler)(args)
     except EdgekerasError as error:

@@ -9,8 +9,8 @@ Received: ...").
 
 ```toml
 [run]       # name (run directory runs/<name>/), output_dir, seed
-[data]      # TFDS dataset, resolution, batch size, splits, augmentation
-[model]     # MobileNetV2 transfer model: weights, where fine-tuning starts
+[data]      # TFDS dataset or image directory, resolution, batch size, splits, normalization, augmentation
+[model]     # architecture (MobileNetV2/V3, EfficientNet, ResNet50), your factory or model file; weights, fine-tuning
 [train]     # float phase: epochs, optimizer, learning rate, feature caching
 [prune]     # pruning phase: target sparsity, schedule, policy, epochs
 [qat]       # quantization-aware fine-tuning of the float and pruned models
@@ -21,10 +21,12 @@ Received: ...").
 ```
 
 TOML has no null: 0 means "all" for the `max_*` and `steps_per_epoch` keys,
-and "" means "not set" for `data.data_dir` and `model.trainable_from`.
+and "" means "not set" for `data.dataset` (cifar10 unless `data.directory`),
+`data.data_dir`, `model.architecture` (mobilenet_v2 unless `model.factory` or
+`model.file`) and `model.trainable_from` (the whole base frozen).
 
 The section dataclasses and their checks live in `edgekeras.app.sections`
-(re-exported here); `parse_section` is the one parser of every section, also
+and `edgekeras.app.inputs` ([data], [model]) (re-exported here); `parse_section` is the one parser of every section, also
 of the [data], [model] and [tune] sections of `edgekeras tune` configs
 (`edgekeras.app.tune_config`). Nothing here imports TensorFlow.
 
@@ -45,13 +47,12 @@ import os
 import tomllib
 import typing
 
+from edgekeras.app.inputs import DataSection, ModelSection, check_inputs
 from edgekeras.app.sections import (
     ConfigError,
-    DataSection,
     DistributeSection,
     EvaluateSection,
     ExportSection,
-    ModelSection,
     PruneSection,
     QatSection,
     ReportSection,
@@ -139,11 +140,12 @@ class Config:
         return roles
 
     def check(self):
-        """Checks what one section cannot: that each `report` role names an exported variant, once.
+        """Checks what one section cannot: the data fit the model, each `report` role names an exported variant, once.
 
         Raises:
-            ConfigError: naming the `report` key at fault and how to fix it.
+            ConfigError: naming the key at fault and how to fix it.
         """
+        check_inputs(self.data, self.model)
         produced = self.variant_names()
         used = {}
         for role in ("original", "quantized", "pruned", "pruned_quantized"):
@@ -213,6 +215,10 @@ def _convert(value, hint, key, list_of=None):
         if not isinstance(value, list):
             _fail(key, list_of or "a list", value)
         return tuple(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            _fail(key, "a table", value)
+        return dict(value)
     raise TypeError(f"unsupported config field type {hint!r} for {key}")  # pragma: no cover
 
 
@@ -365,6 +371,10 @@ def _toml_char(char):
     return char
 
 
+def _toml_key(key):
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
+
+
 def _toml_value(value):
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -374,6 +384,8 @@ def _toml_value(value):
         return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
 
 

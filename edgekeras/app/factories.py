@@ -11,30 +11,41 @@ from edgekeras.app.config import load_config
 from edgekeras.app.factories import build_model, load_data
 
 config = load_config("configs/demo.toml")
-data = load_data(config.data, seed=config.run.seed)
+data = load_data(config.data, seed=config.run.seed, model=config.model)
 model = build_model(config.model, data.num_classes, config.data.image_size)
 ```
 """
 
+import importlib
+import inspect
 import os
+import sys
 
-from edgekeras.compat import keras
+from edgekeras.app.inputs import ModelSection, input_normalization
+from edgekeras.app.sections import ConfigError
+from edgekeras.compat import check_model, keras
 from edgekeras.data import load_image_data
-from edgekeras.models import build_transfer_model
+from edgekeras.folders import load_image_folders
+from edgekeras.models import build_transfer_model, flatten, freeze_before, is_nested, load_model
 from edgekeras.schedules import ConstantSparsity, polynomial_ramp
 from edgekeras.trainers import EdgeTrainer, phase_optimizer
 
 __all__ = ["resolve_weights", "load_data", "build_model", "make_trainer", "prune_schedule", "tensorboard_callbacks"]
 
+_MODEL_FILE_EXTENSIONS = (".h5", ".hdf5", ".keras")
 
-def resolve_weights(weights):
+
+def resolve_weights(weights, architecture="mobilenet_v2"):
     """Maps the config's `model.weights` to `build_transfer_model`'s argument.
 
-    "imagenet" uses $EDGEKERAS_WEIGHTS when it names a local file (offline
-    machines), "none" means random initialization, anything else is a path.
+    "imagenet" uses a local file when one is named by
+    $EDGEKERAS_WEIGHTS_<ARCHITECTURE> (e.g. $EDGEKERAS_WEIGHTS_RESNET50) or,
+    for mobilenet_v2, $EDGEKERAS_WEIGHTS (offline machines); "none" means
+    random initialization, anything else is a path.
 
     Args:
         weights: the value of `model.weights`.
+        architecture: the architecture the weights are for.
 
     Returns:
         A path, "imagenet" (download), or None (random initialization).
@@ -48,56 +59,202 @@ def resolve_weights(weights):
     if weights.lower() == "none":
         return None
     if weights == "imagenet":
-        local = os.environ.get("EDGEKERAS_WEIGHTS", "")
-        if local and local != "imagenet" and os.path.isfile(local):
-            return local
+        variables = [f"EDGEKERAS_WEIGHTS_{architecture.upper()}"]
+        if architecture == "mobilenet_v2":
+            variables.append("EDGEKERAS_WEIGHTS")
+        for variable in variables:
+            local = os.environ.get(variable, "")
+            if local and local != "imagenet" and os.path.isfile(local):
+                return local
     return weights
 
 
-def load_data(section, seed):
-    """Loads the data a config's [data] section describes (`edgekeras.data.load_image_data`).
+def load_data(section, seed, model=None):
+    """Loads the data a config's [data] section describes, scaled for the [model] section's model.
 
     Args:
         section: a `DataSection`.
         seed: seed of shuffling and augmentation.
+        model: the `ModelSection`, whose architecture sets the normalization
+            when `data.normalization` is "auto" (default: MobileNetV2's).
 
     Returns:
-        An `edgekeras.data.ImageData`.
+        An `edgekeras.images.ImageData` (`edgekeras.data.load_image_data`
+        for a TFDS dataset, `edgekeras.folders.load_image_folders` for a
+        directory).
     """
-    return load_image_data(
-        section.dataset,
-        data_dir=section.data_dir or None,
-        download=section.download,
+    options = dict(
         image_size=section.image_size,
         batch_size=section.batch_size,
         validation_size=section.validation_size,
+        test_size=section.test_size or None,
         augment=section.augment,
         shuffle_buffer=section.shuffle_buffer,
         seed=seed,
         max_train_examples=section.max_train_examples or None,
+        normalization=input_normalization(section, model or ModelSection()),
+    )
+    if section.directory:
+        return load_image_folders(section.directory, test_directory=section.test_directory or None, **options)
+    return load_image_data(
+        section.resolved_dataset, data_dir=section.data_dir or None, download=section.download, **options
     )
 
 
-def build_model(section, num_classes, image_size):
-    """Builds the transfer model a config's [model] section describes.
+def _config_error(error, keys):
+    """A library argument error as a `ConfigError` that names the config keys (`keys`: argument -> key)."""
+    message = str(error)
+    for argument, key in keys.items():
+        message = message.replace(f"Argument `{argument}`", f"Config key `{key}`")
+        message = message.replace(f"Received: {argument}=", f"Received: {key}=")
+    return ConfigError(message)
+
+
+def build_model(section, num_classes, image_size, *, hp=None):
+    """Builds the model a config's [model] section describes.
 
     Args:
         section: a `ModelSection`.
         num_classes: classes of the classifier.
         image_size: side of the square input.
+        hp: the trial's `keras_tuner.HyperParameters`, for a factory that
+            takes `hp` (None: fresh ones, so it builds with its defaults).
 
     Returns:
-        A tf_keras model (`edgekeras.models.build_transfer_model`).
+        A flat tf_keras functional model: a transfer model
+        (`edgekeras.models.build_transfer_model`), the factory's model or
+        the file's, flattened if it was nested.
+
+    Raises:
+        ConfigError: the factory or file cannot be used (missing, not a
+            functional model, another input size or number of classes), or
+            `model.trainable_from` names no layer.
     """
-    return build_transfer_model(
-        num_classes,
-        image_size,
-        alpha=section.alpha,
-        weights=resolve_weights(section.weights),
-        trainable_from=section.trainable_from or None,
-        train_batchnorm=section.train_batchnorm,
-        dropout=section.dropout,
-    )
+    if section.kind == "architecture":
+        architecture = section.resolved_architecture
+        try:
+            return build_transfer_model(
+                num_classes,
+                image_size,
+                architecture=architecture,
+                alpha=section.alpha,
+                weights=resolve_weights(section.weights, architecture),
+                trainable_from=section.trainable_from or None,
+                train_batchnorm=section.train_batchnorm,
+                dropout=section.dropout,
+            )
+        except ValueError as error:
+            if not str(error).startswith("Argument `trainable_from`"):
+                raise
+            raise _config_error(error, {"trainable_from": "model.trainable_from"}) from error
+    model = _factory_model(section, num_classes, image_size, hp) if section.kind == "factory" else _file_model(section)
+    model = _check_user_model(model, section, num_classes, image_size)
+    if section.trainable_from != "auto":
+        try:
+            freeze_before(model, section.trainable_from, train_batchnorm=section.train_batchnorm)
+        except ValueError as error:
+            raise _config_error(error, {"trainable_from": "model.trainable_from"}) from error
+    return model
+
+
+def _import_module(name, reference):
+    # `edgekeras` is a console script, so the current directory is not on
+    # sys.path; a module there is what `factory = "mymodels:build"` means.
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ConfigError(
+            f"Config key `model.factory` names a module that cannot be imported ({type(error).__name__}: {error}). "
+            f"Received: model.factory={reference!r}. Put {name.split('.')[0]!r} in the current directory or on "
+            "PYTHONPATH."
+        ) from error
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _factory_model(section, num_classes, image_size, hp):
+    """Calls the factory with the keyword arguments it takes (see `ModelSection.factory`)."""
+    reference = section.factory
+    module_name, _, function_name = reference.partition(":")
+    function = getattr(_import_module(module_name, reference), function_name, None)
+    if not callable(function):
+        raise ConfigError(
+            f"Config key `model.factory` must name a function of module {module_name!r}, which has no callable "
+            f"{function_name!r}. Received: model.factory={reference!r}"
+        )
+    parameters = inspect.signature(function).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    kwargs = {key: value for key, value in (("num_classes", num_classes), ("image_size", image_size))
+              if takes_any or key in parameters}
+    if "hp" in parameters:
+        if hp is None:
+            import keras_tuner  # only a factory that takes `hp` needs it, outside a search
+
+            # Fresh hyperparameters: each hp.Choice(...) gives its default.
+            hp = keras_tuner.HyperParameters()
+        kwargs["hp"] = hp
+    refused = [key for key in section.factory_args if not takes_any and key not in parameters]
+    if refused:
+        raise ConfigError(
+            f"Config key `model.factory_args` has arguments the factory does not take: {refused}. Received: "
+            f"model.factory_args={section.factory_args!r}; {reference} takes {list(parameters)}."
+        )
+    return function(**kwargs, **section.factory_args)
+
+
+def _file_model(section):
+    path = section.file
+    if not os.path.exists(path):
+        raise ConfigError(f"Config key `model.file` names nothing on disk. Received: model.file={path!r}")
+    if not os.path.isdir(path) and not path.lower().endswith(_MODEL_FILE_EXTENSIONS):
+        raise ConfigError(
+            "Config key `model.file` must be a .h5 or .keras file or a SavedModel directory. "
+            f"Received: model.file={path!r}"
+        )
+    return load_model(path)
+
+
+def _where(section):
+    return f"model.{section.kind}", getattr(section, section.kind)
+
+
+def _check_user_model(model, section, num_classes, image_size):
+    """The factory's or file's model, flat, checked against the data; ConfigError if it does not fit."""
+    key, value = _where(section)
+    check_model(model, f"the model of `{key}`")
+    if not getattr(model, "_is_graph_network", False):
+        raise ConfigError(
+            f"Config key `{key}` must give a functional or Sequential tf_keras model with a known input shape "
+            f"(edgekeras run splits, clones and quantizes its graph). Received: {key}={value!r}, a "
+            f"{type(model).__name__} model. Build it with keras.Input(...) and the functional API."
+        )
+    model = flatten(model) if is_nested(model) else model
+    expected = (None, image_size, image_size, 3)
+    if isinstance(model.input_shape, list) or tuple(model.input_shape) != expected:
+        raise ConfigError(
+            f"Config key `{key}` gives a model whose input shape is {model.input_shape}, but the data are "
+            f"{image_size} px RGB images {expected}. Received: {key}={value!r}, data.image_size={image_size}. "
+            "Set `data.image_size` to the model's input size, or build the model for `image_size`."
+        )
+    outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
+    if outputs != num_classes:
+        raise ConfigError(
+            f"Config key `{key}` gives a model with {outputs} outputs (output shape {model.output_shape}), but the "
+            f"data have {num_classes} classes. Received: {key}={value!r}. Give it one softmax output per class "
+            "(a factory gets `num_classes`)."
+        )
+    if getattr(model.layers[-1], "activation", None) is keras.activations.linear:
+        raise ConfigError(
+            f"Config key `{key}` gives a model whose last layer {model.layers[-1].name!r} has no activation, but "
+            f"edgekeras trains with sparse categorical cross-entropy on probabilities. Received: {key}={value!r}. "
+            "End the model in a softmax (activation=\"softmax\")."
+        )
+    return model
 
 
 def make_trainer(model, config, float_steps, strategy, backup_dir):

@@ -38,7 +38,7 @@ per epoch (`train.cache_passes` caches several augmented passes).
 Quantization-aware training always runs on the whole model with images (the
 quantized network is the whole network); `qat.steps_per_epoch` bounds it.
 
-`run` is a loop over named stages (`edgekeras.app.stages.STAGES`: data_and_model, cache_features,
+`run` is a loop over named stages (`edgekeras.app.stages.STAGES`: data_and_model, trial_conversion, cache_features,
 train_and_prune, qat, save_models, export, evaluate, report), each a function
 of a `RunContext` that the earlier stages filled in; the stage name is the
 key of its time in `RunResult.timings` and `state.json`. The run state lives
@@ -168,7 +168,7 @@ def _prepare_run_dir(context):
     data_dir = config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or "TFDS default"
     header = (
         f"edgekeras run: resolved config (from {config.source})\n"
-        f"model.weights resolved to: {resolve_weights(config.model.weights)}\n"
+        f"model.weights resolved to: {resolve_weights(config.model.weights, config.model.resolved_architecture or 'mobilenet_v2')}\n"
         f"data.data_dir resolved to: {data_dir}"
     )
     atomic_write_text(context.path("config.toml"), config_to_toml(config, header=header))

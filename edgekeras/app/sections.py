@@ -9,7 +9,8 @@ section and calls `check`. Messages are in edgekeras' usual form ("Config
 key `train.epochs` must be ... Received: train.epochs=...").
 
 Option names come from `edgekeras.choices`, so nothing here imports
-TensorFlow.
+TensorFlow. The [data] and [model] sections, which say what goes in (the
+images and the model), are in `edgekeras.app.inputs`.
 
 Example:
 
@@ -26,7 +27,7 @@ from edgekeras.choices import CACHE_ENGINES, CONVERSIONS, IO_DTYPES, ORACLES, PO
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
-    "ConfigError", "RunSection", "DataSection", "ModelSection", "TrainSection", "PruneSection", "QatSection",
+    "ConfigError", "RunSection", "TrainSection", "PruneSection", "QatSection",
     "ExportSection", "EvaluateSection", "ReportSection", "DistributeSection", "TuneSettings", "list_requirement",
 ]
 
@@ -111,67 +112,6 @@ class RunSection:
             _fail(f"{section}.name", "a non-empty name without '/'", self.name)
         if not self.output_dir:
             _fail(f"{section}.output_dir", "a non-empty path", self.output_dir)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSection:
-    """[data]: arguments of `edgekeras.data.load_image_data`.
-
-    Attributes:
-        dataset: TFDS dataset name.
-        data_dir: TFDS data dir; "" uses $TFDS_DATA_DIR, then TFDS' default.
-        download: let TFDS download the dataset if it is not prepared.
-        image_size: side of the square model input.
-        batch_size: batch size of every phase and of evaluation.
-        validation_size: examples held out from the end of the training split.
-        max_train_examples: use only the first N training examples (0: all).
-        augment: random pad-crop + flip of training images.
-        shuffle_buffer: shuffle buffer of the training pipeline.
-    """
-
-    dataset: str = "cifar10"
-    data_dir: str = ""
-    download: bool = True
-    image_size: int = 160
-    batch_size: int = 64
-    validation_size: int = 5000
-    max_train_examples: int = 0
-    augment: bool = True
-    shuffle_buffer: int = 10000
-
-    def check(self, section):
-        if not self.dataset:
-            _fail(f"{section}.dataset", "a TFDS dataset name", self.dataset)
-        _at_least(self, section, image_size=32, batch_size=1, validation_size=0, max_train_examples=0, shuffle_buffer=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    """[model]: arguments of `edgekeras.models.build_transfer_model`.
-
-    Attributes:
-        alpha: MobileNetV2 width multiplier.
-        weights: "imagenet" ($EDGEKERAS_WEIGHTS when set, else download),
-            "none" (random init) or the path of a no-top .h5 file.
-        trainable_from: first fine-tuned base layer, e.g. "block_13_expand";
-            "" freezes the whole base (only the classifier trains).
-        train_batchnorm: train BatchNormalization layers of the fine-tuned part.
-        dropout: dropout before the classifier.
-    """
-
-    alpha: float = 1.0
-    weights: str = "imagenet"
-    trainable_from: str = ""
-    train_batchnorm: bool = False
-    dropout: float = 0.0
-
-    def check(self, section):
-        if self.alpha <= 0:
-            _fail(f"{section}.alpha", "> 0", self.alpha)
-        if not self.weights:
-            _fail(f"{section}.weights", '"imagenet", "none" or a .h5 path', self.weights)
-        if not 0.0 <= self.dropout < 1.0:
-            _fail(f"{section}.dropout", "in [0, 1)", self.dropout)
 
 
 # The names `edgekeras.trainers.phase_optimizer` accepts; repeated here because

@@ -12,7 +12,7 @@ Example:
 ```python
 from edgekeras.app.stages import STAGES
 
-print([name for name, _ in STAGES])  # ['data_and_model', 'cache_features', ...]
+print([name for name, _ in STAGES])  # ['data_and_model', 'trial_conversion', 'cache_features', ...]
 ```
 """
 
@@ -30,8 +30,9 @@ from edgekeras.app.factories import build_model, load_data, make_trainer, prune_
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.state import RunState, log
 from edgekeras.data import batches_per_epoch
-from edgekeras.distribute import shard_by_data
+from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_tflite, export_tflite
+from edgekeras.litert.trial import trial_conversion as convert_untrained
 from edgekeras.models import assemble_with_weights, clone_with_weights, save_model, split_model
 
 __all__ = ["RunContext", "STAGES", "CHIEF_ONLY"]
@@ -101,7 +102,9 @@ def _repeat_if_bounded(dataset, steps_per_epoch):
 def data_and_model(context):
     """Stage: loads the data and builds the model (under the strategy)."""
     config, section = context.config, context.config.data
-    data = load_data(section, seed=config.run.seed)
+    # The images are scaled the way the model expects them, so training,
+    # int8 calibration and the LiteRT evaluation all feed the same inputs.
+    data = load_data(section, seed=config.run.seed, model=config.model)
     # The sharding policy only matters under a multi-worker strategy.
     context.data = data = dataclasses.replace(
         data, train=shard_by_data(data.train),
@@ -111,9 +114,44 @@ def data_and_model(context):
         context.model = model = build_model(config.model, data.num_classes, section.image_size)
     log(
         f"{data.name}: {data.num_train} train / {data.num_validation} validation / {data.num_test} test "
-        f"images at {section.image_size} px; model {model.name} with "
-        f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights)} trainable weights"
+        f"images at {section.image_size} px, scaled {data.normalization!r}; model {model.name} "
+        f"(model.{config.model.kind}) with {sum(int(np.prod(w.shape)) for w in model.trainable_weights)} "
+        "trainable weights"
     )
+
+
+def _export_conversions(config):
+    """The conversions of the float model the run exports (the pruned model has the same graph)."""
+    section = config.export
+    return tuple(dict.fromkeys((*section.conversions, *(section.pruned_conversions if config.prune.enabled else ()))))
+
+
+def trial_conversion(context):
+    """Stage: the untrained model converted to every .tflite file the run writes, its QAT copy to int8.
+
+    A model the converter refuses fails here, in seconds, with the layer and
+    the fix (the converter's output in logs/conversion.log), not after
+    training. An earlier attempt of this run that passed it needs no second
+    trial: the model is built the same way.
+    """
+    config, state = context.config, context.state
+    # Every worker takes part: reading a multi-worker model's variables is
+    # collective. Only the chief converts; it alone knows an earlier attempt.
+    model = context.local(context.model)
+    if not context.chief or "trial_conversion" in state.data["timings"]:
+        return
+    section, qat = config.export, config.qat
+    conversions = _export_conversions(config)
+    quantized = bool(qat.epochs) and (qat.quantize_float or (qat.quantize_pruned and config.prune.enabled))
+    # The images export calibrates on: the held-out end of the training split.
+    images = context.data.validation if context.data.validation is not None else context.data.train
+    settings = dict(representative_data=images, io_dtype=section.io_dtype, log_path=context.path("logs", "conversion.log"))
+    convert_untrained(model, conversions, float_layers=section.int8_float_layers, **settings)
+    if quantized:
+        # The QAT copy as the qat stage's trainer makes it (skip layers, scheme).
+        strategy = get_strategy("default") if context.distributed else context.strategy
+        make_trainer(model, config, None, strategy, None).trial_conversion(qat=True, float_model=False, **settings)
+    log(f"the untrained model converts to {', '.join(conversions)}{' (and its QAT copy to int8)' if quantized else ''}")
 
 
 def cache_features(context):
@@ -122,8 +160,16 @@ def cache_features(context):
     context.train_model, context.train_data, context.validation_data = context.model, data.train, data.validation
     if not config.train.cache_features:
         return
-    prefix, top, cut = split_model(context.model)
-    if prefix is None:
+    try:
+        prefix, top, cut = split_model(context.model)
+    except ValueError as error:  # a skip connection crosses the cut, or nothing trains
+        raise ConfigError(
+            f"Config key `model.trainable_from` does not leave a model whose frozen part can be cached: {error} "
+            f"Received: model.trainable_from={config.model.trainable_from!r}, train.cache_features=true"
+        ) from error
+    if prefix is None or not any(hasattr(layer, "kernel") or hasattr(layer, "depthwise_kernel") for layer in prefix.layers):
+        # Nothing frozen, or only preprocessing (a Rescaling layer before a
+        # base that trains whole): its activations would be the images.
         return
     engine, threads, batch_size = config.train.cache_engine, config.evaluate.num_threads, config.data.batch_size
     log(f"caching the activations entering {cut!r} ({engine})")
@@ -189,6 +235,8 @@ def _quantization_aware(context, name, model):
         qat_epochs=config.qat.epochs,
         steps_per_epoch=config.qat.steps_per_epoch or None,
         callbacks=tensorboard_callbacks(context.path("logs"), name, context.chief),
+        # The trial_conversion stage already converted this QAT copy before any training.
+        conversions=(),
         verbose=2,
     )
     return trainer.qat_model
@@ -346,6 +394,7 @@ def report(context):
 # (name, stage) in order; the name is the stage's key in the timings.
 STAGES = (
     ("data_and_model", data_and_model),
+    ("trial_conversion", trial_conversion),
     ("cache_features", cache_features),
     ("train_and_prune", train_and_prune),
     ("qat", qat),

@@ -1,7 +1,9 @@
 """`edgekeras tune --config FILE.toml`: a keras-tuner search described by a TOML file.
 
 `tune` loads the data once and runs an `edgekeras.tuning.EdgeTuner` over
-them. The config (the [data] and [model] sections of `edgekeras run` configs
+them; every trial builds the [model] section's model afresh (an
+architecture, a factory of yours, which gets the trial's `hp` if it takes
+it, or a model file). The config (the [data] and [model] sections of `edgekeras run` configs
 plus [tune], [tune.space] and [tune.budget]) is read by
 `edgekeras.app.tune_config`; its names are re-exported here.
 
@@ -63,7 +65,7 @@ def tune(config, *, overwrite=None, verbose=1):
     ```
     """
     section, model_section, settings = config.data, config.model, config.tune
-    data = load_data(section, seed=settings.seed)
+    data = load_data(section, seed=settings.seed, model=model_section)
     if data.validation is None:
         raise ConfigError(
             "Config key `data.validation_size` must be > 0 for tuning: trials are scored on the validation "
@@ -71,7 +73,8 @@ def tune(config, *, overwrite=None, verbose=1):
         )
 
     def build(hp):
-        return build_model(model_section, data.num_classes, section.image_size)
+        # A factory that takes `hp` declares its own hyperparameters in it.
+        return build_model(model_section, data.num_classes, section.image_size, hp=hp)
 
     tuner = EdgeTuner(
         _oracle(settings),
@@ -99,7 +102,8 @@ def tune(config, *, overwrite=None, verbose=1):
     if verbose:
         print(
             f"[edgekeras tune] {settings.oracle} search in {tuner.project_dir}: {data.num_train} training / "
-            f"{data.num_validation} validation {data.name} images at {section.image_size}px; "
+            f"{data.num_validation} validation {data.name} images at {section.image_size}px "
+            f"(scaled {data.normalization!r}); "
             f"{config.space}; {config.budget}",
             flush=True,
         )

@@ -1,6 +1,8 @@
 """`edgekeras tune` configs: [data], [model] and [tune], plus [tune.space] and [tune.budget].
 
-[data] and [model] are the sections of `edgekeras run` configs; [tune] is
+[data] and [model] are the sections of `edgekeras run` configs (any TFDS
+dataset or image directory; an architecture, a factory of yours, which may
+take the trial's `hp`, or a model file); [tune] is
 `edgekeras.app.sections.TuneSettings`. All three go through the same parser
 as run configs (`edgekeras.app.config.parse_section`), so they refuse unknown
 keys and bad values with the same messages. The sub-tables become library
@@ -25,7 +27,8 @@ import dataclasses
 import os
 
 from edgekeras.app.config import ConfigError, parse_section, read_toml
-from edgekeras.app.sections import DataSection, ModelSection, TuneSettings, _fail
+from edgekeras.app.inputs import DataSection, ModelSection, check_inputs
+from edgekeras.app.sections import TuneSettings, _fail
 from edgekeras.tuning import Budget, SearchSpace
 
 __all__ = ["TuneSettings", "TuneConfig", "parse_tune_config", "load_tune_config"]
@@ -41,7 +44,7 @@ class TuneConfig:
     """A validated `edgekeras tune` config.
 
     Attributes:
-        data: [data], as in `edgekeras run` configs (`edgekeras.app.sections.DataSection`).
+        data: [data], as in `edgekeras run` configs (`edgekeras.app.inputs.DataSection`).
         model: [model], as in `edgekeras run` configs (`ModelSection`).
         tune: [tune] (`TuneSettings`).
         space: [tune.space] as a `SearchSpace`.
@@ -118,6 +121,7 @@ def parse_tune_config(values, source="<dict>"):
         name: parse_section(name, cls, values.get(name, {}), source, tables=_TABLES if name == "tune" else ())
         for name, cls in _SECTIONS.items()
     }
+    check_inputs(sections["data"], sections["model"])
     # parse_section has made sure that [tune] is a table.
     tune = values.get("tune", {})
     return TuneConfig(

@@ -8,6 +8,12 @@ checked in LiteRT against the Keras model and only then renamed into place
 to which conversion). A model still wrapped for pruning is stripped first; a
 quantization-aware model is exported as int8 from its own ranges.
 
+Before the first epoch (`on_train_begin`) it converts the untrained model once
+per conversion (`edgekeras.litert.trial_conversion`): a model the converter
+refuses fails then, with the layer and the fix, not after training. A model
+whose kind was already tried (the next phase of an `EdgeTrainer`, which tries
+the callback's conversions itself before any phase) is not tried again.
+
 Like Keras' own callbacks, it touches no model, file or TF object in
 `__init__`, so it survives `copy.deepcopy` (keras-tuner copies callbacks per
 trial); the calibration and verification datasets are shared between copies
@@ -18,7 +24,17 @@ import copy
 import os
 
 from edgekeras.compat import keras
-from edgekeras.litert import CONVERSIONS, IO_DTYPES, check_float_layers, check_representative_data, export_tflite
+from edgekeras.litert import (
+    CONVERSIONS,
+    IO_DTYPES,
+    check_float_layers,
+    check_input_signature,
+    check_representative_data,
+    export_tflite,
+    trial_conversion,
+)
+from edgekeras.litert.signature import find_inputs
+from edgekeras.litert.trial import structure_key
 
 __all__ = ["TFLiteExport"]
 
@@ -68,6 +84,14 @@ class TFLiteExport(keras.callbacks.Callback):
         float_layers: layers that post-training "int8" files keep in float
             (see `edgekeras.litert.convert`); not used for the other
             conversions nor for a quantization-aware model.
+        input_signature: the model's inputs as a `tf.TensorSpec` (a list or
+            dict of them for several inputs); only needed for a subclassed
+            model whose inputs neither its first call nor
+            `representative_data` / `verify_data` tell.
+        trial: convert the untrained model once per conversion before the
+            first epoch (a few seconds), so that a model the converter
+            refuses fails before training. A failure's converter output is
+            written to `<directory>/<prefix>conversion.log`.
         verbose: print one line per file.
 
     Example:
@@ -93,6 +117,8 @@ class TFLiteExport(keras.callbacks.Callback):
         verify_examples=64,
         min_agreement=None,
         float_layers=(),
+        input_signature=None,
+        trial=True,
         verbose=1,
     ):
         super().__init__()
@@ -105,6 +131,8 @@ class TFLiteExport(keras.callbacks.Callback):
             raise ValueError(f"Argument `min_agreement` must be in [0, 1] or None. Received: min_agreement={min_agreement!r}")
         if not isinstance(prefix, str):
             raise ValueError(f"Argument `prefix` must be a string. Received: prefix={prefix!r}")
+        if not isinstance(trial, bool):
+            raise ValueError(f"Argument `trial` must be True or False. Received: trial={trial!r}")
         self.directory = os.fspath(directory)
         self.conversions = conversions
         self.prefix = prefix
@@ -115,8 +143,11 @@ class TFLiteExport(keras.callbacks.Callback):
         self.verify_examples = verify_examples
         self.min_agreement = min_agreement
         self.float_layers = check_float_layers(float_layers)
+        self.input_signature = None if input_signature is None else check_input_signature(input_signature)
+        self.trial = trial
         self.verbose = verbose
         self.exported = []
+        self._tried = set()
 
     def __deepcopy__(self, memo):
         clone = copy.copy(self)
@@ -128,12 +159,60 @@ class TFLiteExport(keras.callbacks.Callback):
                 setattr(clone, key, copy.deepcopy(value, memo))
         return clone
 
+    @property
+    def log_path(self):
+        """Where the converter's output goes when a conversion fails."""
+        return os.path.join(self.directory, f"{self.prefix}conversion.log")
+
+    def trial_conversion(self, model=None):
+        """Converts `model` once per conversion of this callback, as export will, without writing a file.
+
+        A model of a kind already tried (`edgekeras.litert.trial.structure_key`)
+        is skipped, and so is a subclassed model that has never been called
+        when no data or `input_signature` tells its inputs (export reads them
+        from its first call).
+
+        Args:
+            model: the model to try (default: the callback's model). An
+                `EdgeTrainer` passes each phase's model before training.
+
+        Raises:
+            ValueError: calibration data missing, or a conversion the model
+                cannot have (a float conversion of a QAT model).
+            ConversionError: the converter refused the model.
+
+        Example:
+
+        ```python
+        TFLiteExport("out", ("float32", "int8"), representative_data=train).trial_conversion(model)
+        ```
+        """
+        model = self.model if model is None else model
+        for conversion in self.conversions:
+            check_representative_data(model, conversion, self.representative_data)
+        key = (structure_key(model), self.conversions)
+        if key in self._tried:
+            return
+        inputs = find_inputs(model, self.input_signature, (self.representative_data, self.verify_data))
+        if inputs is None:
+            return
+        sizes = trial_conversion(
+            model, self.conversions, representative_data=self.representative_data, io_dtype=self.io_dtype,
+            float_layers=self.float_layers, input_signature=inputs, log_path=self.log_path,
+        )
+        self._tried.add(key)
+        if self.verbose:
+            print(f"TFLiteExport: the untrained model converts to {', '.join(sizes)}")
+
     def on_train_begin(self, logs=None):
         self.exported = []
-        # Checked here, not at the end: a missing calibration set must not
-        # surface only after hours of training.
-        for conversion in self.conversions:
-            check_representative_data(self.model, conversion, self.representative_data)
+        # Checked here, not at the end: a missing calibration set or a layer
+        # the converter refuses must not surface only after hours of training.
+        if self.trial:
+            self.trial_conversion()
+        else:
+            for conversion in self.conversions:
+                check_representative_data(self.model, conversion, self.representative_data)
 
     def on_train_end(self, logs=None):
         self.exported = []
@@ -150,6 +229,8 @@ class TFLiteExport(keras.callbacks.Callback):
                 verify_examples=self.verify_examples,
                 min_agreement=self.min_agreement,
                 float_layers=self.float_layers,
+                input_signature=self.input_signature,
+                log_path=self.log_path,
             )
             self.exported.append(exported)
             if self.verbose:

@@ -12,6 +12,14 @@ A *conversion* turns one trained tf_keras model into one .tflite flatbuffer:
 | `sparse_float32` | float32 with sparse weight encoding (`EXPERIMENTAL_SPARSITY`)  |
 |                  | so XNNPACK's sparse kernels can be used                        |
 
+Any model that trains converts: functional and Sequential models by their
+inputs, subclassed ones from the inputs of their first call, their data or an
+explicit `input_signature`; several inputs and dict inputs (a dataset yielding
+`({"image": x}, y)`) become the file's inputs in `tf.nest` order
+(`edgekeras.litert.signature`). A failed conversion raises a short
+`ConversionError` naming the layer and the fix; the converter's dump goes to a
+log file, not the terminal (`edgekeras.litert.diagnosis`).
+
 A quantization-aware (TFMOT `quantize_apply`-ed) model carries its own
 quantization ranges, so for it `int8` needs no representative dataset, and
 float conversions are refused (they would keep fake-quant ops). A model still
@@ -34,18 +42,19 @@ flatbuffer = convert(model, "int8", representative_data=data.train)
 
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
 from edgekeras.choices import CONVERSIONS, IO_DTYPES
 from edgekeras.compat import check_model
-from edgekeras.data import representative_dataset
 from edgekeras.errors import EdgekerasError
+from edgekeras.litert.diagnosis import ConversionError, ExportError, captured_output, conversion_error
+from edgekeras.litert.signature import input_batches, model_inputs
 from edgekeras.models import is_pruning_wrapped, is_quantization_aware
 
 __all__ = [
     "CONVERSIONS",
     "IO_DTYPES",
+    "ConversionError",
     "ExportError",
     "applicable_options",
     "check_conversion",
@@ -61,10 +70,6 @@ _FULL_INTEGER = ("int8",)
 # The only conversions of a QAT model: the others would keep fake-quant ops.
 _QAT_CONVERSIONS = ("int8",)
 _DEFAULT_OPTIMIZATION = ("float16", "dynamic_int8", "int8")
-
-
-class ExportError(EdgekerasError, RuntimeError):
-    """A conversion failed, or its file did not load or run in LiteRT."""
 
 
 def prepare_for_export(model):
@@ -256,40 +261,51 @@ def _check_applied_float_layers(model, float_layers, conversion, io_dtype, quant
     return float_layers
 
 
-def _representative(representative_data, num_examples):
-    """The converter's generator function for any kind of calibration data, or None."""
+def _representative(representative_data, inputs, num_examples):
+    """The converter's generator function for any kind of calibration data, or None.
+
+    It yields one example at a time as a list of arrays, one per input, in
+    the file's input order (the model's flat order, see `ModelInputs`).
+    """
     if representative_data is None:
         return None
     if callable(representative_data) and not isinstance(representative_data, tf.data.Dataset):
         return representative_data
-    if isinstance(representative_data, np.ndarray):
-        images = np.asarray(representative_data, np.float32)[:num_examples]
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(
+            f"Argument `representative_examples` must be a positive integer. Received: representative_examples={num_examples!r}"
+        )
 
-        def generate():
-            for image in images:
-                yield [image[None, ...]]
+    def generate():
+        produced = 0
+        for arrays in input_batches(representative_data, inputs, "representative_data"):
+            for index in range(arrays[0].shape[0]):
+                if produced >= num_examples:
+                    return
+                yield [array[index:index + 1] for array in arrays]
+                produced += 1
 
-        return generate
-    return representative_dataset(representative_data, num_examples)
+    return generate
 
 
-def _converter(model):
+def _converter(model, inputs):
     """A converter fed by one concrete inference function of `model`.
 
     `from_keras_model` first writes and re-reads a SavedModel: about 10 s for
     a MobileNetV2 on this CPU. Freezing one concrete function of
-    `model(x, training=False)` gives the same graph in under a second.
+    `model(x, training=False)` gives the same graph in under a second. Its
+    one argument is the model's input structure (a tensor, a list or a dict),
+    so any model that can be called converts, subclassed ones included.
     """
-    specs = [
-        tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype, name=f"input_{i}") for i, tensor in enumerate(model.inputs)
-    ]
 
     @tf.function
-    def serve(*inputs):
-        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    def serve(x):
+        return model(x, training=False)
 
-    function = serve.get_concrete_function(*specs)
-    return tf.lite.TFLiteConverter.from_concrete_functions([function])
+    function = serve.get_concrete_function(inputs.structure)
+    # The function as `trackable_obj` keeps this fast path: the model itself
+    # would make the converter save and reload it as a SavedModel (~40 s).
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], serve)
 
 
 def _configure(converter, conversion, calibration, io_dtype, float_layers):
@@ -321,17 +337,23 @@ def convert(
     representative_examples=256,
     io_dtype="float32",
     float_layers=(),
+    input_signature=None,
+    log_path=None,
 ):
     """Converts a tf_keras model to .tflite bytes.
 
     Args:
-        model: a tf_keras model (pruning-wrapped and QAT models accepted).
+        model: a tf_keras model (pruning-wrapped and QAT models accepted):
+            functional, Sequential or subclassed, with one input, several or
+            a dict of them.
         conversion: one of `CONVERSIONS`.
-        representative_data: calibration images for `int8` on
-            a model without QAT: a batched `tf.data.Dataset` of `(images,
-            labels)` or images (e.g. `ImageData.train`), a float array, or a
-            generator function as the converter wants it.
-        representative_examples: images to calibrate with, at most.
+        representative_data: calibration data for `int8` on a model without
+            QAT: a batched `tf.data.Dataset` (or iterable) of `(x, y)` or `x`
+            batches, x being what the model is called with (e.g.
+            `ImageData.train`, or `({"image": images}, labels)` batches), a
+            float array, a dict of arrays, or a generator function as the
+            converter wants it.
+        representative_examples: examples to calibrate with, at most.
         io_dtype: input/output dtype for full-integer conversions:
             "float32" (quantize inside the model), "int8" or "uint8". Other
             conversions need "float32".
@@ -343,14 +365,25 @@ def convert(
             weights are ~25x larger) but fire on other data; quantizing it
             cost 4.9 pp of CIFAR-10 accuracy, keeping it float 1.0 pp.
             Needs `io_dtype="float32"` and a model without QAT.
+        input_signature: the model's inputs as a `tf.TensorSpec` (a list or
+            dict of them for several inputs), batch dimension free. Only
+            needed for a subclassed model that has never been called, when
+            `representative_data` is not a dataset to read them from.
+        log_path: where the converter's full output goes if it fails
+            (default: a new file in the temporary directory). Nothing is
+            written when the conversion succeeds.
 
     Returns:
         The flatbuffer as bytes.
 
     Raises:
         ValueError: bad argument, an argument that does not apply to
-            `conversion`, or calibration data missing.
-        ExportError: the converter failed.
+            `conversion`, calibration data missing, or no input signature
+            for a subclassed model.
+        InputDataError: `representative_data` does not fit the model's
+            inputs (other names, unbatched).
+        ConversionError: the converter failed; the message names the layer
+            and the fix, the log file holds the converter's output.
 
     Example:
 
@@ -362,24 +395,32 @@ def convert(
     model = prepare_for_export(model)
     float_layers = _check_combination(model, conversion, io_dtype, float_layers)
     check_representative_data(model, conversion, representative_data)
+    inputs = model_inputs(model, input_signature, (representative_data,))
     calibration = None
     if conversion in _FULL_INTEGER and not is_quantization_aware(model):
-        calibration = _representative(representative_data, representative_examples)
-    converter = _converter(model)
-    _configure(converter, conversion, calibration, io_dtype, float_layers)
+        calibration = _representative(representative_data, inputs, representative_examples)
+    return _run_converter(model, inputs, conversion, calibration, io_dtype, float_layers, log_path)
+
+
+def _run_converter(model, inputs, conversion, calibration, io_dtype, float_layers, log_path):
+    """The flatbuffer; the converter's output captured, and a failure explained (`ConversionError`)."""
+    captured = None
     try:
-        with warnings.catch_warnings():
+        with captured_output() as captured, warnings.catch_warnings():
             # A TF1-converter leftover, printed for every int8/uint8-io model
             # although TF2 takes the input ranges from calibration or QAT.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            converter = _converter(model, inputs)
+            _configure(converter, conversion, calibration, io_dtype, float_layers)
             if float_layers:
                 return _selectively_quantize(converter, calibration, float_layers)
             return converter.convert()
+    except EdgekerasError:
+        raise  # the data or the arguments, already explained
     except Exception as error:
-        raise ExportError(
-            f"TFLite conversion {conversion!r} of model {model.name!r} failed: "
-            f"{type(error).__name__}: {error}"
-        ) from error
+        # The converter's exception holds kilobytes of MLIR: it goes to the
+        # log file with its traceback, and the terminal gets the short error.
+        raise conversion_error(model, conversion, error, captured.text if captured else "", log_path) from None
 
 
 def _selectively_quantize(converter, calibration, float_layers):
@@ -401,7 +442,12 @@ def _selectively_quantize(converter, calibration, float_layers):
             # ("model/conv_relu/Relu6;model/conv_bn/...;model/conv/Conv2D").
             owned = [name for name in tensors if any(part.split("/")[-2:-1] == [layer] for part in name.split(";"))]
             if not owned:
-                raise ExportError(f"No op of layer {layer!r} is left in the converted model to keep in float.")
+                raise ConversionError(
+                    f"No op of layer {layer!r} is left in the converted model to keep in float: the converter fused "
+                    "it into a neighbouring op. Fix: name the layer whose op it was fused into (the convolution "
+                    f"before a BatchNormalization or activation) in `float_layers`. Received: float_layers={list(float_layers)!r}",
+                    conversion="int8", layers=(layer,),
+                )
             nodes += owned
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
         return debugger.get_nondebug_quantized_model()

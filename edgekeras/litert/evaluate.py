@@ -1,9 +1,9 @@
 """Evaluating .tflite files the way they are deployed: with the LiteRT interpreter.
 
-Accuracy is measured on batches by `TFLiteModel` (edgekeras.litert.runtime).
-Latency is measured separately at batch 1, as a device would run it: median
-and 90th percentile over many invocations after warm-up, for each thread
-count. Sparsity and sizes come from the flatbuffer itself
+Accuracy is measured on batches by `TFLiteModel` (edgekeras.runtime).
+Latency is measured separately at batch 1, as a device would run it
+(`edgekeras.runtime.measure_latency`): percentiles over many invocations
+after warm-up, for each thread count. Sparsity and sizes come from the flatbuffer itself
 (edgekeras.litert.flatbuffer).
 
 Example:
@@ -18,13 +18,12 @@ print(result.accuracy, result.gzip_bytes, result.latency[1].median_ms)
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 
 from edgekeras.data import check_class_ids
 from edgekeras.litert.flatbuffer import file_sizes, tflite_sparsity
-from edgekeras.litert.runtime import TFLiteModel, check_threads, progress_bar
+from edgekeras.runtime import Latency, TFLiteModel, check_threads, measure_latency, progress_bar
 
 __all__ = [
     "Accuracy",
@@ -54,23 +53,6 @@ class Accuracy:
     accuracy: float
     correct: int
     examples: int
-
-
-@dataclasses.dataclass
-class Latency:
-    """Batch-1 latency of one model with a given number of threads.
-
-    Attributes:
-        num_threads: interpreter threads.
-        median_ms: median time of one invocation, in milliseconds.
-        p90_ms: 90th percentile of the same, in milliseconds.
-        runs: timed invocations.
-    """
-
-    num_threads: int
-    median_ms: float
-    p90_ms: float
-    runs: int
 
 
 @dataclasses.dataclass
@@ -104,10 +86,34 @@ class Evaluation:
         return result
 
 
+def _inputs(x):
+    """A batch's inputs as numpy: one float array, or a list/dict of arrays for a multi-input model."""
+    if isinstance(x, dict):
+        return {key: _inputs(value) for key, value in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_inputs(value) for value in x]
+    array = np.asarray(x)
+    return array.astype(np.float32) if array.dtype.kind in "fiub" and array.dtype != np.float32 else array
+
+
+def _first(x):
+    """The first array of a batch's inputs (they all hold the same number of examples)."""
+    if isinstance(x, dict):
+        return _first(next(iter(x.values())))
+    return _first(x[0]) if isinstance(x, list) else x
+
+
+def _head(x, count):
+    """The first `count` examples of every input array."""
+    if isinstance(x, dict):
+        return {key: _head(value, count) for key, value in x.items()}
+    return [_head(value, count) for value in x] if isinstance(x, list) else x[:count]
+
+
 def _batches(dataset):
-    """Yields (images, labels) numpy batches from a dataset or an (x, y) pair."""
-    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], np.ndarray):
-        yield np.asarray(dataset[0], np.float32), np.asarray(dataset[1])
+    """Yields (inputs, labels) numpy batches from a dataset or an (x, y) pair."""
+    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], (np.ndarray, dict)):
+        yield _inputs(dataset[0]), np.asarray(dataset[1])
         return
     for batch in dataset:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -115,7 +121,7 @@ def _batches(dataset):
                 "Argument `dataset` must yield (images, labels) batches. "
                 f"Received a batch of type {type(batch).__name__}."
             )
-        yield np.asarray(batch[0], np.float32), np.asarray(batch[1])
+        yield _inputs(batch[0]), np.asarray(batch[1])
 
 
 def _dataset_batches(dataset):
@@ -147,7 +153,10 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
         model: a .tflite path, its bytes or a `TFLiteModel`.
         dataset: batched `(images, labels)` pairs: a `tf.data.Dataset`, any
             iterable of numpy pairs, or one `(images, labels)` numpy pair.
-            Labels are class ids (or one-hot rows).
+            For a model with several inputs, images is a tuple of arrays in
+            the file's input order or a dict keyed by input name (e.g. a
+            dataset yielding `({"image": x}, y)`). Labels are class ids (or
+            one-hot rows).
         num_threads: interpreter threads.
         max_examples: stop after this many examples (None: all).
         progress: show a progress bar.
@@ -172,7 +181,7 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
         raise ValueError(
             f"Argument `max_examples` must be a positive integer or None. Received: max_examples={max_examples!r}"
         )
-    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], np.ndarray):
+    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], (np.ndarray, dict)):
         iterator, total = _batches(dataset), 1
     else:
         source, total = _dataset_batches(dataset)
@@ -182,67 +191,22 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
     for images, labels in progress_bar(iterator, total=total, description="evaluate", enabled=progress):
         if max_examples is not None:
             keep = max_examples - examples
-            images, labels = images[:keep], labels[:keep]
-        if images.shape[0] == 0:
+            images, labels = _head(images, keep), labels[:keep]
+        count = _first(images).shape[0]
+        if count == 0:
             break
-        batch_size = batch_size or images.shape[0]
+        batch_size = batch_size or count
         outputs = runner.predict(images, batch_size=batch_size)
         outputs = outputs.reshape(outputs.shape[0], -1)
         truth = _true_classes(labels, outputs.shape[1], runner)
         predicted = outputs.argmax(axis=1)
         correct += int(np.sum(predicted == truth))
-        examples += int(images.shape[0])
+        examples += int(count)
         if max_examples is not None and examples >= max_examples:
             break
     if examples == 0:
         raise ValueError("Argument `dataset` yielded no examples to evaluate.")
     return Accuracy(accuracy=correct / examples, correct=correct, examples=examples)
-
-
-def measure_latency(model, *, num_threads=1, runs=50, warmup=10, image=None):
-    """Median and 90th-percentile latency of one batch-1 invocation.
-
-    Args:
-        model: a .tflite path or its bytes.
-        num_threads: interpreter threads.
-        runs: timed invocations (at least 50 for a stable p90).
-        warmup: untimed invocations first (XNNPACK packs weights lazily).
-        image: one float input image (default: zeros); latency does not
-            depend on the values for these models.
-
-    Returns:
-        A `Latency`.
-
-    Example:
-
-    ```python
-    measure_latency("model.tflite", num_threads=2).median_ms
-    ```
-    """
-    check_threads(num_threads)
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"Argument `runs` must be a positive integer. Received: runs={runs!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"Argument `warmup` must be a non-negative integer. Received: warmup={warmup!r}")
-    runner = TFLiteModel(model, num_threads)
-    shape = runner.input_shape[1:]
-    if image is None:
-        image = np.zeros(shape, np.float32)
-    prepared = runner.quantize_input(np.asarray(image, np.float32)[None, ...])
-    runner._allocate(1)
-    for _ in range(warmup):
-        runner.invoke_raw(prepared)
-    times = np.empty(runs)
-    for index in range(runs):
-        start = time.perf_counter()
-        runner.invoke_raw(prepared)
-        times[index] = time.perf_counter() - start
-    return Latency(
-        num_threads=num_threads,
-        median_ms=float(np.median(times) * 1000.0),
-        p90_ms=float(np.percentile(times, 90) * 1000.0),
-        runs=runs,
-    )
 
 
 def evaluate_tflite(

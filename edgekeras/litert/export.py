@@ -42,7 +42,8 @@ from edgekeras.litert.conversion import (
     prepare_for_export,
 )
 from edgekeras.litert.flatbuffer import gzip_size
-from edgekeras.litert.runtime import TFLiteModel
+from edgekeras.runtime import TFLiteModel
+from edgekeras.litert.signature import model_inputs, sample_inputs
 
 __all__ = [
     "CONVERSIONS",
@@ -104,14 +105,24 @@ class ExportedModel:
         return dataclasses.asdict(self)
 
 
-def verify(tflite, model, images, *, num_threads=None):
+def _feed(runner, inputs, arrays):
+    """The flat arrays as `runner` takes them: by name when the file's inputs carry the model's names."""
+    if sorted(runner.input_names) == sorted(inputs.names):
+        return inputs.by_name(arrays)
+    return arrays
+
+
+def verify(tflite, model, images, *, num_threads=None, input_signature=None):
     """Compares a .tflite model with the Keras model on `images`.
 
     Args:
         tflite: a .tflite path, its bytes or a `TFLiteModel`.
         model: the tf_keras model it was converted from.
-        images: float array of input images.
+        images: the inputs to compare on, as the model is called with them:
+            a float array, or a list or dict of arrays for several inputs.
         num_threads: interpreter threads.
+        input_signature: the model's inputs, for a subclassed model that has
+            never been called (see `convert`).
 
     Returns:
         A `Verification`.
@@ -127,13 +138,14 @@ def verify(tflite, model, images, *, num_threads=None):
     ```
     """
     model = prepare_for_export(model)
-    images = np.asarray(images, np.float32)
+    inputs = model_inputs(model, input_signature, (images,))
+    arrays = inputs.flatten(images, "images")
     try:
         runner = tflite if isinstance(tflite, TFLiteModel) else TFLiteModel(tflite, num_threads)
-        lite = runner.predict(images)
+        lite = runner.predict(_feed(runner, inputs, arrays))
     except (ValueError, RuntimeError) as error:
         raise ExportError(f"The .tflite file does not run in LiteRT: {error}") from error
-    expected = np.asarray(model(images, training=False), np.float32)
+    expected = np.asarray(model(inputs.pack(arrays), training=False), np.float32)
     if lite.shape != expected.shape:
         raise ExportError(
             f"The .tflite output shape {lite.shape} differs from the Keras model's {expected.shape}."
@@ -143,33 +155,19 @@ def verify(tflite, model, images, *, num_threads=None):
     flat_lite = lite.reshape(lite.shape[0], -1)
     flat_expected = expected.reshape(expected.shape[0], -1)
     return Verification(
-        examples=int(images.shape[0]),
+        examples=int(arrays[0].shape[0]),
         top1_agreement=float(np.mean(flat_lite.argmax(1) == flat_expected.argmax(1))),
         max_abs_diff=float(np.max(np.abs(flat_lite - flat_expected))),
     )
 
 
-def _verification_images(model, verify_data, count):
-    """Up to `count` float images from `verify_data`, or a fixed random batch without it."""
+def _verification_inputs(inputs, verify_data, count):
+    """Up to `count` examples from `verify_data` as the model is called, or a fixed random batch without it."""
     if verify_data is None:
         # Without data, a fixed random batch still proves the file loads, runs
         # and computes the same function.
-        shape = [count, *model.input_shape[1:]]
-        return np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
-    if isinstance(verify_data, np.ndarray):
-        return np.asarray(verify_data[:count], np.float32)
-    images = []
-    collected = 0
-    for batch in verify_data:
-        batch_images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batch_images = np.asarray(batch_images, np.float32)
-        images.append(batch_images)
-        collected += batch_images.shape[0]
-        if collected >= count:
-            break
-    if not images:
-        raise ValueError("Argument `verify_data` yielded no images.")
-    return np.concatenate(images)[:count]
+        return inputs.pack(inputs.random(count))
+    return inputs.pack(sample_inputs(verify_data, inputs, count, "verify_data"))
 
 
 def _check_export_arguments(model, path, conversion, io_dtype, min_agreement, verify_examples):
@@ -214,24 +212,16 @@ def _write_synced(path, data):
 
 
 def export_tflite(
-    model,
-    path,
-    conversion="float32",
-    *,
-    representative_data=None,
-    representative_examples=256,
-    io_dtype="float32",
-    verify_data=None,
-    verify_examples=64,
-    min_agreement=None,
-    float_tolerance=1e-3,
-    name=None,
-    float_layers=(),
+    model, path, conversion="float32", *, representative_data=None, representative_examples=256, io_dtype="float32",
+    verify_data=None, verify_examples=64, min_agreement=None, float_tolerance=1e-3, name=None, float_layers=(),
+    input_signature=None, log_path=None,
 ):
     """Converts `model`, verifies the file in LiteRT and writes it atomically.
 
     Args:
-        model: a tf_keras model (pruning-wrapped and QAT models accepted).
+        model: a tf_keras model (pruning-wrapped and QAT models accepted):
+            functional, Sequential or subclassed, single-, multi- or
+            dict-input.
         path: destination .tflite path; its directory is created.
         conversion: one of `CONVERSIONS`.
         representative_data: calibration data for post-training `int8` (see
@@ -240,8 +230,9 @@ def export_tflite(
         io_dtype: input/output dtype of `int8` files: "float32", "int8" or
             "uint8". Every other conversion writes a float32-I/O file,
             whatever this says.
-        verify_data: images to verify on: a batched dataset, a float array,
-            or None for a fixed random batch.
+        verify_data: inputs to verify on: a batched dataset of `(x, y)` or
+            `x` batches (x as the model is called: an array, a tuple or a
+            dict), a float array, or None for a fixed random batch.
         verify_examples: number of images to verify on.
         min_agreement: if set, raise `ExportError` (and write nothing) when
             top-1 agreement with Keras is below it.
@@ -252,6 +243,9 @@ def export_tflite(
         float_layers: layers a post-training `int8` conversion keeps in float
             (see `convert`); ignored for other conversions and for a
             quantization-aware model, which carries its own ranges.
+        input_signature: the model's inputs (see `convert`), for a
+            subclassed model never called and without a dataset to read them.
+        log_path: where the converter's output goes if it fails (`convert`).
 
     Returns:
         An `ExportedModel`.
@@ -259,8 +253,11 @@ def export_tflite(
     Raises:
         ValueError: a bad argument, `float_layers` for post-training `int8`
             with integer I/O or naming layers the model lacks, a float
-            conversion of a QAT model, or calibration data missing.
-        ExportError: conversion or verification failed; nothing is written.
+            conversion of a QAT model, calibration data or input signature
+            missing; `InputDataError` for data that does not fit the model.
+        ExportError: verification failed, or the converter refused the model
+            (`ConversionError`, naming the layer and the fix); nothing is
+            written.
 
     Example:
 
@@ -272,15 +269,16 @@ def export_tflite(
     start = time.perf_counter()
     model = prepare_for_export(model)
     io_dtype, float_layers = applicable_options(model, conversion, io_dtype, float_layers)
+    inputs = model_inputs(model, input_signature, (representative_data, verify_data))
     flatbuffer = convert(
         model, conversion, representative_data=representative_data, representative_examples=representative_examples,
-        io_dtype=io_dtype, float_layers=float_layers,
+        io_dtype=io_dtype, float_layers=float_layers, input_signature=inputs, log_path=log_path,
     )
-    images = _verification_images(model, verify_data, verify_examples)
+    images = _verification_inputs(inputs, verify_data, verify_examples)
     with atomic_path(path) as temporary:
         _write_synced(temporary, flatbuffer)
         # Verify the very bytes on disk before they take the final name.
-        verification = verify(temporary, model, images)
+        verification = verify(temporary, model, images, input_signature=inputs)
         _check_verification(verification, model, images, conversion, float_tolerance, min_agreement)
     return ExportedModel(
         name=name or os.path.splitext(os.path.basename(path))[0], conversion=conversion, path=path,

@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from edgekeras.litert.runtime import tflite_file_error
+from edgekeras.runtime.model import tflite_file_error
 
 __all__ = ["tflite_sparsity", "weight_sparsity", "gzip_size", "file_sizes"]
 

@@ -2,7 +2,9 @@
 
 - `graph`: `flatten`, `clone_with_weights`, `split_model`, `assemble_with_weights`,
   and what a model holds (`is_nested`, `is_quantization_aware`, `is_pruning_wrapped`).
-- `transfer`: `build_transfer_model`, the seed's MobileNetV2 transfer model, flat.
+- `transfer`: `build_transfer_model` (MobileNetV2, MobileNetV3, EfficientNet or ResNet50
+  + pooling + softmax, flat), `freeze_before` for your own models.
+- `architectures`: the backbones, their input scaling and default fine-tuning cut.
 - `saving`: `save_model` / `load_model` for float, pruned and quantization-aware models.
 """
 
@@ -17,9 +19,12 @@ from edgekeras.models.graph import (
     split_model,
 )
 from edgekeras.models.saving import FORMATS, ModelFileError, UnsafeModelError, load_model, save_model
-from edgekeras.models.transfer import WeightsError, build_transfer_model
+from edgekeras.models.architectures import ARCHITECTURE_SPECS, Architecture, get_architecture
+from edgekeras.models.transfer import WeightsError, build_transfer_model, freeze_before
 
 __all__ = [
+    "ARCHITECTURE_SPECS",
+    "Architecture",
     "FORMATS",
     "ModelFileError",
     "UnsafeModelError",
@@ -29,6 +34,8 @@ __all__ = [
     "clone_with_weights",
     "custom_objects",
     "flatten",
+    "freeze_before",
+    "get_architecture",
     "is_nested",
     "is_pruning_wrapped",
     "is_quantization_aware",

@@ -1,23 +1,27 @@
-"""The seed's transfer model (MobileNetV2 + pooling + softmax), built flat.
+"""Transfer models (a tf_keras.applications backbone + pooling + softmax), built flat.
 
 edgekeras builds the model flat from the start (the base's layers directly in
 the outer graph, not as a nested sub-model), because TFMOT's
-quantization-aware training refuses nested models.
+quantization-aware training refuses nested models. The seed's model is
+MobileNetV2; `edgekeras.models.architectures` lists the other backbones.
+`freeze_before` applies the same "fine-tune from this layer on" rule to a
+model of your own.
 """
 
 import os
 
-from edgekeras.compat import keras
+from edgekeras.compat import check_model, keras
 from edgekeras.errors import EdgekerasError
+from edgekeras.models.architectures import get_architecture
 
-__all__ = ["build_transfer_model", "WeightsError"]
+__all__ = ["build_transfer_model", "freeze_before", "WeightsError"]
 
 
 class WeightsError(EdgekerasError, ValueError):
     """A weights file is missing or does not fit the model's architecture."""
 
 
-def _check_weights(weights):
+def _check_weights(weights, spec):
     if weights is None or weights == "imagenet":
         return weights
     if not isinstance(weights, (str, os.PathLike)):
@@ -29,13 +33,13 @@ def _check_weights(weights):
     if not os.path.isfile(path):
         raise WeightsError(
             f"Argument `weights` names a file that does not exist. Received: "
-            f"weights={path!r}. Pass the path of a MobileNetV2 no-top .h5 file "
+            f"weights={path!r}. Pass the path of a {spec.title} no-top .h5 file "
             '(e.g. ../shared/data/weights/...), "imagenet" to download, or None.'
         )
     return path
 
 
-def _first_trainable_index(layers, trainable_from):
+def _first_trainable_index(layers, trainable_from, valid_names, base=True):
     if trainable_from is None:
         return len(layers)
     if isinstance(trainable_from, bool):
@@ -46,23 +50,21 @@ def _first_trainable_index(layers, trainable_from):
     if isinstance(trainable_from, int):
         if not -len(layers) <= trainable_from < len(layers):
             raise ValueError(
-                f"Argument `trainable_from` must be a base layer index in "
+                f"Argument `trainable_from` must be a {'base ' if base else ''}layer index in "
                 f"[{-len(layers)}, {len(layers)}). Received: "
                 f"trainable_from={trainable_from}"
             )
         return trainable_from % len(layers)
     names = [layer.name for layer in layers]
     if trainable_from not in names:
-        blocks = sorted({n.split("_expand")[0] for n in names if n.startswith("block_") and "_expand" in n})
         raise ValueError(
-            f"Argument `trainable_from` must name a layer of the base model. "
-            f"Received: trainable_from={trainable_from!r}. Valid names include "
-            f"{', '.join(b + '_expand' for b in blocks[-3:])} and Conv_1."
+            f"Argument `trainable_from` must name a layer of the {'base ' if base else ''}model. "
+            f"Received: trainable_from={trainable_from!r}. Valid names include {valid_names}."
         )
     return names.index(trainable_from)
 
 
-def _check_arguments(num_classes, image_size, dropout):
+def _check_arguments(num_classes, image_size, dropout, spec, alpha):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             "Argument `num_classes` must be an integer >= 2. "
@@ -70,40 +72,43 @@ def _check_arguments(num_classes, image_size, dropout):
         )
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(
-            "Argument `image_size` must be an integer >= 32 (MobileNetV2 "
+            f"Argument `image_size` must be an integer >= 32 ({spec.title} "
             f"downsamples by 32). Received: image_size={image_size!r}"
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Argument `dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if alpha != 1.0 and not spec.width_multiplier:
+        raise ValueError(
+            f"Argument `alpha` must be 1.0 for {spec.name!r}: only the MobileNets have a width multiplier. "
+            f"Received: alpha={alpha!r}"
+        )
 
 
-def _mobilenet_v2(inputs, weights, alpha):
-    """MobileNetV2 without top on `inputs`; a weights file that does not fit raises `WeightsError`."""
+def _base(spec, inputs, weights, alpha):
+    """The backbone without top on `inputs`; a weights file that does not fit raises `WeightsError`."""
+    built = f"{spec.title}({f'alpha={alpha}, ' if spec.width_multiplier else ''}include_top=False)"
     try:
-        return keras.applications.MobileNetV2(input_tensor=inputs, include_top=False, weights=weights, alpha=alpha)
+        return spec.build(inputs, weights, alpha)
     except ValueError as error:
         if weights not in (None, "imagenet"):
             raise WeightsError(
-                f"Argument `weights` does not fit MobileNetV2(alpha={alpha}, "
-                f"include_top=False). Received: weights={weights!r} ({error}). "
-                "Pass a no-top MobileNetV2 .h5 file saved for the same alpha."
+                f"Argument `weights` does not fit {built}. Received: weights={weights!r} ({error}). "
+                f"Pass a no-top {spec.title} .h5 file"
+                f"{' saved for the same alpha' if spec.width_multiplier else ''}."
             ) from error
         raise
     except OSError as error:  # h5py: not an HDF5 file, or a truncated one
         if weights not in (None, "imagenet"):
             raise WeightsError(
                 f"Argument `weights` names a file that is not a readable .h5 weights file ({error}). "
-                f"Received: weights={weights!r}. Pass a no-top MobileNetV2 .h5 file (e.g. "
+                f"Received: weights={weights!r}. Pass a no-top {spec.title} .h5 file (e.g. "
                 "../shared/data/weights/...) and check that it was copied whole."
             ) from error
         raise
 
 
-def _set_trainable(base, trainable_from, train_batchnorm):
-    # Layer 0 is the shared Input; the base's real layers follow it.
-    base_layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-    first = _first_trainable_index(base_layers, trainable_from)
-    for index, layer in enumerate(base_layers):
+def _set_trainable(layers, first, train_batchnorm):
+    for index, layer in enumerate(layers):
         trainable = index >= first
         if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
             # Frozen BatchNorm stays in inference mode: the stable choice for
@@ -112,18 +117,61 @@ def _set_trainable(base, trainable_from, train_batchnorm):
         layer.trainable = trainable
 
 
+def _resolve_trainable_from(trainable_from, spec, weights):
+    if trainable_from != "auto":
+        return trainable_from
+    # Random weights are useless frozen: the whole base trains. Pretrained
+    # ones are fine-tuned from the start of the last stage(s).
+    return 0 if weights is None else spec.trainable_from
+
+
+def freeze_before(model, trainable_from, *, train_batchnorm=False):
+    """Freezes the layers of `model` before `trainable_from`; the layers from it on train.
+
+    The rule `build_transfer_model` applies to its base, for a flat model of
+    your own (a loaded file, a factory's model): BatchNormalization layers
+    train only with `train_batchnorm`.
+
+    Args:
+        model: a flat tf_keras functional model.
+        trainable_from: name or index (among the layers after the input) of
+            the first trainable layer.
+        train_batchnorm: whether BatchNormalization layers from there on train.
+
+    Returns:
+        `model`, its `trainable` flags set.
+
+    Raises:
+        ValueError: `trainable_from` names no layer of `model`.
+
+    Example:
+
+    ```python
+    model = freeze_before(keras.models.load_model("trained.h5"), "dense_1")
+    ```
+    """
+    check_model(model)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    hint = ", ".join(repr(n) for n in names[-3:])
+    first = _first_trainable_index(layers, trainable_from, f"{hint} (the last ones)", base=False)
+    _set_trainable(layers, first, train_batchnorm)
+    return model
+
+
 def build_transfer_model(
     num_classes=10,
     image_size=160,
     *,
+    architecture="mobilenet_v2",
     alpha=1.0,
     weights="imagenet",
     trainable_from=None,
     train_batchnorm=False,
     dropout=0.0,
-    name="mobilenetv2_transfer",
+    name=None,
 ):
-    """Builds MobileNetV2 + global average pooling + softmax Dense, flat.
+    """Builds a backbone (MobileNetV2 by default) + global average pooling + softmax Dense, flat.
 
     The base's layers live directly in the returned functional model (no
     nested sub-model), so TFMOT can prune and quantize every layer.
@@ -131,21 +179,30 @@ def build_transfer_model(
     Args:
         num_classes: number of output classes.
         image_size: side of the square input images (at least 32).
-        alpha: MobileNetV2 width multiplier.
+        architecture: the tf_keras.applications backbone: "mobilenet_v2",
+            "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0" to
+            "efficientnet_b3" or "resnet50" (`edgekeras.choices.ARCHITECTURES`).
+            Feed it images scaled as `get_architecture(architecture).normalization`
+            says (the data loaders' `normalization` argument).
+        alpha: width multiplier (MobileNets only).
         weights: `"imagenet"` (downloads), None (random init) or the path of
-            a MobileNetV2 no-top `.h5` file for this `alpha`.
+            a no-top `.h5` file of this architecture (and `alpha`).
         trainable_from: name or index of the first trainable base layer; the
-            layers before it are frozen. None freezes the whole base.
+            layers before it are frozen. None freezes the whole base; "auto"
+            fine-tunes pretrained weights from the architecture's default
+            layer (e.g. "block_16_expand" of MobileNetV2) and trains every
+            layer of a randomly initialized base.
         train_batchnorm: whether BatchNormalization layers in the trainable
             part of the base are trained. By default they stay frozen (in
             inference mode), which is the stable choice for fine-tuning with
-            small batches.
+            small batches; train them when the base is randomly initialized.
         dropout: dropout rate before the classifier.
-        name: model name.
+        name: model name (default: the architecture's, e.g.
+            "mobilenetv2_transfer").
 
     Returns:
         A compiled-free tf_keras functional model with input
-        `(image_size, image_size, 3)` in [-1, 1] and softmax output.
+        `(image_size, image_size, 3)` and softmax output.
 
     Raises:
         ValueError: an argument is out of range.
@@ -156,15 +213,21 @@ def build_transfer_model(
     ```python
     model = build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand")
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    small = build_transfer_model(10, 64, architecture="mobilenet_v3_small", weights=None, trainable_from="auto")
     ```
     """
-    _check_arguments(num_classes, image_size, dropout)
-    weights = _check_weights(weights)
+    spec = get_architecture(architecture)
+    _check_arguments(num_classes, image_size, dropout, spec, alpha)
+    weights = _check_weights(weights, spec)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    base = _mobilenet_v2(inputs, weights, alpha)
-    _set_trainable(base, trainable_from, train_batchnorm)
+    base = _base(spec, inputs, weights, alpha)
+    # Layer 0 is the shared Input; the base's real layers follow it.
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    valid = f"{', '.join(spec.cut_points)} (or \"auto\": {spec.trainable_from})"
+    first = _first_trainable_index(layers, _resolve_trainable_from(trainable_from, spec, weights), valid)
+    _set_trainable(layers, first, train_batchnorm)
     x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling")(base.output)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, outputs, name=name or spec.model_name)

@@ -3,28 +3,24 @@
 A mistake found after the float phase would cost that phase's hours, so
 `EdgeTrainer.__init__` and `EdgeTrainer.fit` check everything they can up
 front, each error naming the argument, what it must be and what was received.
+The data checks (`check_inputs`: batching, input shapes, labels against the
+loss and the outputs) live in `data_checks` and are re-exported here.
 """
 
 import numbers
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from edgekeras import distribute, quantization, sparsity
 from edgekeras.compat import check_model, keras
-from edgekeras.data import check_class_ids
 from edgekeras.schedules import PruningSchedule
+from edgekeras.trainers.data_checks import check_inputs
 
-__all__ = ["check_epochs", "check_fit_arguments", "check_labels", "check_strategy", "check_trainer_arguments"]
+__all__ = ["check_epochs", "check_fit_arguments", "check_inputs", "check_strategy", "check_trainer_arguments"]
 
 # `fit` keywords that EdgeTrainer sets itself for each phase.
 _PHASE_KEYWORDS = ("epochs", "initial_epoch", "callbacks")
-
-_LABELS_FIX = (
-    "Build the model with the data's number of classes (e.g. build_transfer_model(data.num_classes, ...)) "
-    "or train it on the data it was built for."
-)
 
 
 def _check_phase_model(model):
@@ -204,45 +200,3 @@ def check_fit_arguments(float_epochs, prune, prune_epochs, qat_epochs, callbacks
                 f"prune_epochs / qat_epochs. Received: {key}={fit_kwargs[key]!r}"
             )
     return float_epochs, prune_epochs, qat_epochs, callbacks
-
-
-def _first_labels(x, y):
-    """The labels of `y`, or of the first batch of an `(x, y)` dataset; None when they cannot be read."""
-    if y is not None:
-        return np.asarray(y)
-    if isinstance(x, tf.data.Dataset) and isinstance(x.element_spec, tuple) and len(x.element_spec) >= 2:
-        return np.asarray(next(iter(x.take(1)))[1])
-    return None  # generators and Sequences: reading a batch here would steal it from training
-
-
-def check_labels(model, x, y):
-    """Integer class ids beyond the classifier's outputs fail here, before training.
-
-    TensorFlow would fail mid-fit on CPU ("label value outside the valid
-    range") and train on garbage on a GPU. Models that are not classifiers
-    (fewer than 2 outputs) and float targets are left alone.
-
-    Args:
-        model: the model to train.
-        x, y: the training data, as for `keras.Model.fit`.
-
-    Raises:
-        ValueError: the labels (`y`, or the first batch of a dataset) hold
-            class ids the model cannot output.
-
-    Example:
-
-    ```python
-    check_labels(model, x_train, y_train)
-    ```
-    """
-    outputs = model.output_shape
-    if not isinstance(outputs, tuple) or not outputs or outputs[-1] is None or outputs[-1] < 2:
-        return
-    labels = _first_labels(x, y)
-    if labels is None or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-        return  # float targets: not class ids
-    check_class_ids(
-        labels, outputs[-1], "x`/`y", _LABELS_FIX,
-        one_hot=labels.shape[-1:] == (outputs[-1],), model=f"model {model.name!r}", where=" in the first batch",
-    )

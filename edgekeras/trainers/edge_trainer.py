@@ -33,6 +33,7 @@ histories = trainer.fit(
     qat_epochs=1,
     callbacks=[...],            # the user's callbacks, passed to every phase's fit
     steps_per_epoch=None,       # needed only when the data's length is unknown and prune is a float
+    conversions=None,           # .tflite conversions to try on the untrained model first (see below)
     verbose="auto",             # and any other keras fit keyword (class_weight, ...)
 )
 trainer.float_model     # after the float phase (a snapshot copy when pruning follows)
@@ -59,6 +60,12 @@ so the QAT phase puts them back after every batch. Layers TFMOT cannot quantize
 are reported before any training starts (`UnquantizableLayersError`, which names
 the layers and the fix).
 
+Before the first epoch, `fit` converts the untrained model the way the trained
+one will be (`trial_conversion`, a few seconds): in each `TFLiteExport`
+callback's conversions, in the `conversions` asked for, and, when QAT runs, its
+quantization-aware copy to int8. A layer the converter refuses is reported then
+(`ConversionError`, naming the layer and the fix), not after training.
+
 Before QAT fine-tuning, the activation ranges are calibrated on
 `calibration_steps` training batches. TFMOT starts them at [-6, 6] and moves them
 0.1 % per step, so a short fine-tuning would keep wrong ranges. In the
@@ -74,10 +81,12 @@ from edgekeras import quantization, sparsity
 from edgekeras.callbacks import MagnitudePruning, PreserveSparsity, current_learning_rate
 from edgekeras.compat import keras
 from edgekeras.data import batches_per_epoch
+from edgekeras.litert.trial import check_conversions
 from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.schedules import PruningSchedule, polynomial_ramp
-from edgekeras.trainers.checks import check_fit_arguments, check_labels, check_strategy, check_trainer_arguments
+from edgekeras.trainers.checks import check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments
 from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
+from edgekeras.trainers.trial import trial_data, trial_phases
 
 __all__ = ["EdgeTrainer", "PHASES"]
 
@@ -315,6 +324,7 @@ class EdgeTrainer:
         qat_epochs=0,
         callbacks=None,
         steps_per_epoch=None,
+        conversions=None,
         **fit_kwargs,
     ):
         """Runs the phases and returns `self.histories`.
@@ -332,6 +342,14 @@ class EdgeTrainer:
             callbacks: the user's callbacks, given to every phase.
             steps_per_epoch: batches per epoch; only needed when `prune` is a
                 number and the data's length is unknown. Also passed to fit.
+            conversions: what to convert the untrained model to before the
+                first epoch, so that the converter's objections come before
+                training (see `trial_conversion`). None: each `TFLiteExport`
+                callback's conversions, and int8 of the quantization-aware
+                copy when QAT runs. A list of names (e.g. `["float32",
+                "int8"]`, for files exported after `fit`) adds those of the
+                float model; `()` tries nothing (the callbacks still try
+                theirs when their phase begins).
             **fit_kwargs: other `keras.Model.fit` keywords (`verbose`,
                 `batch_size`, `class_weight`, ...).
 
@@ -342,11 +360,13 @@ class EdgeTrainer:
             ValueError: a bad argument (named in the message).
             UnquantizableLayersError: QAT was asked for and some layers
                 cannot be quantized (raised before any training).
+            ConversionError: the converter refuses the model or its
+                quantization-aware copy (raised before any training).
         """
         float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(
             float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs
         )
-        check_labels(self.model, x, y)
+        check_inputs(self.model, x, y, loss=self.loss, validation_data=validation_data)
         schedule = None
         if prune is not None:
             steps = _steps_per_epoch(x, fit_kwargs.get("batch_size"), steps_per_epoch) * prune_epochs
@@ -354,6 +374,11 @@ class EdgeTrainer:
         if qat_epochs:
             # Fail before training, not after the float and pruning phases.
             quantization.check_quantizable(self.model, self.quantize_skip, self.quantize_configs)
+        if conversions is None or check_conversions(conversions):
+            self.trial_conversion(
+                conversions or (), qat=bool(qat_epochs), float_model=bool(float_epochs) or schedule is not None,
+                representative_data=trial_data(x), callbacks=callbacks,
+            )
         fit_kwargs = dict(fit_kwargs, y=y, validation_data=validation_data)
         if steps_per_epoch is not None:
             fit_kwargs["steps_per_epoch"] = steps_per_epoch
@@ -362,6 +387,36 @@ class EdgeTrainer:
         with self.strategy.scope():
             self._train(x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs)
         return self.histories
+
+    def trial_conversion(self, conversions=(), *, qat=False, **kwargs):
+        """Converts the untrained model the way the trained ones will be, before training; writes nothing.
+
+        `conversions` are tried on the float (and pruned) model; with `qat`,
+        the quantization-aware copy QAT will train (this trainer's
+        `quantize_*` settings, ranges calibrated like QAT's) is tried as
+        int8. Other keywords (`float_model`, `representative_data`,
+        `io_dtype`, `float_layers`, `callbacks`, `log_path`) are those of
+        `edgekeras.trainers.trial.trial_phases`, which documents them.
+
+        Returns:
+            `{"float": {conversion: bytes}, "qat": {"int8": bytes}}`.
+
+        Raises:
+            ConversionError: the converter refused a model (the layer and
+                the fix are named).
+
+        Example:
+
+        ```python
+        trainer.trial_conversion(["float32", "int8"], qat=True, representative_data=train)
+        ```
+        """
+
+        def quantize(model):
+            return quantization.quantize_model(model, self.quantize_scheme_setting, self.quantize_skip, self.quantize_configs)[0]
+
+        return trial_phases(self.model, conversions, quantize=quantize if qat else None,
+                            calibrate=bool(self.calibration_steps), **kwargs)
 
     def _train(self, x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs):
         if float_epochs:

@@ -1,5 +1,6 @@
 """`edgekeras run` configs: TOML parsing, defaults, and one error per branch."""
 
+import datetime
 import pathlib
 import tomllib
 
@@ -14,6 +15,7 @@ from edgekeras.app.config import (
     parse_config,
     parse_section,
 )
+from edgekeras.app.inputs import input_normalization
 from edgekeras.app.sections import TrainSection, TuneSettings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -75,7 +77,7 @@ def test_toml_round_trip(tmp_path):
     assert default_config_toml().startswith("# edgekeras run: default values")
 
 
-@pytest.mark.parametrize("name", ["default.toml", "seed.toml", "demo.toml"])
+@pytest.mark.parametrize("name", ["default.toml", "seed.toml", "demo.toml", "mobilenet_v3_small.toml"])
 def test_shipped_configs_are_valid(name):
     load_config(CONFIGS / name)
 
@@ -103,7 +105,7 @@ def test_shipped_configs_are_valid(name):
         ({"run": {"output_dir": ""}}, r"`run.output_dir` must be a non-empty path"),
         ({"run": {"seed": 1.5}}, r"`run.seed` must be an integer"),
         ({"data": {"image_size": 16}}, r"`data.image_size` must be an integer >= 32"),
-        ({"data": {"dataset": ""}}, r"`data.dataset` must be a TFDS dataset name"),
+        ({"data": {"dataset": 3}}, r"`data.dataset` must be a string"),
         ({"data": {"data_dir": 3}}, r"`data.data_dir` must be a string"),
         ({"model": {"alpha": 0}}, r"`model.alpha` must be > 0"),
         ({"model": {"weights": ""}}, r"`model.weights` must be"),
@@ -205,3 +207,86 @@ def test_one_parser_for_run_and_tune_sections():
         parse_section("tune", TuneSettings, {"directory": ""}, "<dict>", tables=tables)
     with pytest.raises(ConfigError, match=r"Config key `tune.factor` must be an integer >= 2"):
         parse_section("tune", TuneSettings, {"factor": 1}, "<dict>", tables=tables)
+
+
+def test_data_and_model_defaults_and_what_they_resolve_to():
+    config = Config()
+    assert (config.data.resolved_dataset, config.model.resolved_architecture, config.model.kind) == (
+        "cifar10", "mobilenet_v2", "architecture"
+    )
+    assert (config.data.normalization, config.model.trainable_from) == ("auto", "auto")
+    assert input_normalization(config.data, config.model) == "minus_one_to_one"
+    config = parse_config({
+        "data": {"directory": "photos", "test_directory": "photos_test", "normalization": "zero_to_one"},
+        "model": {"factory": "mymodels.small:build", "factory_args": {"width": 8, "name": "x y", "sizes": [1, 2]}},
+    })
+    assert (config.data.resolved_dataset, config.model.kind, config.model.resolved_architecture) == ("", "factory", "")
+    assert input_normalization(config.data, config.model) == "zero_to_one"
+    assert config.model.factory_args == {"width": 8, "name": "x y", "sizes": [1, 2]}
+    # A factory's arguments survive the resolved config.toml of a run directory.
+    assert parse_config(tomllib.loads(config_to_toml(config))) == config
+    resnet = parse_config({"model": {"architecture": "resnet50", "weights": "none"}})
+    assert input_normalization(resnet.data, resnet.model) == "caffe"
+    assert parse_config({"model": {"file": "trained.h5"}, "data": {"normalization": "pixels"}}).model.kind == "file"
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (
+            {"model": {"architecture": "vgg16"}},
+            r"Config key `model.architecture` must be one of 'mobilenet_v2', 'mobilenet_v3_small', .*'resnet50'\. "
+            r"Received: model.architecture='vgg16'",
+        ),
+        (
+            {"model": {"architecture": "resnet50", "factory": "m:f"}, "data": {"normalization": "caffe"}},
+            r"Config keys `model.architecture`, `model.factory`, `model.file` each name the model: set one of them\. "
+            r"Received: model.architecture='resnet50', model.factory='m:f'",
+        ),
+        ({"model": {"factory": "mymodels.build"}}, r"`model.factory` must be a \"package.module:function\" reference"),
+        ({"model": {"factory": "a:b", "factory_args": 3}}, r"`model.factory_args` must be a table\. Received: model.factory_args=3"),
+        ({"model": {"factory_args": {"width": 8}}}, r"`model.factory_args` must be an empty table unless `model.factory` is set"),
+        (
+            {"model": {"factory": "a:b", "factory_args": {"when": datetime.date(2026, 1, 1)}}},
+            r"`model.factory_args` must be a table of strings, finite numbers, booleans, lists and tables",
+        ),
+        ({"model": {"architecture": "efficientnet_b0", "alpha": 0.5}}, r"`model.alpha` must be 1.0 for 'efficientnet_b0'"),
+        (
+            {"model": {"file": "m.h5", "weights": "none"}, "data": {"normalization": "pixels"}},
+            r"`model.weights` must be left at \"imagenet\" with `model.file` \(a model of yours is used as it is\)",
+        ),
+        (
+            {"model": {"factory": "a:b", "dropout": 0.2}, "data": {"normalization": "pixels"}},
+            r"`model.dropout` must be 0 with `model.factory`",
+        ),
+        (
+            {"model": {"factory": "a:b", "alpha": 0.5}, "data": {"normalization": "pixels"}},
+            r"`model.alpha` must be 1.0 with `model.factory`",
+        ),
+        (
+            {"model": {"file": "m.h5", "trainable_from": ""}, "data": {"normalization": "pixels"}},
+            r"`model.trainable_from` must be \"auto\" \(the model's own trainable flags\) or a layer name with `model.file`",
+        ),
+        (
+            {"model": {"file": "m.h5"}},
+            r"Config key `data.normalization` must say how the model of `model.file` expects its pixels scaled: one of "
+            r"'minus_one_to_one', .*\(\"auto\" follows `model.architecture` only\)\. Received: data.normalization='auto'",
+        ),
+        ({"data": {"normalization": "imagenet"}}, r"`data.normalization` must be one of 'auto', 'minus_one_to_one'"),
+        (
+            {"data": {"dataset": "cifar10", "directory": "photos"}},
+            r"Config keys `data.dataset`, `data.directory` each name where the images come from: set one of them\. "
+            r"Received: data.dataset='cifar10', data.directory='photos'",
+        ),
+        ({"data": {"test_directory": "t"}}, r"`data.test_directory` must be \"\" unless `data.directory` is set"),
+        (
+            {"data": {"directory": "d", "test_directory": "t", "test_size": 10}},
+            r"`data.test_size` must be 0 when `data.test_directory` is set",
+        ),
+        ({"data": {"directory": "d", "data_dir": "tfds"}}, r"`data.data_dir` must be \"\" when `data.directory` is set"),
+        ({"data": {"test_size": -1}}, r"`data.test_size` must be an integer >= 0"),
+    ],
+)
+def test_data_and_model_errors_name_the_key(values, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(values)

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from edgekeras.app.cli import main
 from edgekeras.compat import keras
@@ -375,3 +376,248 @@ def test_a_non_chief_worker_leaves_no_empty_directories(tmp_path):
     (shared / "tiny" / "report.json").write_text("{}")
     _remove_empty_dirs(shared / "tiny", keep=_existing_ancestor(shared / "tiny"))
     assert (shared / "tiny" / "report.json").is_file() and not (shared / "tiny" / "logs").exists()
+
+
+def _atan(x):
+    return tf.math.atan(x)
+
+
+def _atan_classifier(num_classes, image_size):
+    """A classifier TFLite cannot hold: `tf.math.atan` needs TF Select ops."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
+    x = keras.layers.Lambda(_atan, name="my_atan")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="atan_classifier")
+
+
+def test_run_stops_before_training_on_a_model_the_converter_refuses(tiny_tfds_dir, tmp_path, monkeypatch, capsys):
+    from edgekeras.app import stages
+
+    monkeypatch.setattr(stages, "build_model", lambda section, num_classes, image_size, *a, **k: _atan_classifier(num_classes, image_size))
+    config = tiny_config(tiny_tfds_dir, tmp_path, train={"cache_features": False})
+    path = tmp_path / "atan.toml"
+    path.write_text(config_to_toml(config))
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "tiny"
+    log = run_dir / "logs" / "conversion.log"
+    assert (
+        "edgekeras run: error: Checked before training, on the untrained model: TFLite conversion 'float32' of model "
+        "'atan_classifier' failed at layer 'my_atan' (op tf.Atan)"
+    ) in err and f"The converter's full output is in {log}" in err
+    assert "atan_classifier/my_atan/Atan" in log.read_text() and "my_atan/Atan" not in err
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "data_and_model" in state["timings"] and "train_and_prune" not in state["timings"]
+    assert not (run_dir / "checkpoints").exists(), "training started"
+
+
+def write_image_folders(root, classes=("cat", "ant", "bee"), per_class=6):
+    """A directory of class sub-folders with colour-coded PNG and JPEG images of several sizes."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        os.makedirs(root / name)
+        for index in range(per_class):
+            image = rng.integers(0, 60, (24 + index, 30, 3), dtype=np.uint8)
+            image[..., label % 3] += 180
+            encoded = tf.io.encode_png(image) if index % 2 else tf.io.encode_jpeg(image)
+            (root / name / f"{index}.{'png' if index % 2 else 'jpg'}").write_bytes(encoded.numpy())
+    return root
+
+
+def test_run_on_an_image_directory_with_mobilenet_v3_small(tmp_path, capsys):
+    # Another architecture (its own Rescaling layer: pixels in [0, 255]) on a directory of images,
+    # randomly initialized: every layer trains, nothing is cached.
+    photos = write_image_folders(tmp_path / "photos")
+    config = parse_config({
+        "run": {"name": "v3", "output_dir": str(tmp_path / "runs"), "seed": 1},
+        "data": {"directory": str(photos), "image_size": 32, "batch_size": 8, "validation_size": 3, "test_size": 3},
+        "model": {"architecture": "mobilenet_v3_small", "weights": "none", "train_batchnorm": True},
+        "train": {"epochs": 1},
+        "prune": {"enabled": False},
+        "qat": {"epochs": 0},
+        "export": {"conversions": ["float32"], "representative_examples": 4, "verify_examples": 3},
+        "evaluate": {"latency_runs": 50, "warmup": 1, "latency_threads": [1], "progress": False},
+        "report": {"quantized": "", "pruned": "", "pruned_quantized": ""},
+    }, source="test")
+    result = run(config)
+    log = capsys.readouterr().out
+    assert "photos: 12 train / 3 validation / 3 test images at 32 px, scaled 'pixels'" in log
+    assert "model mobilenetv3small_transfer (model.architecture)" in log
+    assert "caching the activations" not in log  # a Rescaling layer alone is no prefix worth caching
+    report = json.loads((tmp_path / "runs" / "v3" / "report.json").read_text())
+    validate_report(report)
+    assert (report["dataset"], report["examples"]) == ("photos", 3)
+    assert [v["name"] for v in report["variants"]] == ["float32"]
+    assert report["variants"][0]["verification"]["top1_agreement"] == 1.0
+    assert "| float32 | original |" in result.table
+
+
+FACTORY_MODULE = '''
+from edgekeras import keras
+
+
+def build(num_classes, image_size, width=4, hp=None):
+    """A small functional CNN; `hp` gives keras-tuner a choice of width (its default outside a search)."""
+    if hp is not None:
+        width = hp.Int("width", 2, 8, step=2, default=width)
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(8, 1, activation="relu", name="pw")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="head")(x))
+
+
+def nested(num_classes, image_size):
+    inputs = keras.Input((image_size, image_size, 3))
+    return keras.Model(inputs, build(num_classes, image_size)(inputs))
+
+
+def fixed(num_classes):
+    inputs = keras.Input((48, 48, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def logits(num_classes, image_size):
+    inputs = keras.Input((image_size, image_size, 3))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.GlobalAveragePooling2D()(inputs)))
+
+
+def two_classes(image_size):
+    return build(2, image_size)
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, inputs):
+        return self.dense(keras.layers.GlobalAveragePooling2D()(inputs))
+
+
+def subclassed():
+    return Subclassed()
+'''
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch, request):
+    """A module of model factories in the current directory, named after the test (no sys.modules clash)."""
+    name = "edgekeras_factories_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")
+    (tmp_path / f"{name}.py").write_text(FACTORY_MODULE)
+    monkeypatch.chdir(tmp_path)
+    return name
+
+
+def test_run_with_a_factory_of_yours_through_every_phase(tiny_tfds_dir, tmp_path, factory_module):
+    from edgekeras.models import load_model
+
+    config = tiny_config(
+        tiny_tfds_dir, tmp_path / "runs",
+        data={"normalization": "zero_to_one"},
+        model={"alpha": 1.0, "weights": "imagenet", "trainable_from": "auto", "factory": f"{factory_module}:build",
+               "factory_args": {"width": 6}},
+        export={"io_dtype": "float32"},
+    )
+    result = run(config)
+    run_dir = tmp_path / "runs" / "tiny"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["float32", "int8", "qat_int8", "pruned_float32", "pqat_int8"]
+    assert report["variants"][3]["sparsity"] > 0.3  # every layer of the factory's model trains, so all are pruned
+    assert load_model(run_dir / "models" / "float.h5").get_layer("stem").filters == 6  # factory_args reached it
+    assert load_config(run_dir / "config.toml").model.factory_args == {"width": 6}
+    assert "| pqat_int8 | pruned_quantized |" in result.table
+
+
+def test_run_with_a_trained_model_file_and_no_float_training(tiny_tfds_dir, tmp_path, factory_module):
+    from edgekeras.app.factories import build_model
+    from edgekeras.app.inputs import ModelSection
+    from edgekeras.models import load_model, save_model
+
+    trained = build_model(ModelSection(factory=f"{factory_module}:build"), 3, 32)
+    save_model(trained, tmp_path / "trained.h5")
+    config = tiny_config(
+        tiny_tfds_dir, tmp_path / "runs",
+        data={"normalization": "zero_to_one"},
+        model={"alpha": 1.0, "weights": "imagenet", "trainable_from": "pw", "file": str(tmp_path / "trained.h5")},
+        train={"epochs": 0},
+        qat={"epochs": 0},
+        export={"conversions": ["float32"], "pruned_conversions": ["float32"], "io_dtype": "float32"},
+        report={"quantized": "", "pruned_quantized": ""},
+    )
+    run(config)
+    run_dir = tmp_path / "runs" / "tiny"
+    float_model, pruned = (load_model(run_dir / "models" / f"{name}.h5") for name in ("float", "pruned"))
+    # No float epoch: the float variant is the file's model; only the layers from `pw` on were pruned.
+    for layer in trained.layers:
+        for kept, saved in zip(layer.get_weights(), float_model.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(kept, saved)
+    assert np.array_equal(pruned.get_layer("stem").get_weights()[0], trained.get_layer("stem").get_weights()[0])
+    assert (pruned.get_layer("pw").get_weights()[0] == 0).mean() >= 0.45
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        ({"factory": "no_such_module_xyz:build"}, r"`model.factory` names a module that cannot be imported \(ModuleNotFoundError"),
+        ({"factory": "{module}:missing"}, r"`model.factory` must name a function of module '.*', which has no callable 'missing'"),
+        ({"factory": "{module}:build", "factory_args": {"depth": 3}},
+         r"`model.factory_args` has arguments the factory does not take: \['depth'\]\. .*takes \['num_classes', 'image_size', "
+         r"'width', 'hp'\]"),
+        ({"factory": "{module}:fixed"},
+         r"`model.factory` gives a model whose input shape is \(None, 48, 48, 3\), but the data are 32 px RGB images "
+         r"\(None, 32, 32, 3\)\. Received: model.factory='.*:fixed', data.image_size=32"),
+        ({"factory": "{module}:two_classes"}, r"`model.factory` gives a model with 2 outputs .* but the data have 3 classes"),
+        ({"factory": "{module}:logits"}, r"last layer 'dense.*' has no activation.* End the model in a softmax"),
+        ({"factory": "{module}:subclassed"}, r"`model.factory` must give a functional or Sequential tf_keras model .*a Subclassed model"),
+        ({"factory": "{module}:build", "trainable_from": "Conv_1"},
+         r"Config key `model.trainable_from` must name a layer of the model\. Received: model.trainable_from='Conv_1'"),
+        ({"file": "missing.h5"}, r"Config key `model.file` names nothing on disk\. Received: model.file='missing.h5'"),
+        ({"file": "model.onnx"}, r"`model.file` must be a .h5 or .keras file or a SavedModel directory"),
+        ({"architecture": "mobilenet_v3_small", "weights": "none", "trainable_from": "block_16_expand"},
+         r"Config key `model.trainable_from` must name a layer of the base model\. Received: model.trainable_from='block_16_expand'\. "
+         r"Valid names include expanded_conv_6/expand"),
+    ],
+)
+def test_models_that_do_not_fit_are_config_errors(factory_module, tmp_path, model, match):
+    from edgekeras.app.config import ConfigError
+    from edgekeras.app.factories import build_model
+    from edgekeras.app.inputs import ModelSection
+
+    (tmp_path / "model.onnx").write_text("not keras")
+    section = ModelSection(**{k: v.format(module=factory_module) if isinstance(v, str) else v for k, v in model.items()})
+    with pytest.raises(ConfigError, match=match):
+        build_model(section, 3, 32)
+
+
+def test_a_nested_factory_model_is_flattened_and_hp_gets_its_default(factory_module):
+    from edgekeras.app.factories import build_model
+    from edgekeras.app.inputs import ModelSection
+    from edgekeras.models import is_nested
+
+    model = build_model(ModelSection(factory=f"{factory_module}:nested"), 3, 32)
+    assert not is_nested(model) and model.get_layer("stem").filters == 4
+    assert build_model(ModelSection(factory=f"{factory_module}:build", factory_args={"width": 2}), 3, 32).get_layer(
+        "stem"
+    ).filters == 2
+
+
+def test_resolve_weights_per_architecture(monkeypatch, tmp_path):
+    v2, v3 = tmp_path / "v2.h5", tmp_path / "v3.h5"
+    v2.write_bytes(b"")
+    v3.write_bytes(b"")
+    monkeypatch.setenv("EDGEKERAS_WEIGHTS", str(v2))
+    monkeypatch.delenv("EDGEKERAS_WEIGHTS_MOBILENET_V3_SMALL", raising=False)
+    # $EDGEKERAS_WEIGHTS is MobileNetV2's: another architecture downloads rather than load it.
+    assert resolve_weights("imagenet", "mobilenet_v3_small") == "imagenet"
+    monkeypatch.setenv("EDGEKERAS_WEIGHTS_MOBILENET_V3_SMALL", str(v3))
+    assert resolve_weights("imagenet", "mobilenet_v3_small") == str(v3)
+    assert resolve_weights("imagenet", "mobilenet_v2") == str(v2) and resolve_weights("imagenet") == str(v2)

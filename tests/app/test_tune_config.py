@@ -89,3 +89,87 @@ qat_epochs = 0
     assert sorted(t["trial_id"] for t in summary["trials"]) == ["0", "1"]
     assert summary["best_trial"] == summary["trials"][0]["trial_id"]
     assert all((tmp_path / "cli" / f"trial_{i}" / "model.tflite").is_file() for i in "01")
+
+
+def test_tune_configs_take_the_same_model_and_data_keys():
+    config = parse_tune_config({
+        "data": {"directory": "photos", "test_size": 20},
+        "model": {"architecture": "efficientnet_b0", "weights": "none"},
+    })
+    assert (config.data.directory, config.model.resolved_architecture) == ("photos", "efficientnet_b0")
+    config = parse_tune_config({"model": {"factory": "mymodels:build", "factory_args": {"width": 4}},
+                                "data": {"normalization": "zero_to_one"}})
+    assert config.model.kind == "factory" and config.model.factory_args == {"width": 4}
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"model": {"architecture": "vgg16"}}, r"Config key `model.architecture` must be one of 'mobilenet_v2'"),
+        ({"model": {"factory": "mymodels:build"}}, r"Config key `data.normalization` must say how the model of `model.factory`"),
+        ({"data": {"dataset": "mnist", "directory": "x"}}, r"Config keys `data.dataset`, `data.directory` each name"),
+    ],
+)
+def test_tune_config_model_and_data_errors(values, match):
+    from edgekeras.app.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        parse_tune_config(values)
+
+
+def _photos(root):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("ant", "bee")):
+        os.makedirs(root / name)
+        for index in range(10):
+            image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+            image[..., label] += 180
+            (root / name / f"{index}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return root
+
+
+def test_tune_searches_an_architecture_on_an_image_directory(tmp_path, capsys):
+    from edgekeras.app.tune import tune
+
+    config = parse_tune_config({
+        "data": {"directory": str(_photos(tmp_path / "photos")), "image_size": 32, "batch_size": 8, "validation_size": 4,
+                 "test_size": 2, "augment": False},
+        "model": {"architecture": "mobilenet_v3_small", "weights": "none", "train_batchnorm": True},
+        "tune": {"max_trials": 1, "directory": str(tmp_path), "project_name": "v3", "conversion": "float32",
+                 "float_epochs": 1, "prune_epochs": 0, "cache_features": False, "space": {"qat_epochs": 0}},
+    })
+    tuner = tune(config, verbose=1)
+    out = capsys.readouterr().out
+    assert "14 training / 4 validation photos images at 32px (scaled 'pixels')" in out
+    summary = json.loads((tmp_path / "v3" / "results.json").read_text())
+    assert [t["trial_id"] for t in summary["trials"]] == ["0"]
+    assert (tmp_path / "v3" / "trial_0" / "model.tflite").is_file()
+    assert tuner.oracle.get_best_trials(1)[0].status == "COMPLETED"
+
+
+def test_tune_passes_each_trial_hp_to_a_factory_that_takes_it(tmp_path, tiny_tfds_dir, monkeypatch):
+    from edgekeras.app.tune import tune
+
+    (tmp_path / "edgekeras_tune_factories.py").write_text(
+        "from edgekeras import keras\n\n\n"
+        "def build(num_classes, image_size, hp):\n"
+        "    inputs = keras.Input((image_size, image_size, 3))\n"
+        "    x = keras.layers.Conv2D(hp.Choice('filters', [2, 4]), 3, name='stem')(inputs)\n"
+        "    x = keras.layers.GlobalAveragePooling2D()(x)\n"
+        "    return keras.Model(inputs, keras.layers.Dense(num_classes, activation='softmax')(x))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    config = parse_tune_config({
+        "data": {"dataset": "edgekeras_tiny_images", "data_dir": tiny_tfds_dir, "download": False, "image_size": 32,
+                 "batch_size": 16, "validation_size": 20, "augment": False, "normalization": "zero_to_one"},
+        "model": {"factory": "edgekeras_tune_factories:build"},
+        "tune": {"max_trials": 2, "directory": str(tmp_path), "project_name": "hp", "conversion": "float32",
+                 "prune_epochs": 0, "cache_features": False, "space": {"qat_epochs": 0}},
+    })
+    tuner = tune(config, verbose=0)
+    trials = tuner.oracle.trials.values()
+    assert {trial.hyperparameters.values["filters"] for trial in trials} <= {2, 4}
+    assert all("filters" in trial.hyperparameters.values for trial in trials) and len(trials) == 2

@@ -79,7 +79,7 @@ def test_accuracy_on_numpy_pair_one_hot_labels_and_max_examples(files):
 
 def test_quantized_input_uses_the_tensor_scale_and_zero_point(files):
     runner = TFLiteModel(files["int8_uint8"])
-    scale, zero_point = runner._input["quantization"]
+    scale, zero_point = runner._inputs[0]["quantization"]
     assert runner.input_dtype == np.uint8 and scale > 0
     values = np.array([[-0.5, 0.0, 0.5]], np.float32)  # inside the calibrated range
     quantized = runner.quantize_input(values)

@@ -383,10 +383,76 @@ def test_labels_beyond_the_outputs_fail_before_training(as_dataset):
     y = np.arange(SAMPLES) % 5  # conv_net has 3 outputs
     trainer = EdgeTrainer(conv_net(), "adam", LOSS)
     inputs = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH) if as_dataset else x
+    where = " in the first batch" if as_dataset else ""  # arrays are checked whole
     match = (
         r"Argument `x`/`y` does not match the number of classes of model 'tiny', which has 3 outputs "
-        r"\(class ids 0 to 2\)\. Received: class ids from 0 to 4 in the first batch\. Build the model"
+        rf"\(class ids 0 to 2\)\. Received: class ids from 0 to 4{where}\. Build the model"
     )
     with pytest.raises(ValueError, match=match):
         trainer.fit(inputs, None if as_dataset else y, float_epochs=1, verbose=0)
     assert trainer.histories == {}
+
+
+def _atan(x):
+    return tf.math.atan(x)
+
+
+def atan_net():
+    """conv_net with a layer TFLite cannot hold: `tf.math.atan` needs TF Select ops."""
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.Lambda(_atan, name="my_atan")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x), name="atan_net")
+
+
+def test_conversion_the_converter_refuses_fails_before_training(tmp_path):
+    from edgekeras.litert import ConversionError
+
+    model = atan_net()
+    before = [w.copy() for w in model.get_weights()]
+    trainer = EdgeTrainer(model, "adam", LOSS)
+    match = (
+        r"^Checked before training, on the untrained model: TFLite conversion 'float32' of model 'atan_net' failed at "
+        r"layer 'my_atan' \(op tf.Atan\).*Fix: build layer 'my_atan' from Keras layers TFLite supports"
+    )
+    with pytest.raises(ConversionError, match=match):
+        trainer.fit(dataset(), float_epochs=1, conversions=["float32", "int8"], verbose=0)
+    assert trainer.histories == {} and all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    # conversions=() tries nothing: the same model trains.
+    trainer.fit(dataset(), float_epochs=1, conversions=(), verbose=0)
+    assert list(trainer.histories) == ["float"]
+
+
+def test_quantization_aware_copy_is_converted_before_training(tmp_path):
+    from edgekeras.litert import ConversionError
+
+    # The Lambda is left out of QAT, so QAT itself would run: int8 export is what would fail after it.
+    trainer = EdgeTrainer(atan_net(), "adam", LOSS, quantize_skip=["my_atan"])
+    match = r"^Checked before training, on the quantization-aware copy of the untrained model: .*'int8'.*layer 'my_atan'"
+    with pytest.raises(ConversionError, match=match):
+        trainer.fit(dataset(), float_epochs=1, qat_epochs=1, verbose=0)
+    assert trainer.histories == {} and trainer.qat_model is None
+
+
+def test_export_callbacks_are_tried_once_per_kind_of_model(tmp_path, monkeypatch):
+    from edgekeras.callbacks import TFLiteExport, tflite_export
+
+    tried = []
+    real = tflite_export.trial_conversion
+    monkeypatch.setattr(tflite_export, "trial_conversion", lambda model, *a, **k: tried.append(model.name) or real(model, *a, **k))
+    export = TFLiteExport(tmp_path, ("int8",), representative_data=dataset(), verify_data=dataset(), verbose=0)
+    trainer = EdgeTrainer(conv_net(), "adam", LOSS)
+    trainer.fit(dataset(), float_epochs=1, qat_epochs=1, callbacks=[export], verbose=0)
+    # The float model and the QAT copy, before training; no phase tried again.
+    assert len(tried) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["int8.tflite"] and export.exported[0].conversion == "int8"
+
+    qat_float = TFLiteExport(tmp_path, ("float32",), verbose=0)
+    with pytest.raises(ValueError, match=r"Argument `conversion` must be one of int8 for a quantization-aware"):
+        EdgeTrainer(conv_net(), "adam", LOSS).fit(dataset(), float_epochs=1, qat_epochs=1, callbacks=[qat_float], verbose=0)
+
+
+def test_conversions_argument_checked():
+    with pytest.raises(ValueError, match=r"Argument `conversions` must hold names from .*Received: conversions=\('int4',\)"):
+        EdgeTrainer(conv_net(), "adam", LOSS).fit(dataset(), float_epochs=1, conversions="int4")
