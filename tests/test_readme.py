@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def python_blocks():
@@ -33,3 +34,12 @@ def test_readme_fit_loop_example_runs(shared_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "prune_preserve sparsity after each phase" in result.stdout
     assert (tmp_path / "runs" / "readme" / "pqat.h5").is_file()
+
+
+def test_readme_result_tables_match_the_reference_reports():
+    # Published figures come from benchmarks/results/<config>/report.json (benchmarks/readme_tables.py).
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_tables.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "<!-- results: " in README.read_text()

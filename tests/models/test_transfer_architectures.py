@@ -107,3 +107,10 @@ def test_freeze_before_on_a_model_of_yours(trainable_from):
     with pytest.raises(ValueError, match=r"Argument `trainable_from` must name a layer of the model\. Received: "
                                          r"trainable_from='Conv_1'\. Valid names include 'body_bn', 'pool', 'head'"):
         freeze_before(_user_model(), "Conv_1")
+
+
+def test_random_weights_get_batchnorm_statistics_that_converge():
+    # keras.applications' 0.999 momentum leaves from-scratch statistics near 0/1 after a short run.
+    model = build_transfer_model(3, 32, architecture="mobilenet_v3_small", weights=None, trainable_from="auto")
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
