@@ -7,7 +7,7 @@ so reading and checking a config never has to import TensorFlow.
 
 __all__ = [
     "ARCHITECTURES", "ARCHITECTURE_NORMALIZATION", "CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "NORMALIZATIONS",
-    "ORACLES", "POLICIES", "STRATEGIES",
+    "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES",
 ]
 
 # .tflite conversions (edgekeras.litert.convert). No sparse int8: LiteRT 2.3's
@@ -20,6 +20,8 @@ CONVERSIONS = ("float32", "float16", "dynamic_int8", "int8", "sparse_float32")
 IO_DTYPES = ("float32", "int8", "uint8")
 # Which layers are pruned (edgekeras.sparsity.select_weights).
 POLICIES = ("all", "skip_first_last", "pointwise")
+# How a target sparsity is shared among them (edgekeras.sparsity.global_magnitude_masks).
+ALLOCATIONS = ("uniform", "global")
 # tf.distribute strategies (edgekeras.distribute.get_strategy).
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # How a frozen prefix is run to cache its activations (edgekeras.features).

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 
-from edgekeras.choices import POLICIES
+from edgekeras.choices import ALLOCATIONS, POLICIES
 from edgekeras.compat import keras
 
 __all__ = [
@@ -46,10 +46,6 @@ __all__ = [
     "layer_sparsities",
     "overall_sparsity",
 ]
-
-
-# How a target sparsity is shared among the selected layers.
-ALLOCATIONS = ("uniform", "global")
 
 
 def check_allocation(allocation, max_layer_sparsity=None):

@@ -257,7 +257,7 @@ def _check_user_model(model, section, num_classes, image_size):
     return model
 
 
-def make_trainer(model, config, float_steps, strategy, backup_dir):
+def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None):
     """The `EdgeTrainer` of every training phase of a run.
 
     Args:
@@ -267,6 +267,8 @@ def make_trainer(model, config, float_steps, strategy, backup_dir):
             three phases, `qat.skip_layers`, `prune.policy`.
         float_steps: optimizer steps of the float phase, which a "cosine"
             `train.lr_schedule` decays over (None: no decay).
+        prune_steps: optimizer steps of the pruning phase, which a "cosine"
+            `prune.lr_schedule` decays over after its warm-up (None: no decay).
         strategy: the `tf.distribute` strategy to train under.
         backup_dir: where `BackupAndRestore` checkpoints go, or None.
 
@@ -274,16 +276,23 @@ def make_trainer(model, config, float_steps, strategy, backup_dir):
         An `EdgeTrainer`.
     """
     rates = {"float": config.train.learning_rate, "prune": config.prune.learning_rate, "qat": config.qat.learning_rate}
-    decay = float_steps if config.train.lr_schedule == "cosine" else None
+    decay, warmup = {}, {}
+    if config.train.lr_schedule == "cosine" and float_steps:
+        decay["float"] = float_steps
+    if config.prune.lr_schedule == "cosine" and prune_steps:
+        decay["prune"] = prune_steps
+        warmup["prune"] = int(prune_steps * config.prune.warmup_fraction)
     return EdgeTrainer(
         model,
         backup_dir=backup_dir,
         strategy=strategy,
         quantize_skip=config.qat.skip_layers,
-        optimizer=phase_optimizer(rates, kind=config.train.optimizer, float_decay_steps=decay),
+        optimizer=phase_optimizer(rates, kind=config.train.optimizer, decay_steps=decay, warmup_steps=warmup),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         prune_policy=config.prune.policy,
+        prune_allocation=config.prune.allocation,
+        max_layer_sparsity=config.prune.max_layer_sparsity or None,
     )
 
 

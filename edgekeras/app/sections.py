@@ -23,7 +23,7 @@ TrainSection(epochs=5).check("train")  # passes; epochs=-1 raises ConfigError
 
 import dataclasses
 
-from edgekeras.choices import CACHE_ENGINES, CONVERSIONS, IO_DTYPES, ORACLES, POLICIES, STRATEGIES
+from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, ORACLES, POLICIES, STRATEGIES
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
@@ -176,6 +176,15 @@ class PruneSection:
         learning_rate: learning rate of the pruning phase.
         policy: which layers: "all", "skip_first_last" or "pointwise".
             Frozen layers are never pruned (they could not recover).
+        allocation: "uniform" (every pruned layer at the target, as TFMOT
+            does) or "global" (one magnitude ranking over all pruned
+            weights: the big 1x1 layers give up more than small ones).
+        max_layer_sparsity: with "global", no layer goes beyond this
+            fraction of zeros (0: no bound).
+        lr_schedule: "constant" or "cosine" (decay to 0 over the phase,
+            after the warm-up).
+        warmup_fraction: share of the phase whose learning rate rises
+            linearly from 0 (only with "cosine").
     """
 
     enabled: bool = True
@@ -188,9 +197,13 @@ class PruneSection:
     epochs: int = 2
     learning_rate: float = 3e-4
     policy: str = "all"
+    allocation: str = "uniform"
+    max_layer_sparsity: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
 
     def check(self, section):
-        for key in ("target_sparsity", "initial_sparsity"):
+        for key in ("target_sparsity", "initial_sparsity", "warmup_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"{section}.{key}", "in [0, 1)", getattr(self, key))
         if self.enabled and self.target_sparsity == 0.0:
@@ -199,7 +212,16 @@ class PruneSection:
             _fail(f"{section}.initial_sparsity", f"<= target_sparsity ({self.target_sparsity})", self.initial_sparsity)
         if not 0.0 < self.ramp_fraction <= 1.0:
             _fail(f"{section}.ramp_fraction", "in (0, 1]", self.ramp_fraction)
-        _one_of(self, section, schedule=PRUNE_SCHEDULES, policy=POLICIES)
+        _one_of(self, section, schedule=PRUNE_SCHEDULES, policy=POLICIES, allocation=ALLOCATIONS,
+                lr_schedule=LR_SCHEDULES)
+        if self.max_layer_sparsity and not (
+            self.allocation == "global" and self.target_sparsity <= self.max_layer_sparsity < 1.0
+        ):
+            _fail(f"{section}.max_layer_sparsity",
+                  f'0 (no bound) or in [target_sparsity, 1) with allocation = "global" '
+                  f"(target_sparsity={self.target_sparsity}, allocation={self.allocation!r})", self.max_layer_sparsity)
+        if self.warmup_fraction and self.lr_schedule != "cosine":
+            _fail(f"{section}.warmup_fraction", '0 unless lr_schedule = "cosine"', self.warmup_fraction)
         _at_least(self, section, mask_updates=1, epochs=1 if self.enabled else 0)
         _positive(self, section, "learning_rate", "power")
 

@@ -202,7 +202,7 @@ def train_and_prune(context):
     if config.train.epochs or pruning:
         trainer = make_trainer(
             context.train_model, config, steps_per_epoch * config.train.epochs, context.strategy,
-            context.path("checkpoints", "train"),
+            context.path("checkpoints", "train"), prune_steps=steps_per_epoch * config.prune.epochs,
         )
         trainer.fit(
             _repeat_if_bounded(context.train_data, config.train.steps_per_epoch),

@@ -17,6 +17,8 @@ trainer = EdgeTrainer(
     loss="sparse_categorical_crossentropy",
     metrics=["accuracy"],
     prune_policy="all",         # see edgekeras.sparsity: "all", "skip_first_last", "pointwise", callable
+    prune_allocation="uniform", # "global": one magnitude ranking over all pruned layers
+    max_layer_sparsity=None,    # with "global": no layer beyond this fraction of zeros
     quantize_scheme="auto",     # "auto" (prune-preserving when sparse), "default", "prune_preserve"
     quantize_skip=(),           # layer names left in float during QAT
     quantize_configs=None,      # {layer name: tfmot QuantizeConfig}
@@ -192,6 +194,11 @@ class EdgeTrainer:
         metrics: the metrics, as for `model.compile`.
         prune_policy: which layers the pruning phase prunes (see
             `edgekeras.sparsity`).
+        prune_allocation: `"uniform"` (every pruned layer at the schedule's
+            sparsity) or `"global"` (one magnitude threshold over all pruned
+            weights; see `MagnitudePruning`).
+        max_layer_sparsity: with `"global"`, the most zeros any one layer
+            may get (None: no bound).
         quantize_scheme: `"auto"`, `"default"` or `"prune_preserve"`.
         quantize_skip: names of layers left in float during QAT.
         quantize_configs: `{layer name: QuantizeConfig}` for layers TFMOT's
@@ -244,6 +251,8 @@ class EdgeTrainer:
         metrics=None,
         *,
         prune_policy="all",
+        prune_allocation="uniform",
+        max_layer_sparsity=None,
         quantize_scheme="auto",
         quantize_skip=(),
         quantize_configs=None,
@@ -253,6 +262,7 @@ class EdgeTrainer:
         backup_dir=None,
     ):
         check_trainer_arguments(model, loss, prune_policy, quantize_scheme, compile_kwargs, calibration_steps, backup_dir)
+        sparsity.check_allocation(prune_allocation, max_layer_sparsity)
         strategy = check_strategy(model, strategy)
         check_optimizer(optimizer)
         with strategy.scope():
@@ -261,6 +271,8 @@ class EdgeTrainer:
         self.loss = loss
         self.metrics = metrics
         self.prune_policy = prune_policy
+        self.prune_allocation = prune_allocation
+        self.max_layer_sparsity = max_layer_sparsity
         self.quantize_scheme_setting = quantize_scheme
         self.quantize_skip = quantization.check_layer_names(quantize_skip, "quantize_skip")
         self.quantize_configs = dict(quantize_configs or {})
@@ -431,7 +443,10 @@ class EdgeTrainer:
 
         if schedule is not None:
             self._compile(self.model, "prune")
-            pruning = MagnitudePruning(schedule, policy=self.prune_policy)
+            pruning = MagnitudePruning(
+                schedule, policy=self.prune_policy, allocation=self.prune_allocation,
+                max_layer_sparsity=self.max_layer_sparsity,
+            )
             self._run_phase("prune", self.model, x, prune_epochs, callbacks, [pruning], fit_kwargs)
             self.pruned_model = self.model
             self._record_sparsity("prune", self.model)

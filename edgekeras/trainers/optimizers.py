@@ -20,14 +20,21 @@ _OPTIMIZER_TYPES = (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimize
 OPTIMIZERS = ("adam", "sgd")
 
 
-def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None):
+def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, decay_steps=None, warmup_steps=None):
     """Returns `optimizer(phase)` for `EdgeTrainer`: a new optimizer per phase.
 
     Args:
         learning_rates: `{phase: learning rate}` for "float", "prune" and "qat".
         kind: "adam" or "sgd" (with momentum 0.9).
         float_decay_steps: when set, the float phase's rate follows a cosine
-            decay to 0 over this many steps.
+            decay to 0 over this many steps (the same as
+            `decay_steps={"float": n}`).
+        decay_steps: `{phase: steps}`: those phases' rates follow a cosine
+            decay to 0 over that many optimizer steps of the phase.
+        warmup_steps: `{phase: steps}`: before its cosine decay, a phase's
+            rate rises linearly from 0 over that many steps (counted within
+            `decay_steps`). Pruning from a trained model at a large rate
+            needs it: the first steps' gradients are large.
 
     Returns:
         A function of the phase name returning a tf_keras optimizer.
@@ -35,7 +42,8 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None):
     Example:
 
     ```python
-    optimizer = phase_optimizer({"float": 1e-3, "prune": 3e-4, "qat": 1e-5})
+    optimizer = phase_optimizer({"float": 1e-3, "prune": 5e-4, "qat": 1e-5},
+                                decay_steps={"prune": 4000}, warmup_steps={"prune": 400})
     trainer = EdgeTrainer(model, optimizer, "sparse_categorical_crossentropy")
     ```
     """
@@ -47,11 +55,25 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None):
         )
     if kind not in OPTIMIZERS:
         raise ValueError(f"Argument `kind` must be one of {', '.join(OPTIMIZERS)}. Received: kind={kind!r}")
+    decay_steps = dict(decay_steps or {})
+    if float_decay_steps:
+        decay_steps["float"] = float_decay_steps
+    warmup_steps = dict(warmup_steps or {})
+    for phase, warmup in warmup_steps.items():
+        if warmup and not 0 <= warmup < decay_steps.get(phase, 0):
+            raise ValueError(
+                f"Argument `warmup_steps` must be within the phase's `decay_steps` ({decay_steps.get(phase)}). "
+                f"Received: warmup_steps={warmup_steps!r}"
+            )
 
     def make(phase):
         rate = learning_rates[phase]
-        if phase == "float" and float_decay_steps:
-            rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=float_decay_steps)
+        if decay_steps.get(phase):
+            warmup = warmup_steps.get(phase, 0)
+            rate = keras.optimizers.schedules.CosineDecay(
+                0.0 if warmup else rate, decay_steps=decay_steps[phase] - warmup,
+                warmup_target=rate if warmup else None, warmup_steps=warmup,
+            )
         if kind == "sgd":
             return keras.optimizers.SGD(rate, momentum=0.9)
         return keras.optimizers.Adam(rate)
