@@ -25,6 +25,7 @@ from edgekeras.app.inputs import ModelSection, input_normalization
 from edgekeras.app.sections import ConfigError
 from edgekeras.compat import check_model, keras
 from edgekeras.data import load_image_data
+from edgekeras.distillation import Distillation
 from edgekeras.folders import load_image_folders
 from edgekeras.models import build_transfer_model, flatten, freeze_before, is_nested, load_model
 from edgekeras.schedules import ConstantSparsity, polynomial_ramp
@@ -293,7 +294,15 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
         prune_policy=config.prune.policy,
         prune_allocation=config.prune.allocation,
         max_layer_sparsity=config.prune.max_layer_sparsity or None,
+        distillation=_distillation(config),
     )
+
+
+def _distillation(config):
+    """The pruning phase's `Distillation` when `prune.distill_weight` is set, else None."""
+    if not config.prune.distill_weight:
+        return None
+    return Distillation(temperature=config.prune.temperature, weight=config.prune.distill_weight, phases=("prune",))
 
 
 def prune_schedule(section, steps_per_epoch):

@@ -185,6 +185,14 @@ class PruneSection:
             after the warm-up).
         warmup_fraction: share of the phase whose learning rate rises
             linearly from 0 (only with "cosine").
+        trainable_from: first layer the pruning phase fine-tunes ("": the
+            same layers as the float phase). Earlier than
+            `model.trainable_from`, it lets a recipe with a frozen base
+            prune (and so fine-tune) the base; its activations are cached
+            at that cut like the float phase's.
+        distill_weight: share of the pruning loss that follows the float
+            model's softened outputs (knowledge distillation; 0: labels only).
+        temperature: the softening temperature of the distillation.
     """
 
     enabled: bool = True
@@ -201,8 +209,13 @@ class PruneSection:
     max_layer_sparsity: float = 0.0
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
+    trainable_from: str = ""
+    distill_weight: float = 0.0
+    temperature: float = 4.0
 
     def check(self, section):
+        if not 0.0 <= self.distill_weight <= 1.0:
+            _fail(f"{section}.distill_weight", "in [0, 1]", self.distill_weight)
         for key in ("target_sparsity", "initial_sparsity", "warmup_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 _fail(f"{section}.{key}", "in [0, 1)", getattr(self, key))
@@ -223,7 +236,7 @@ class PruneSection:
         if self.warmup_fraction and self.lr_schedule != "cosine":
             _fail(f"{section}.warmup_fraction", '0 unless lr_schedule = "cosine"', self.warmup_fraction)
         _at_least(self, section, mask_updates=1, epochs=1 if self.enabled else 0)
-        _positive(self, section, "learning_rate", "power")
+        _positive(self, section, "learning_rate", "power", "temperature")
 
 
 @dataclasses.dataclass(frozen=True)

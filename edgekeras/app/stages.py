@@ -24,16 +24,16 @@ import time
 
 import numpy as np
 
-from edgekeras import features
 from edgekeras.app.config import ConfigError
 from edgekeras.app.factories import build_model, load_data, make_trainer, prune_schedule, tensorboard_callbacks
+from edgekeras.app.phase_inputs import cache_at_cut, pruning_inputs, warn_if_pruning_little
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.state import RunState, log
 from edgekeras.data import batches_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
-from edgekeras.models import assemble_with_weights, clone_with_weights, save_model, split_model
+from edgekeras.models import assemble_with_weights, clone_with_weights, save_model
 
 __all__ = ["RunContext", "STAGES", "CHIEF_ONLY"]
 
@@ -57,6 +57,8 @@ class RunContext:
         train_model, train_data, validation_data: what the float and pruning
             phases train on: the model and images, or the trainable top and
             cached activations (cache_features); released after training.
+        train_arrays: the cached `(activations, labels)` arrays behind
+            `train_data`, or None.
         models: {"float", "pruned", "qat", "pqat": model or None}.
         exported: {variant: (ExportedModel, source model name)} (export).
         rows: one `VariantResult` per variant (evaluate).
@@ -77,6 +79,7 @@ class RunContext:
     train_model: object = None
     train_data: object = None
     validation_data: object = None
+    train_arrays: tuple = None
     models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat")))
     exported: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
@@ -156,73 +159,68 @@ def trial_conversion(context):
 
 def cache_features(context):
     """Stage: with `train.cache_features`, the frozen prefix's activations (cached in the run directory)."""
-    config, data, state = context.config, context.data, context.state
-    context.train_model, context.train_data, context.validation_data = context.model, data.train, data.validation
-    if not config.train.cache_features:
+    context.train_model, context.train_data, context.validation_data = context.model, context.data.train, context.data.validation
+    context.train_arrays = None
+    if not context.config.train.cache_features:
         return
-    try:
-        prefix, top, cut = split_model(context.model)
-    except ValueError as error:  # a skip connection crosses the cut, or nothing trains
-        raise ConfigError(
-            f"Config key `model.trainable_from` does not leave a model whose frozen part can be cached: {error} "
-            f"Received: model.trainable_from={config.model.trainable_from!r}, train.cache_features=true"
-        ) from error
-    if prefix is None or not any(hasattr(layer, "kernel") or hasattr(layer, "depthwise_kernel") for layer in prefix.layers):
-        # Nothing frozen, or only preprocessing (a Rescaling layer before a
-        # base that trains whole): its activations would be the images.
-        return
-    engine, threads, batch_size = config.train.cache_engine, config.evaluate.num_threads, config.data.batch_size
-    log(f"caching the activations entering {cut!r} ({engine})")
-    frozen = context.local(prefix)
-    train_features, labels = state.cached_arrays("train", lambda: features.cache_features(
-        frozen, data.train, engine=engine, passes=config.train.cache_passes,
-        num_threads=threads, progress=context.progress, description="cache train",
-    ))
-    context.train_data = shard_by_data(
-        features.array_dataset(train_features, labels, batch_size, shuffle_seed=config.run.seed)
-    )
-    if data.validation is not None:
-        validation = state.cached_arrays("validation", lambda: features.cache_features(
-            frozen, data.validation, engine=engine, num_threads=threads, progress=context.progress,
-            description="cache validation",
-        ))
-        context.validation_data = shard_by_data(features.array_dataset(*validation, batch_size))
-    context.train_model = top
-    log(f"cached {train_features.shape[0]} activations of shape {train_features.shape[1:]}")
+    cached = cache_at_cut(context, "", "model.trainable_from")
+    if cached is not None:
+        context.train_model, context.train_data, context.validation_data, context.train_arrays = cached
+
+
+def _steps_per_epoch(context):
+    config = context.config
+    steps = config.train.steps_per_epoch or batches_per_epoch(context.train_data)
+    if steps is None:
+        steps = math.ceil(context.data.num_train / config.data.batch_size) * config.train.cache_passes
+    return steps
 
 
 def train_and_prune(context):
-    """Stage: the float and pruning phases (one `EdgeTrainer.fit`), resumed from their checkpoints."""
+    """Stage: the float and pruning phases (`EdgeTrainer.fit`), resumed from their checkpoints."""
     config, model = context.config, context.model
-    steps_per_epoch = config.train.steps_per_epoch or batches_per_epoch(context.train_data)
-    if steps_per_epoch is None:
-        steps_per_epoch = math.ceil(context.data.num_train / config.data.batch_size) * config.train.cache_passes
+    steps_per_epoch = _steps_per_epoch(context)
     pruning = config.prune.enabled
-    float_model, pruned_model = model, None
-    if config.train.epochs or pruning:
+    # A pruning phase on other layers or other labels than the float phase's is a second fit.
+    separate = pruning and bool(config.prune.trainable_from or config.prune.distill_weight)
+    if pruning and not config.prune.trainable_from:
+        warn_if_pruning_little(context)
+    float_model, trainer = model, None
+    fit = dict(steps_per_epoch=config.train.steps_per_epoch or None, verbose=2,
+               callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief))
+    schedule = prune_schedule(config.prune, steps_per_epoch) if pruning else None
+    if config.train.epochs or (pruning and not separate):
         trainer = make_trainer(
             context.train_model, config, steps_per_epoch * config.train.epochs, context.strategy,
             context.path("checkpoints", "train"), prune_steps=steps_per_epoch * config.prune.epochs,
         )
         trainer.fit(
             _repeat_if_bounded(context.train_data, config.train.steps_per_epoch),
-            validation_data=context.validation_data,
-            float_epochs=config.train.epochs,
-            prune=prune_schedule(config.prune, steps_per_epoch) if pruning else None,
-            prune_epochs=config.prune.epochs if pruning else 0,
-            steps_per_epoch=config.train.steps_per_epoch or None,
-            callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief),
-            verbose=2,
+            validation_data=context.validation_data, float_epochs=config.train.epochs,
+            prune=None if separate else schedule, prune_epochs=config.prune.epochs if pruning and not separate else 0,
+            **fit,
         )
-        # The full model shares the top's layers: it now holds the last
-        # phase's weights. The float snapshot is re-assembled around it.
+        if pruning and not separate:
+            # The full model shares the top's layers: it now holds the last
+            # phase's weights. The float snapshot is re-assembled around it.
+            with context.strategy.scope():
+                float_model = assemble_with_weights(model, trainer.float_model)
+    if separate:
         with context.strategy.scope():
-            float_model = assemble_with_weights(model, trainer.float_model) if pruning else model
-        pruned_model = model if pruning else None
-    context.models.update(float=float_model, pruned=pruned_model)
+            float_model = clone_with_weights(model)
+        prune_model, train_data, validation_data = pruning_inputs(context, float_model)
+        trainer = make_trainer(
+            prune_model, config, None, context.strategy, context.path("checkpoints", "train"),
+            prune_steps=steps_per_epoch * config.prune.epochs,
+        )
+        trainer.fit(
+            _repeat_if_bounded(train_data, config.train.steps_per_epoch), validation_data=validation_data,
+            prune=schedule, prune_epochs=config.prune.epochs, initial_epoch=config.train.epochs, **fit,
+        )
+    context.models.update(float=float_model, pruned=model if pruning else None)
     # The cached activations (GBs) are not needed past this point: QAT and
     # export work on images.
-    context.train_model = context.train_data = context.validation_data = trainer = None
+    context.train_model = context.train_data = context.validation_data = context.train_arrays = trainer = None
     gc.collect()
 
 

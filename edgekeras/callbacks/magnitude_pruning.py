@@ -30,7 +30,9 @@ push pruned weights back.
 """
 
 import numbers
+import warnings
 
+import numpy as np
 import tensorflow as tf
 
 from edgekeras import schedules as schedules_module
@@ -170,8 +172,34 @@ class MagnitudePruning(MaskingCallback):
         for mask, value in zip(self._masks, self._masks_for(self._weights, target)):
             mask.assign(value)
 
+    def _warn_about_frozen(self):
+        """Warns when pruning touches frozen layers, or leaves most of the model's weights in them."""
+        if self.include_frozen:
+            frozen = [layer.name for layer in self._layers if not layer.trainable]
+            if frozen:
+                warnings.warn(
+                    f"MagnitudePruning prunes {len(frozen)} frozen layer(s) ({', '.join(frozen[:3])}"
+                    f"{', ...' if len(frozen) > 3 else ''}): nothing fine-tunes them, so they cannot recover from "
+                    "the zeros (pruning a frozen base is what cost the notebook this package replaces 28 points). "
+                    "Make them trainable for the pruning fit, or pass include_frozen=False.",
+                    stacklevel=3,
+                )
+            return
+        every = sparsity.select_weights(self.model, self.policy, include_frozen=True)
+        frozen = sum(int(np.prod(weight.shape)) for layer, weight in every if not layer.trainable)
+        selected = sum(int(np.prod(weight.shape)) for weight in self._weights)
+        if frozen > selected:
+            warnings.warn(
+                f"MagnitudePruning prunes {selected:,} weights, but frozen layers hold {frozen:,} more that "
+                f"policy={self.policy!r} would select; they stay dense, so the model shrinks little. To prune "
+                "them, make them trainable so that the pruning fit fine-tunes them (`edgekeras run`: "
+                "`[prune] trainable_from`).",
+                stacklevel=3,
+            )
+
     def on_train_begin(self, logs=None):
         self._select()
+        self._warn_about_frozen()
         # On a resumed run (iterations > 0), rebuild the masks the schedule
         # implies now rather than waiting for the next pruning step.
         self._set_masks_for_step(self._step())

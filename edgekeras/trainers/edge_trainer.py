@@ -23,6 +23,7 @@ trainer = EdgeTrainer(
     quantize_skip=(),           # layer names left in float during QAT
     quantize_configs=None,      # {layer name: tfmot QuantizeConfig}
     calibration_steps=16,       # batches that set QAT activation ranges before fine-tuning (0: off)
+    distillation=None,          # edgekeras.distillation.Distillation: prune/QAT learn the float model's outputs
     strategy=None,              # a tf.distribute.Strategy; default: the one the model was built under
 )
 histories = trainer.fit(
@@ -80,13 +81,18 @@ import os
 import tensorflow as tf
 
 from edgekeras import quantization, sparsity
-from edgekeras.callbacks import MagnitudePruning, PreserveSparsity, current_learning_rate
+from edgekeras.callbacks import MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
 from edgekeras.data import batches_per_epoch
 from edgekeras.litert.trial import check_conversions
 from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.schedules import PruningSchedule, polynomial_ramp
-from edgekeras.trainers.checks import check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments
+from edgekeras.distillation import Distillation
+from edgekeras.trainers.checks import (
+    check_epochs, check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments,
+)
+from edgekeras.trainers.distill import phase_compile_arguments, teacher_data
+from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs
 from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
 from edgekeras.trainers.trial import trial_data, trial_phases
 
@@ -98,53 +104,6 @@ PHASES = ("float", "prune", "qat")
 # phase; the rest lets the network recover at the final sparsity.
 RAMP_FRACTION = 2 / 3
 MASK_UPDATES = 10
-
-
-class _PhaseLogs(keras.callbacks.Callback):
-    """Adds the phase number and learning rate to each epoch's logs."""
-
-    def __init__(self, phase):
-        super().__init__()
-        self.phase = phase
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["phase"] = float(PHASES.index(self.phase))
-            logs.setdefault("learning_rate", current_learning_rate(self.model.optimizer))
-
-
-class _KeepFrozen(keras.callbacks.Callback):
-    """Holds given variables at their start-of-fit values after every batch.
-
-    For the kernels of frozen layers that TFMOT's QuantizeWrapperV2 makes
-    trainable (see `quantization.frozen_weights_made_trainable`).
-    """
-
-    def __init__(self, variables):
-        super().__init__()
-        self._variables = list(variables)
-        self._saved = []
-        self._restore = None
-        self._supports_tf_logs = True
-
-    def on_train_begin(self, logs=None):
-        with tf.init_scope():
-            self._saved = [tf.Variable(v, trainable=False) for v in self._variables]
-        pairs = list(zip(self._variables, self._saved))
-
-        @tf.function(autograph=False)
-        def restore():
-            for variable, saved in pairs:
-                variable.assign(saved, read_value=False)
-
-        self._restore = restore
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._restore()
-
-    def on_train_end(self, logs=None):
-        self._restore()
-        self._saved, self._restore = [], None
 
 
 def _pruning_schedule(prune, steps):
@@ -210,6 +169,12 @@ class EdgeTrainer:
             (`quantization.calibrate_activation_ranges`); TFMOT's own ranges
             start at [-6, 6] and move 0.1 % per step, far too slowly for a
             short fine-tuning. 0 leaves TFMOT's behaviour.
+        distillation: an `edgekeras.distillation.Distillation` (temperature,
+            weight, phases): its phases ("prune", "qat") train against a
+            mix of the labels and the softened outputs of the model as it
+            entered the phase (the float model), with `accuracy` still
+            logged. Arrays get the teacher's outputs once; datasets per
+            batch unless their labels are packed already. None: labels only.
         strategy: a `tf.distribute.Strategy` (`MirroredStrategy`,
             `MultiWorkerMirroredStrategy`, see `edgekeras.distribute`) that
             every phase runs under: the phases' models (the QAT clone and the
@@ -258,11 +223,17 @@ class EdgeTrainer:
         quantize_configs=None,
         compile_kwargs=None,
         calibration_steps=16,
+        distillation=None,
         strategy=None,
         backup_dir=None,
     ):
         check_trainer_arguments(model, loss, prune_policy, quantize_scheme, compile_kwargs, calibration_steps, backup_dir)
         sparsity.check_allocation(prune_allocation, max_layer_sparsity)
+        if distillation is not None and not isinstance(distillation, Distillation):
+            raise ValueError(
+                "Argument `distillation` must be None or an edgekeras.distillation.Distillation, e.g. "
+                f"Distillation(temperature=4.0, weight=0.5). Received: distillation={distillation!r}"
+            )
         strategy = check_strategy(model, strategy)
         check_optimizer(optimizer)
         with strategy.scope():
@@ -278,6 +249,7 @@ class EdgeTrainer:
         self.quantize_configs = dict(quantize_configs or {})
         self.compile_kwargs = dict(compile_kwargs or {})
         self.calibration_steps = calibration_steps
+        self.distillation = distillation
         self.strategy = strategy
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.calibrated_ranges = 0
@@ -290,14 +262,16 @@ class EdgeTrainer:
         self._model_sparsity = {}
         self._pruned_names = None
         self._epochs = {}
+        self._initial_epoch = 0
 
     def _compile(self, model, phase):
-        model.compile(
-            optimizer=make_optimizer(self.optimizer, phase),
-            loss=self.loss,
-            metrics=self.metrics,
-            **self.compile_kwargs,
-        )
+        loss, metrics = phase_compile_arguments(self.distillation, phase, self.loss, self.metrics)
+        model.compile(optimizer=make_optimizer(self.optimizer, phase), loss=loss, metrics=metrics, **self.compile_kwargs)
+
+    def _distilled(self, phase, student, teacher, x, fit_kwargs):
+        if self.distillation is None or phase not in self.distillation.phases:
+            return x, fit_kwargs
+        return teacher_data(student, teacher, x, fit_kwargs)
 
     def _record_sparsity(self, phase, model):
         pairs = sparsity.prunable_weights(model)
@@ -307,7 +281,7 @@ class EdgeTrainer:
             self._sparsity[phase] = sparsity.overall_sparsity(model, pairs)
 
     def _run_phase(self, phase, model, x, n_epochs, callbacks, extra_callbacks, fit_kwargs):
-        done = sum(self._epochs.values())
+        done = self._initial_epoch + sum(self._epochs.values())
         # First in the list: it restores weights and optimizer before the
         # other callbacks (pruning masks, frozen-weight snapshots) read them.
         backup = [] if self.backup_dir is None else [
@@ -317,7 +291,7 @@ class EdgeTrainer:
             x,
             initial_epoch=done,
             epochs=done + n_epochs,
-            callbacks=[*backup, *extra_callbacks, _PhaseLogs(phase), *callbacks],
+            callbacks=[*backup, *extra_callbacks, PhaseLogs(phase, PHASES), *callbacks],
             **fit_kwargs,
         )
         self._epochs[phase] = n_epochs
@@ -337,6 +311,7 @@ class EdgeTrainer:
         callbacks=None,
         steps_per_epoch=None,
         conversions=None,
+        initial_epoch=0,
         **fit_kwargs,
     ):
         """Runs the phases and returns `self.histories`.
@@ -362,6 +337,8 @@ class EdgeTrainer:
                 "int8"]`, for files exported after `fit`) adds those of the
                 float model; `()` tries nothing (the callbacks still try
                 theirs when their phase begins).
+            initial_epoch: the number of the first epoch (e.g. the epochs an
+                earlier fit ran), so that TensorBoard curves follow on.
             **fit_kwargs: other `keras.Model.fit` keywords (`verbose`,
                 `batch_size`, `class_weight`, ...).
 
@@ -378,7 +355,10 @@ class EdgeTrainer:
         float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(
             float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs
         )
-        check_inputs(self.model, x, y, loss=self.loss, validation_data=validation_data)
+        # Labels packed with a teacher's outputs are the distillation loss's to read.
+        checked_loss = self.loss if self.distillation is None else self.distillation.loss()
+        check_inputs(self.model, x, y, loss=checked_loss, validation_data=validation_data)
+        self._initial_epoch = check_epochs(initial_epoch, "initial_epoch")
         schedule = None
         if prune is not None:
             steps = _steps_per_epoch(x, fit_kwargs.get("batch_size"), steps_per_epoch) * prune_epochs
@@ -443,11 +423,12 @@ class EdgeTrainer:
 
         if schedule is not None:
             self._compile(self.model, "prune")
+            prune_x, prune_kwargs = self._distilled("prune", self.model, self.float_model, x, fit_kwargs)
             pruning = MagnitudePruning(
                 schedule, policy=self.prune_policy, allocation=self.prune_allocation,
                 max_layer_sparsity=self.max_layer_sparsity,
             )
-            self._run_phase("prune", self.model, x, prune_epochs, callbacks, [pruning], fit_kwargs)
+            self._run_phase("prune", self.model, prune_x, prune_epochs, callbacks, [pruning], prune_kwargs)
             self.pruned_model = self.model
             self._record_sparsity("prune", self.model)
 
@@ -464,13 +445,14 @@ class EdgeTrainer:
             extra = []
             frozen = quantization.frozen_weights_made_trainable(qat_model)
             if frozen:
-                extra.append(_KeepFrozen(frozen))
+                extra.append(KeepFrozen(frozen))
             if self.quantize_scheme == "prune_preserve":
                 # The prune-preserving scheme keeps Conv2D/Dense zeros but not
                 # DepthwiseConv2D ones; this holds every pruned kernel.
                 extra.append(PreserveSparsity(policy="all"))
             self.qat_model = qat_model
-            self._run_phase("qat", qat_model, x, qat_epochs, callbacks, extra, fit_kwargs)
+            qat_x, qat_kwargs = self._distilled("qat", qat_model, self.model, x, fit_kwargs)
+            self._run_phase("qat", qat_model, qat_x, qat_epochs, callbacks, extra, qat_kwargs)
             self._record_sparsity("qat", qat_model)
 
     @property

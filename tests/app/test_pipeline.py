@@ -621,3 +621,43 @@ def test_resolve_weights_per_architecture(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEKERAS_WEIGHTS_MOBILENET_V3_SMALL", str(v3))
     assert resolve_weights("imagenet", "mobilenet_v3_small") == str(v3)
     assert resolve_weights("imagenet", "mobilenet_v2") == str(v2) and resolve_weights("imagenet") == str(v2)
+
+
+def test_pruning_phase_fine_tunes_and_prunes_an_earlier_cut_with_distillation(tiny_tfds_dir, tmp_path, capsys):
+    # The float phase trains only the head on a frozen base (the notebook's recipe); the pruning
+    # phase fine-tunes from block_15 on, on activations cached at that second cut, and distils.
+    config = tiny_config(
+        tiny_tfds_dir, tmp_path, model={"trainable_from": ""},
+        prune={"trainable_from": "block_15_expand", "policy": "pointwise", "allocation": "global",
+               "distill_weight": 0.5, "lr_schedule": "cosine", "warmup_fraction": 0.2},
+        qat={"epochs": 0}, export={"conversions": ["float32"], "pruned_conversions": ["float32"]},
+        report={"quantized": "", "pruned_quantized": ""},
+    )
+    run(config)
+    out = capsys.readouterr().out
+    assert "caching the activations entering 'block_15_expand'" in out
+    assert "distilling from the float model" in out
+    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    # block_15, block_16 and Conv_1 hold most of the weights: the whole file is far sparser than with
+    # the head alone (a few percent), and the float file stays dense.
+    assert by_name["pruned_float32"]["sparsity"] > 0.25
+    assert by_name["float32"]["sparsity"] < 0.01
+    assert "WARNING" not in out  # the pruning phase fine-tunes what it prunes
+
+
+def test_pruning_a_frozen_base_is_warned_about(tiny_tfds_dir, tmp_path, capsys):
+    config = tiny_config(
+        tiny_tfds_dir, tmp_path, model={"trainable_from": ""}, qat={"epochs": 0},
+        export={"conversions": ["float32"], "pruned_conversions": ["float32"]},
+        report={"quantized": "", "pruned_quantized": ""},
+    )
+    run(config)
+    assert "are in frozen layers, which are never pruned" in capsys.readouterr().out
+
+
+def test_prune_trainable_from_names_a_layer(tiny_tfds_dir, tmp_path):
+    config = tiny_config(tiny_tfds_dir, tmp_path, prune={"trainable_from": "no_such_layer"}, qat={"epochs": 0},
+                         report={"quantized": "int8", "pruned_quantized": ""})
+    with pytest.raises(ValueError, match=r"`prune.trainable_from` must name a layer"):
+        run(config)
