@@ -23,7 +23,7 @@ LAYERS = (
     ("choices", "compat", "io", "pareto"),
     ("runtime",),
     ("images",),
-    ("schedules", "sparsity", "distribute", "data", "folders"),
+    ("schedules", "sparsity", "distillation", "distribute", "data", "folders"),
     ("models",),
     ("quantize_configs",),
     ("quantization", "litert"),

@@ -337,8 +337,8 @@ class EdgeTrainer:
                 "int8"]`, for files exported after `fit`) adds those of the
                 float model; `()` tries nothing (the callbacks still try
                 theirs when their phase begins).
-            initial_epoch: the number of the first epoch (e.g. the epochs an
-                earlier fit ran), so that TensorBoard curves follow on.
+            initial_epoch: the first epoch's number (after an earlier fit's
+                epochs, so that TensorBoard curves follow on).
             **fit_kwargs: other `keras.Model.fit` keywords (`verbose`,
                 `batch_size`, `class_weight`, ...).
 
@@ -355,8 +355,7 @@ class EdgeTrainer:
         float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(
             float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs
         )
-        # Labels packed with a teacher's outputs are the distillation loss's to read.
-        checked_loss = self.loss if self.distillation is None else self.distillation.loss()
+        checked_loss = self.distillation.loss() if self.distillation else self.loss  # it reads packed labels
         check_inputs(self.model, x, y, loss=checked_loss, validation_data=validation_data)
         self._initial_epoch = check_epochs(initial_epoch, "initial_epoch")
         schedule = None

@@ -110,3 +110,31 @@ def test_global_allocation_survives_deepcopy_and_config():
     model = _model()
     _fit(model, clone)
     assert sparsity.overall_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+
+
+def _frozen_stem_model():
+    model = _model()
+    # The two big layers frozen (576 weights), the 108-weight stem trainable.
+    model.get_layer("expand").trainable = False
+    model.get_layer("classifier").trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_pruning_leaving_most_weights_in_frozen_layers_warns():
+    pruning = MagnitudePruning(ConstantSparsity(0.5, begin_step=0, frequency=1))
+    with pytest.warns(UserWarning, match=r"frozen layers hold .* more .* `\[prune\] trainable_from`"):
+        _fit(_frozen_stem_model(), pruning)
+
+
+def test_pruning_frozen_layers_on_purpose_warns_that_they_cannot_recover():
+    pruning = MagnitudePruning(ConstantSparsity(0.5, begin_step=0, frequency=1), include_frozen=True)
+    model = _frozen_stem_model()
+    with pytest.warns(UserWarning, match=r"prunes 2 frozen layer\(s\) \(expand, classifier\).*cannot recover"):
+        _fit(model, pruning)
+    assert sparsity.weight_sparsity(model.get_layer("expand").kernel) == pytest.approx(0.5, abs=0.01)
+
+
+def test_pruning_trainable_layers_does_not_warn(recwarn):
+    _fit(_model(), MagnitudePruning(ConstantSparsity(0.5, begin_step=0, frequency=1)))
+    assert not [w for w in recwarn if "MagnitudePruning" in str(w.message)]
