@@ -4,8 +4,10 @@
   (`tune_config` adds the [tune.space] and [tune.budget] tables).
 - `factories`: config sections -> library objects (data, model, trainer, schedule).
 - `state`: the run directory's `state.json`, so a killed run resumes.
+- `phase_inputs`: what the float and pruning phases train on (cached activations, teacher outputs).
+- `roles`: "auto" report roles, chosen between int8 files on the validation split.
 - `stages` / `pipeline`: `run(config)` as a loop over stages: data -> model -> train/prune/QAT
-  -> export -> evaluate -> report.
+  -> export -> choose roles (validation) -> evaluate -> report.
 - `tune`: `tune(config)`, a keras-tuner search from a config.
 - `report`: report.json, report.md, the Pareto plot and TensorBoard scalars.
 - `cli` / `commands`: the `edgekeras` command line.

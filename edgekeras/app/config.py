@@ -16,7 +16,7 @@ Received: ...").
 [qat]       # quantization-aware fine-tuning of the float and pruned models
 [export]    # which .tflite conversions, int8 input/output type, verification
 [evaluate]  # split, threads, latency runs
-[report]    # which variant holds each of the seed's four roles
+[report]    # which variant holds each of the seed's four roles ("auto": the better int8 file on validation)
 [distribute] # tf.distribute strategy: default, mirrored, multi_worker (TF_CONFIG)
 ```
 
@@ -48,6 +48,7 @@ import tomllib
 import typing
 
 from edgekeras.app.inputs import DataSection, ModelSection, check_inputs
+from edgekeras.app.roles import AUTO, CANDIDATES, auto_candidates, resolve
 from edgekeras.app.sections import (
     ConfigError,
     DistributeSection,
@@ -130,11 +131,21 @@ class Config:
                 names.append("pqat_int8")
         return names
 
-    def roles(self):
-        """{variant name: role} for every exported variant."""
-        roles = {name: "other" for name in self.variant_names()}
+    def roles(self, choices=None):
+        """{variant name: role} for every exported variant.
+
+        Args:
+            choices: {role: choice} of the "auto" roles, as the `choose_roles`
+                stage makes them and state.json records them (see
+                `edgekeras.app.roles`). An "auto" role with one candidate
+                needs no choice; one not chosen yet is left empty.
+        """
+        names = self.variant_names()
+        roles = {name: "other" for name in names}
+        auto = auto_candidates(self.report, names)
+        resolved = resolve(self.report, names, choices or {})
         for role in ("original", "quantized", "pruned", "pruned_quantized"):
-            name = getattr(self.report, role)
+            name = resolved[role] if role in auto else getattr(self.report, role)
             if name:
                 roles[name] = role
         return roles
@@ -150,11 +161,13 @@ class Config:
         used = {}
         for role in ("original", "quantized", "pruned", "pruned_quantized"):
             name = getattr(self.report, role)
-            if not name:
+            if not name or (name == AUTO and role in CANDIDATES):
                 continue
             if name not in produced:
                 needs = _variant_needs(name)
                 fix = f"{name!r} needs {needs}: set that, or" if needs else "Name one of those, or"
+                if name == AUTO:
+                    fix = '"auto" is for `report.quantized` and `report.pruned_quantized` only: name a variant, or'
                 raise ConfigError(
                     f"Config key `report.{role}` must name a variant this config exports "
                     f"({', '.join(produced)}). Received: report.{role}={name!r}. "
@@ -172,6 +185,19 @@ class Config:
                 'Config key `report.original` must name the float reference variant, e.g. "float32". '
                 "Received: report.original=''"
             )
+        self._check_auto_roles(produced)
+
+    def _check_auto_roles(self, produced):
+        """An "auto" role with two candidates is chosen on the validation split: there must be one."""
+        for role, names in auto_candidates(self.report, produced).items():
+            if len(names) > 1 and not self.data.validation_size:
+                raise ConfigError(
+                    f"Config key `report.{role}` must name a variant when there is no validation split: "
+                    f'"auto" chooses between {names[0]!r} and {names[1]!r} by their accuracy on the validation '
+                    f"split, never on the test split. Received: report.{role}='auto', data.validation_size=0. "
+                    f'Name the variant (report.{role} = "{names[0]}" or "{names[1]}") or set '
+                    "`data.validation_size` > 0."
+                )
 
 
 def _variant_needs(name):

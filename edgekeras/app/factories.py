@@ -258,7 +258,7 @@ def _check_user_model(model, section, num_classes, image_size):
     return model
 
 
-def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None):
+def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None, qat=False):
     """The `EdgeTrainer` of every training phase of a run.
 
     Args:
@@ -270,6 +270,8 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
             `train.lr_schedule` decays over (None: no decay).
         prune_steps: optimizer steps of the pruning phase, which a "cosine"
             `prune.lr_schedule` decays over after its warm-up (None: no decay).
+        qat: the trainer is the QAT stage's (its distillation settings come
+            from [qat], else from [prune]).
         strategy: the `tf.distribute` strategy to train under.
         backup_dir: where `BackupAndRestore` checkpoints go, or None.
 
@@ -294,15 +296,16 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
         prune_policy=config.prune.policy,
         prune_allocation=config.prune.allocation,
         max_layer_sparsity=config.prune.max_layer_sparsity or None,
-        distillation=_distillation(config),
+        distillation=_distillation(config, "qat" if qat else "prune"),
     )
 
 
-def _distillation(config):
-    """The pruning phase's `Distillation` when `prune.distill_weight` is set, else None."""
-    if not config.prune.distill_weight:
+def _distillation(config, phase):
+    """The `Distillation` of `phase` ("prune" or "qat") when its section sets `distill_weight`, else None."""
+    section = getattr(config, phase)
+    if not section.distill_weight:
         return None
-    return Distillation(temperature=config.prune.temperature, weight=config.prune.distill_weight, phases=("prune",))
+    return Distillation(temperature=section.temperature, weight=section.distill_weight, phases=(phase,))
 
 
 def prune_schedule(section, steps_per_epoch):

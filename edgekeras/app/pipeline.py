@@ -39,7 +39,7 @@ Quantization-aware training always runs on the whole model with images (the
 quantized network is the whole network); `qat.steps_per_epoch` bounds it.
 
 `run` is a loop over named stages (`edgekeras.app.stages.STAGES`: data_and_model, trial_conversion, cache_features,
-train_and_prune, qat, save_models, export, evaluate, report), each a function
+train_and_prune, qat, save_models, export, choose_roles, evaluate, report), each a function
 of a `RunContext` that the earlier stages filled in; the stage name is the
 key of its time in `RunResult.timings` and `state.json`. The run state lives
 in `edgekeras.app.state`, config -> object factories in
@@ -65,6 +65,7 @@ import tensorflow as tf
 from edgekeras.app.config import config_to_toml
 from edgekeras.app.factories import build_model, load_data, resolve_weights
 from edgekeras.app.report import format_table
+from edgekeras.app.roles import recorded_choices
 from edgekeras.app.stages import CHIEF_ONLY, STAGES, RunContext
 from edgekeras.app.state import RunDirectoryError, RunState, log, verify_run_dir
 from edgekeras.compat import keras
@@ -142,7 +143,7 @@ def _finished_run(context):
     """The result of this config's finished run if its files are intact, else None."""
     state, run_dir = context.state, context.config.run_dir
     if state.finished:
-        finished = _finished_result(state, run_dir, context.config.roles())
+        finished = _finished_result(state, run_dir, context.config.roles(recorded_choices(run_dir)))
         if finished is not None:
             log(f"{run_dir} holds this config's finished run: nothing to do (--overwrite runs it again)")
             return finished

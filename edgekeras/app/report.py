@@ -15,9 +15,18 @@ variant; every other variant is `other`.
      "accuracy": 0.912, "size_bytes": 9012345, "gzip_bytes": 8345678,
      "sparsity": 0.0, "latency_ms": 12.3, ...},
     ...
-  ]
+  ],
+  "role_choices": {
+    "quantized": {"chosen": "qat_int8", "split": "validation", "examples": 5000,
+                  "accuracy": {"int8": 0.901, "qat_int8": 0.903}}
+  }
 }
 ```
+
+`role_choices` (optional) records how each "auto" role was given (see
+`edgekeras.app.roles`): on the validation split, never on the report's test
+split; a single candidate's choice has an empty `accuracy`. report.md says
+each one in a line below the table.
 
 `latency_ms` is the median batch-1 latency with one thread; `latency` holds
 median and p90 for every thread count measured. `report.md` holds one table;
@@ -38,6 +47,7 @@ import io
 import math
 import os
 
+from edgekeras.app.roles import check_role_choices, choice_line
 from edgekeras.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgekeras.pareto import pareto_front
 
@@ -160,6 +170,7 @@ def validate_report(report):
                 _fail(f"{where}.{key} must be positive, received {variant[key]!r}")
         if not variant["latency_ms"] >= 0.0:
             _fail(f"{where}.latency_ms must be >= 0, received {variant['latency_ms']!r}")
+    check_role_choices(report, _fail)
     return report
 
 
@@ -260,7 +271,13 @@ def _markdown(report):
         "output probabilities) compare the file with the Keras model it came from, checked "
         "right after conversion.\n\n"
     )
-    return intro + format_table(report)
+    choices = report.get("role_choices") or {}
+    lines = "".join(f"- {choice_line(role, choice)}\n" for role, choice in choices.items())
+    outro = (
+        "\nThe \"auto\" roles go to the more accurate int8 file on the validation split (never the test "
+        f"split; a tie to the post-training file):\n\n{lines}"
+    ) if lines else ""
+    return intro + format_table(report) + outro
 
 
 _ROLE_COLORS = {

@@ -258,6 +258,10 @@ class QatSection:
             .tflite files), e.g. a conv layer with its BatchNorm and
             activation: TFMOT quantizes a BatchNorm only together with the
             conv before it.
+        distill_weight: share of the QAT loss that follows the outputs of
+            the model being quantized (its float self: knowledge
+            distillation; 0: labels only). The teacher runs on every batch.
+        temperature: the softening temperature of the distillation.
     """
 
     epochs: int = 1
@@ -266,11 +270,15 @@ class QatSection:
     quantize_float: bool = True
     quantize_pruned: bool = True
     skip_layers: tuple = _listed((), LAYER_NAMES)
+    distill_weight: float = 0.0
+    temperature: float = 4.0
 
     def check(self, section):
         _at_least(self, section, epochs=0, steps_per_epoch=0)
-        _positive(self, section, "learning_rate")
+        _positive(self, section, "learning_rate", "temperature")
         _items(self, section, "skip_layers", _is_name)
+        if not 0.0 <= self.distill_weight <= 1.0:
+            _fail(f"{section}.distill_weight", "in [0, 1]", self.distill_weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,13 +361,17 @@ class ReportSection:
 
     Values are variant names: float conversions by their name ("int8"),
     pruned ones as "pruned_<conversion>", QAT ones "qat_int8" and
-    "pqat_int8"; "" leaves the role empty.
+    "pqat_int8"; "" leaves the role empty. `quantized` and
+    `pruned_quantized` also take "auto" (their default): the role goes to
+    whichever int8 file ("int8" or "qat_int8"; "pruned_int8" or
+    "pqat_int8") is more accurate on the validation split, a tie to the
+    post-training one (see `edgekeras.app.roles`).
     """
 
     original: str = "float32"
-    quantized: str = "qat_int8"
+    quantized: str = "auto"
     pruned: str = "pruned_float32"
-    pruned_quantized: str = "pqat_int8"
+    pruned_quantized: str = "auto"
 
     def check(self, section):
         pass  # whether each role names an exported variant depends on other sections: `Config.check`

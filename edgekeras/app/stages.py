@@ -28,10 +28,11 @@ from edgekeras.app.config import ConfigError
 from edgekeras.app.factories import build_model, load_data, make_trainer, prune_schedule, tensorboard_callbacks
 from edgekeras.app.phase_inputs import cache_at_cut, pruning_inputs, warn_if_pruning_little
 from edgekeras.app.report import VariantResult, build_report, write_report
+from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.state import RunState, log
 from edgekeras.data import batches_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
-from edgekeras.litert import evaluate_tflite, export_tflite
+from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
 from edgekeras.models import assemble_with_weights, clone_with_weights, save_model
 
@@ -61,6 +62,8 @@ class RunContext:
             `train_data`, or None.
         models: {"float", "pruned", "qat", "pqat": model or None}.
         exported: {variant: (ExportedModel, source model name)} (export).
+        role_choices: {role: choice} of the "auto" report roles
+            (choose_roles; see `edgekeras.app.roles`).
         rows: one `VariantResult` per variant (evaluate).
         examples: images each variant was evaluated on (evaluate).
         report: the report dict (report).
@@ -82,6 +85,7 @@ class RunContext:
     train_arrays: tuple = None
     models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat")))
     exported: dict = dataclasses.field(default_factory=dict)
+    role_choices: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
     examples: int = None
     report: dict = None
@@ -226,7 +230,9 @@ def train_and_prune(context):
 
 def _quantization_aware(context, name, model):
     config = context.config
-    trainer = make_trainer(clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name))
+    trainer = make_trainer(
+        clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name), qat=True,
+    )
     log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
     trainer.fit(
         _repeat_if_bounded(context.data.train, config.qat.steps_per_epoch),
@@ -310,6 +316,42 @@ def export(context):
         )
 
 
+def choose_roles(context):
+    """Stage: each "auto" report role goes to the more accurate int8 file on the validation split.
+
+    Never on the test split: the choice must not see the numbers the report
+    gives. A tie goes to the post-training file; a single candidate needs no
+    evaluation. A choice made on the same files by an earlier attempt is
+    reused.
+    """
+    config, state = context.config, context.state
+    for role, names in auto_candidates(config.report, list(context.exported)).items():
+        if not names:
+            log(f"report role {role}: no candidate exported, the role stays empty")
+            continue
+        choice = single(names[0]) if len(names) == 1 else state.role_choice(role, names)
+        if choice is not None:
+            context.role_choices[role] = choice
+            log(f"report role {choice_line(role, choice)}{' (kept)' if choice['accuracy'] else ''}")
+            continue
+        if context.data.validation is None:  # `Config.check` refuses this config
+            raise ConfigError(
+                f"Config key `report.{role}` must name a variant when there is no validation split. "
+                f"Received: report.{role}='auto', data.validation_size=0"
+            )
+        scores = {
+            name: evaluate_accuracy(
+                context.exported[name][0].path, context.data.validation,
+                num_threads=config.evaluate.num_threads, progress=context.progress,
+            )
+            for name in names
+        }
+        choice = pick(role, {name: score.accuracy for name, score in scores.items()}, scores[names[0]].examples)
+        context.role_choices[role] = choice
+        state.record_role_choice(role, choice, names)
+        log(f"report role {choice_line(role, choice)}")
+
+
 def _evaluate_file(context, dataset, name, role, result, source):
     """`(VariantResult, examples)` of one .tflite file evaluated with LiteRT."""
     section = context.config.evaluate
@@ -356,7 +398,7 @@ def evaluate(context):
             "Config key `evaluate.split` is 'validation' but data.validation_size is 0. "
             "Received: evaluate.split='validation'"
         )
-    roles = config.roles()
+    roles = config.roles(context.role_choices)
     for name, (result, source) in context.exported.items():
         kept = state.evaluation(name, roles.get(name, "other"))
         if kept is not None:
@@ -385,6 +427,7 @@ def report(context):
         image_size=config.data.image_size,
         # Summed over the attempts of a resumed run.
         timings=dict(state.data["timings"]),
+        role_choices=context.role_choices,
     )
     write_report(context.report, config.run_dir, tensorboard_dir=context.path("logs", "report"))
 
@@ -398,9 +441,10 @@ STAGES = (
     ("qat", qat),
     ("save_models", save_models),
     ("export", export),
+    ("choose_roles", choose_roles),
     ("evaluate", evaluate),
     ("report", report),
 )
-# Saved models, .tflite files, evaluation and report are the chief's alone:
+# Saved models, .tflite files, role choices, evaluation and report are the chief's alone:
 # other workers of a multi-worker run stop before them.
-CHIEF_ONLY = ("save_models", "export", "evaluate", "report")
+CHIEF_ONLY = ("save_models", "export", "choose_roles", "evaluate", "report")

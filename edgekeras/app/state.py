@@ -3,7 +3,8 @@
 `state.json` holds the fingerprint of the config that made the directory,
 the stages' timings (summed over attempts), and for each cached activation
 array, exported .tflite file and evaluation the file it lives in and that
-file's SHA-256. It is rewritten atomically after every step, and every
+file's SHA-256; the "auto" report roles' choices keep the SHA-256 of the
+files they were made on. It is rewritten atomically after every step, and every
 artifact is renamed into place, so whatever kills a run (even SIGKILL) leaves
 a state that names only whole files. A file whose checksum no longer matches
 is never reused.
@@ -111,7 +112,7 @@ class RunState:
         self.enabled = enabled
         self.data = {
             "version": _STATE_VERSION, "config": config_fingerprint(config), "source": config.source, "finished": False,
-            "cache": {}, "exports": {}, "evaluations": {}, "timings": {}, "attempts": 0,
+            "cache": {}, "exports": {}, "evaluations": {}, "role_choices": {}, "timings": {}, "attempts": 0,
         }
         if not enabled:
             return
@@ -238,6 +239,26 @@ class RunState:
         self.data["evaluations"][name] = {
             "row": row.to_dict(), "examples": examples, "sha256": self.data["exports"][name]["sha256"],
         }
+        self.save()
+
+    def _sha256s(self, names):
+        exports = self.data["exports"]
+        return {name: exports[name]["sha256"] if name in exports else None for name in names}
+
+    def role_choice(self, role, names):
+        """The kept choice of the "auto" `role` among the files `names`, or None.
+
+        Kept only while every candidate is the file it was made on (its
+        checksum): a file exported again is chosen again.
+        """
+        kept = self.data.get("role_choices", {}).get(role)
+        if not isinstance(kept, dict) or kept.get("sha256") != self._sha256s(names):
+            return None
+        return {key: value for key, value in kept.items() if key != "sha256"}
+
+    def record_role_choice(self, role, choice, names):
+        """Records the choice of `role` (see `edgekeras.app.roles`) made on the current files `names`."""
+        self.data.setdefault("role_choices", {})[role] = {**choice, "sha256": self._sha256s(names)}
         self.save()
 
 

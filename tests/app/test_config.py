@@ -66,8 +66,13 @@ def test_variant_names_and_roles():
         "float32", "float16", "dynamic_int8", "int8", "qat_int8",
         "pruned_float32", "pruned_sparse_float32", "pruned_int8", "pqat_int8",
     ]
-    roles = config.roles()
-    assert [name for name, role in roles.items() if role != "other"] == ["float32", "qat_int8", "pruned_float32", "pqat_int8"]
+    # "auto" roles not chosen yet are empty; a choice gives them to its variant.
+    roles = config.roles({})
+    assert [name for name, role in roles.items() if role != "other"] == ["float32", "pruned_float32"]
+    roles = config.roles({"quantized": {"chosen": "qat_int8"}, "pruned_quantized": {"chosen": "pruned_int8"}})
+    assert {name: role for name, role in roles.items() if role != "other"} == {
+        "float32": "original", "qat_int8": "quantized", "pruned_float32": "pruned", "pruned_int8": "pruned_quantized",
+    }
 
 
 def test_toml_round_trip(tmp_path):
@@ -153,10 +158,22 @@ def test_shipped_configs_are_valid(name):
         ({"evaluate": {"num_threads": 0}}, r"`evaluate.num_threads` must be an integer >= 1"),
         ({"report": {"quantized": "int4"}}, r"`report.quantized` must name a variant this config exports"),
         (
-            {"qat": {"epochs": 0}},
+            {"qat": {"epochs": 0}, "report": {"quantized": "qat_int8"}},
             r"`report.quantized` must name a variant this config exports .*Received: report.quantized='qat_int8'\. "
             r"'qat_int8' needs `qat.epochs` > 0",
         ),
+        (
+            {"data": {"validation_size": 0}},
+            r"Config key `report.quantized` must name a variant when there is no validation split: \"auto\" chooses between "
+            r"'int8' and 'qat_int8' by their accuracy on the validation split, never on the test split\. "
+            r"Received: report.quantized='auto', data.validation_size=0\. Name the variant "
+            r"\(report.quantized = \"int8\" or \"qat_int8\"\) or set `data.validation_size` > 0\.",
+        ),
+        (
+            {"data": {"validation_size": 0}, "report": {"quantized": "int8"}},
+            r"`report.pruned_quantized` must name a variant when there is no validation split: .*'pruned_int8' and 'pqat_int8'",
+        ),
+        ({"report": {"pruned": "auto"}}, r"`report.pruned` must name a variant .*\"auto\" is for `report.quantized` and"),
         (
             {"prune": {"enabled": False}},
             r"`report.pruned` must name a variant .*'pruned_float32' needs `prune.enabled` = true and 'float32' in "
@@ -300,3 +317,29 @@ def test_data_and_model_defaults_and_what_they_resolve_to():
 def test_data_and_model_errors_name_the_key(values, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(values)
+
+
+def test_auto_roles_need_no_validation_split_without_a_choice():
+    # One candidate (no QAT): it gets the role, nothing is chosen, no validation split needed.
+    config = parse_config({"data": {"validation_size": 0}, "qat": {"epochs": 0}})
+    roles = config.roles({})
+    assert roles["int8"] == "quantized" and roles["pruned_int8"] == "pruned_quantized"
+    # A candidate another key names is none: `pruned_int8` holds `pruned`, so pqat_int8 is the one left.
+    config = parse_config({"data": {"validation_size": 0}, "report": {"quantized": "int8", "pruned": "pruned_int8"}})
+    assert config.roles({})["pqat_int8"] == "pruned_quantized"
+    # No candidate: the role stays empty.
+    config = parse_config({"export": {"conversions": ["float32"], "pruned_conversions": ["float32"]}, "qat": {"epochs": 0}})
+    assert set(config.roles({}).values()) == {"original", "pruned"}
+
+
+def test_explicit_roles_work_as_before():
+    config = parse_config({"data": {"validation_size": 0}, "report": {"quantized": "int8", "pruned_quantized": "pqat_int8"}})
+    roles = config.roles()
+    assert (roles["int8"], roles["qat_int8"], roles["pqat_int8"]) == ("quantized", "other", "pruned_quantized")
+
+
+def test_qat_distillation_keys_are_checked():
+    with pytest.raises(ConfigError, match=r"`qat.distill_weight` must be in \[0, 1\]\. Received: qat.distill_weight=2"):
+        parse_config({"qat": {"distill_weight": 2.0}}, source="test")
+    with pytest.raises(ConfigError, match=r"`qat.temperature` must be > 0"):
+        parse_config({"qat": {"temperature": 0.0}}, source="test")

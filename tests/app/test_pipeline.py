@@ -48,10 +48,17 @@ def test_full_run_on_tiny_dataset(tiny_tfds_dir, tmp_path):
     names = [v["name"] for v in report["variants"]]
     assert names == ["float32", "int8", "qat_int8", "pruned_float32", "pqat_int8"]
     roles = {v["name"]: v["role"] for v in report["variants"]}
+    # "auto": the better of int8 and qat_int8 on the 12 validation images; pqat_int8 is the only pruned int8 file.
+    choices = report["role_choices"]
+    assert choices["pruned_quantized"] == {"chosen": "pqat_int8", "accuracy": {}}
+    chosen = choices["quantized"]["chosen"]
+    assert chosen in ("int8", "qat_int8") and (choices["quantized"]["split"], choices["quantized"]["examples"]) == ("validation", 12)
     assert roles == {
-        "float32": "original", "int8": "other", "qat_int8": "quantized",
+        "float32": "original", "int8": "other", "qat_int8": "other", chosen: "quantized",
         "pruned_float32": "pruned", "pqat_int8": "pruned_quantized",
     }
+    assert json.loads((run_dir / "state.json").read_text())["role_choices"]["quantized"]["chosen"] == chosen
+    assert f"- quantized → {chosen}: " in (run_dir / "report.md").read_text()
     for variant in report["variants"]:
         assert (run_dir / variant["file"]).is_file()
         assert variant["verification"]["examples"] == 8
@@ -72,7 +79,7 @@ def test_full_run_on_tiny_dataset(tiny_tfds_dir, tmp_path):
 
     assert is_quantization_aware(load_model(run_dir / "models" / "pqat.h5"))
     assert "| pqat_int8 | pruned_quantized |" in result.table
-    assert {"data_and_model", "cache_features", "train_and_prune", "qat", "export", "evaluate"} <= set(result.timings)
+    assert {"data_and_model", "cache_features", "train_and_prune", "qat", "export", "choose_roles", "evaluate"} <= set(result.timings)
 
 
 def test_split_model_shares_layers_and_computes_the_same(tmp_path):

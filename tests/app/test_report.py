@@ -133,3 +133,47 @@ def test_validation_errors(mutate, match):
 def test_validate_rejects_non_dict():
     with pytest.raises(ValueError, match="expected a dict"):
         validate_report([])
+
+
+def chosen_report(**quantized):
+    choice = {"chosen": "int8", "split": "validation", "examples": 5000, "accuracy": {"int8": 0.903, "qat_int8": 0.901}}
+    choice.update(quantized)
+    return build_report(
+        seed_variants(), dataset="cifar10", split="test", examples=10,
+        role_choices={"quantized": choice, "pruned_quantized": {"chosen": "pqat_int8", "accuracy": {}}},
+    )
+
+
+def test_report_md_says_which_file_holds_each_auto_role_and_why(tmp_path):
+    markdown = open(write_report(chosen_report(), tmp_path)["markdown"]).read()
+    assert "- quantized → int8: 90.30 % vs 90.10 % (qat_int8) on 5,000 validation images\n" in markdown
+    assert "- pruned_quantized → pqat_int8: the only candidate this run exports (pruned_int8 is not exported)\n" in markdown
+    tie = chosen_report(accuracy={"int8": 0.9, "qat_int8": 0.9})
+    assert "90.00 % vs 90.00 % (qat_int8) on 5,000 validation images; a tie goes to the post-training file" in (
+        open(write_report(tie, tmp_path)["markdown"]).read()
+    )
+    assert json.loads(open(tmp_path / "report.json").read())["role_choices"]["quantized"]["split"] == "validation"
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"split": "test"}, r"role_choices\['quantized'\].split must be 'validation' \(roles are never chosen on the test split\)"),
+        ({"chosen": "qat_int8"}, r"role_choices\['quantized'\].chosen is 'qat_int8' but the role is held by 'int8'"),
+        ({"accuracy": {"int8": 0.8, "qat_int8": 0.9}}, r"chosen 'int8' is not the most accurate"),
+        ({"accuracy": {"int8": 90.3, "qat_int8": 0.9}}, r"accuracy\['int8'\] must be a number in \[0, 1\]"),
+        ({"accuracy": {"int8": 0.9}}, r"accuracy must be empty \(one candidate\) or hold every candidate"),
+        ({"examples": 0}, r"role_choices\['quantized'\].examples must be a positive int"),
+        ({"accuracy": None}, r"role_choices\['quantized'\].accuracy must be a dict"),
+    ],
+)
+def test_role_choices_are_validated(change, match):
+    with pytest.raises(ValueError, match=match):
+        chosen_report(**change)
+
+
+def test_role_choices_keys_are_the_auto_roles():
+    with pytest.raises(ValueError, match=r"role_choices keys must be 'quantized' or 'pruned_quantized', received 'pruned'"):
+        build_report(seed_variants(), dataset="d", split="test", examples=1, role_choices={"pruned": {"chosen": "x"}})
+    with pytest.raises(ValueError, match=r"'role_choices' must be a dict"):
+        build_report(seed_variants(), dataset="d", split="test", examples=1, role_choices=[])

@@ -117,3 +117,16 @@ def test_warmup_must_fit_in_the_decay():
     with pytest.raises(ValueError, match=r"Argument `warmup_steps` must be within the phase's `decay_steps` \(100\)"):
         phase_optimizer({"float": 1e-3, "prune": 4e-4, "qat": 1e-5}, decay_steps={"prune": 100},
                         warmup_steps={"prune": 100})
+
+
+def test_qat_distils_from_the_model_it_quantizes_per_batch(monkeypatch):
+    teachers = []
+    original = distillation.with_teacher
+    monkeypatch.setattr(distillation, "with_teacher", lambda data, teacher: teachers.append(teacher) or original(data, teacher))
+    x, y = data()
+    trainer = EdgeTrainer(net(), "adam", "sparse_categorical_crossentropy", ["accuracy"],
+                          distillation=Distillation(phases=("qat",)))
+    histories = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), qat_epochs=1)
+    assert teachers == [trainer.model]  # the float model, not its quantization-aware copy
+    assert isinstance(trainer.qat_model.loss, distillation.DistillationLoss)
+    assert "accuracy" in histories["qat"]
