@@ -182,13 +182,17 @@ def main(argv=None):
                 "pruned_int8": evaluation["int8"].accuracy, "val_accuracy": logs.get("val_accuracy", float("nan")),
             })
             print(markdown(results[-1:]).splitlines()[-1], flush=True)
-    table = markdown([float_row, *results])
-    print(table)
+            # Written after every row (atomically): an interrupted run keeps what it measured.
+            _write(args, float_row, results, start, complete=len(results) == len(chosen))
+    print(markdown([float_row, *results]))
+    return 0
+
+
+def _write(args, float_row, results, start, complete):
     write_json(args.json, {
         "machine": machine_info(), "arguments": vars(args), "float": float_row, "rows": results,
-        "seconds": time.perf_counter() - start, "table": table,
+        "seconds": time.perf_counter() - start, "complete": complete, "table": markdown([float_row, *results]),
     })
-    return 0
 
 
 if __name__ == "__main__":
