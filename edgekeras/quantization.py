@@ -42,6 +42,7 @@ __all__ = [
     "check_layer_names",
     "frozen_weights_made_trainable",
     "calibrate_activation_ranges",
+    "activation_ranges",
 ]
 
 SCHEMES = ("auto", "default", "prune_preserve")
@@ -297,8 +298,28 @@ def quantize_model(model, scheme="auto", quantize_skip=(), quantize_configs=None
 _EMA_DECAY = 0.999
 
 
-def _moving_average_ranges(model):
-    """`(min_var, max_var)` of every activation range kept as an EMA."""
+def activation_ranges(model):
+    """Returns the variables of every activation range that TFMOT learns during QAT.
+
+    These are the ranges kept as a moving average of the observed values
+    (`MovingAverageQuantizer`): layer inputs, activations and outputs. Weight
+    ranges are left out: TFMOT recomputes them from the weights at every
+    step, so there is nothing to calibrate or watch.
+
+    Args:
+        model: a quantization-aware model (from `quantize_model`).
+
+    Returns:
+        A list of `(min_var, max_var)` pairs of `tf.Variable`s; empty for a
+        model without quantization wrappers.
+
+    Example:
+
+    ```python
+    qat_model, _ = quantize_model(model)
+    widths = [float(hi.numpy() - lo.numpy()) for lo, hi in activation_ranges(qat_model)]
+    ```
+    """
     moving = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
     found = []
 
@@ -316,6 +337,9 @@ def _moving_average_ranges(model):
         if hasattr(layer, "quantizer_vars"):
             add(getattr(layer, "quantizer", None), layer.quantizer_vars)
     return found
+
+
+_moving_average_ranges = activation_ranges  # its earlier private name
 
 
 def _inputs_of(batch):
@@ -353,7 +377,7 @@ def calibrate_activation_ranges(model, data, steps=16):
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"Argument `steps` must be an integer >= 2. Received: steps={steps!r}")
-    ranges = _moving_average_ranges(model)
+    ranges = activation_ranges(model)
     if not ranges:
         return 0
     variables = [v for pair in ranges for v in pair]

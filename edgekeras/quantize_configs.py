@@ -227,14 +227,12 @@ def describe(layer):
 
 @functools.lru_cache(maxsize=1)
 def _registry():
-    # For `supports` only: `quantize_apply` gets a new registry (TFMOT's
-    # transforms change the configs it hands out in place).
+    # For `supports` only: `quantize_apply` gets a new registry (TFMOT's transforms change the configs it hands out in place).
     return EdgeQuantizeRegistry()
 
 
 def _config(kind):
-    # A new instance per layer: TFMOT's Concatenate transform switches off
-    # the output quantizer of the config it is handed, in place.
+    # A new instance per layer: TFMOT's Concatenate transform switches off the output quantizer of the config it is handed, in place.
     return pass_through_config() if kind == PASS_THROUGH else output_config()
 
 
@@ -394,9 +392,8 @@ def _quantize_output(name, quantizer=None):
 class _Annotator:
     """What `annotate_model` calls for each layer of the model, and after it."""
 
-    def __init__(self, quantize_skip, quantize_configs):
-        self.skip = set(quantize_skip)
-        self.configs = dict(quantize_configs)
+    def __init__(self, quantize_skip, quantize_configs, followers):
+        self.skip, self.configs, self.followers = set(quantize_skip), dict(quantize_configs), followers
         self.replaced = {}  # id(original layer) -> (layer to call, [layers applied to its output])
         self.linear_copies = []  # (copy, original): weights are set once the copy is built
 
@@ -412,9 +409,10 @@ class _Annotator:
         if config is not None:
             return quantize_annotate.QuantizeAnnotate(layer, quantize_config=config), []
         if layer.name in self.skip:
-            # Float, its output quantized so that what follows is int8 (TFMOT
-            # does so only for layers it knows, before a one-input layer).
-            return layer, [_quantize_output(layer.name)]
+            # Float; its output quantized where int8 follows, not inside a run of skipped layers (TFMOT quantizes
+            # only layers it knows): a range there clipped the float conv output, e.g. before its BatchNorm.
+            followers = self.followers.get(layer.name, set())
+            return layer, [_quantize_output(layer.name)] if not followers or followers - self.skip else []
         split = _split_activation(layer)
         if split is None:
             return quantize_annotate.QuantizeAnnotate(layer), []
@@ -467,14 +465,13 @@ def annotate_model(model, quantize_skip=(), quantize_configs=None):
 
     Every layer is annotated (its config then comes from the scheme's
     registry) except input layers, layers in `quantize_skip` (kept in float,
-    their output quantized so that what follows is int8) and op layers
+    their output quantized where a quantized layer takes it) and op layers
     (`TFOpLambda`), which are never wrapped: a `QuantizeLayer` after them
     quantizes their output when their kind (or the output quantizer of the
     config given for them) says so. A Conv2D/DepthwiseConv2D/Dense/
     SeparableConv2D with an activation TFMOT cannot quantize inside it
     (`swish`, ...) becomes a linear copy (same weights) and an `Activation`
-    layer. Other layers in `quantize_configs` are annotated with the config
-    given.
+    layer. Other layers in `quantize_configs` get the config given.
 
     Args:
         model: a flat functional or Sequential tf_keras model.
@@ -492,7 +489,11 @@ def annotate_model(model, quantize_skip=(), quantize_configs=None):
         qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=quantize_scheme("default"))
     ```
     """
-    annotator = _Annotator(quantize_skip, quantize_configs or {})
+    followers = {}  # a skipped layer's output is quantized only where a quantized layer takes it
+    for node in (node for nodes in model._nodes_by_depth.values() for node in nodes if not node.is_input):
+        for inbound in tf.nest.flatten(node.inbound_layers):
+            followers.setdefault(inbound.name, set()).add(node.layer.name)
+    annotator = _Annotator(quantize_skip, quantize_configs or {}, followers)
     annotated = _replay(model, annotator)
     for linear, original in annotator.linear_copies:
         linear.set_weights(original.get_weights())

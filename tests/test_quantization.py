@@ -80,6 +80,27 @@ def test_quantize_skip_fixes_it():
     assert "doubler_output_quant" in {layer.name for layer in quantized.layers}
 
 
+def test_a_run_of_skipped_layers_is_quantized_only_where_int8_follows():
+    # A depthwise conv whose channels differ 100-fold in scale, then its BatchNorm and ReLU6, all kept in
+    # float: an 8-bit range on the conv's output (before the BatchNorm rescales it) would zero the small
+    # channels, so only the ReLU6's output, which a quantized layer takes, gets one.
+    inputs = keras.Input((8, 8, 4))
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(inputs)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU(6.0, name="dw_relu")(x)
+    outputs = L.Dense(3, activation="softmax", name="head")(L.GlobalAveragePooling2D(name="pool")(x))
+    model = keras.Model(inputs, outputs)
+    kernel = np.ones((3, 3, 4, 1), np.float32) * np.array([1.0, 1.0, 0.01, 0.01], np.float32)[None, None, :, None]
+    model.get_layer("dw").set_weights([kernel, np.zeros(4, np.float32)])
+    quantized, _ = quantize_model(model, quantize_skip=["dw", "dw_bn", "dw_relu"])
+    names = {layer.name for layer in quantized.layers}
+    assert "dw_relu_output_quant" in names
+    assert not {"dw_output_quant", "dw_bn_output_quant"} & names
+    # The skipped layers alone at the end of a model keep their output quantizer (nothing follows them).
+    quantized, _ = quantize_model(model, quantize_skip=["head"])
+    assert "head_output_quant" in {layer.name for layer in quantized.layers}
+
+
 def test_output_config_fixes_it_and_the_lambda_becomes_an_int8_mul():
     quantized, _ = quantize_model(lambda_net(), quantize_configs={"doubler": output_config()})
     assert float_ops(convert(quantized, "int8")) == []

@@ -55,7 +55,9 @@ a fresh optimizer. Each epoch's logs carry `phase` (0 float, 1 prune, 2 qat:
 TensorBoard needs numbers; the names are in `PHASES` and `summary()`) and
 `learning_rate`; the pruning phase adds `sparsity`, `sparsity/<layer>` and
 `target_sparsity`, and QAT of a sparse model adds `sparsity` again, which
-shows what survives quantization-aware training.
+shows what survives quantization-aware training. QAT adds `quant_range_width_mean`,
+`quant_range_min`, `quant_range_max` and `quant_range_change` (its activation
+ranges, and how far they moved since the phase began).
 
 Frozen layers (`trainable=False`) stay frozen in every phase and are not
 pruned. TFMOT's `QuantizeWrapperV2` trains the kernels of frozen layers anyway,
@@ -92,7 +94,7 @@ from edgekeras.trainers.checks import (
     check_epochs, check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments,
 )
 from edgekeras.trainers.distill import phase_compile_arguments, teacher_data
-from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs
+from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs, QuantizerRanges
 from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
 from edgekeras.trainers.trial import trial_data, trial_phases
 
@@ -441,7 +443,7 @@ class EdgeTrainer:
                 self.calibrated_ranges = quantization.calibrate_activation_ranges(
                     qat_model, calibration, self.calibration_steps
                 )
-            extra = []
+            extra = [QuantizerRanges()]  # logs the activation ranges, which decide int8 accuracy
             frozen = quantization.frozen_weights_made_trainable(qat_model)
             if frozen:
                 extra.append(KeepFrozen(frozen))

@@ -1,14 +1,16 @@
-"""Callbacks `EdgeTrainer` adds to its phases' fits: phase logs and frozen-weight guards.
+"""Callbacks `EdgeTrainer` adds to its phases' fits: phase logs, QAT range logs, frozen-weight guards.
 
 Internal to `edgekeras.trainers`: they carry no user-facing settings.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from edgekeras.callbacks import current_learning_rate
 from edgekeras.compat import keras
+from edgekeras.quantization import activation_ranges
 
-__all__ = ["PhaseLogs", "KeepFrozen"]
+__all__ = ["PhaseLogs", "KeepFrozen", "QuantizerRanges"]
 
 
 class PhaseLogs(keras.callbacks.Callback):
@@ -57,3 +59,49 @@ class KeepFrozen(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._restore()
         self._saved, self._restore = [], None
+
+
+class QuantizerRanges(keras.callbacks.Callback):
+    """Adds the QAT activation ranges to each epoch's logs, so TensorBoard shows them move.
+
+    The ranges decide the int8 model's accuracy, yet move only 0.1 % per step
+    (TFMOT's moving average): these scalars tell whether fine-tuning was long
+    enough for them to settle. Over every range of `quantization.activation_ranges`
+    (a per-channel one counts each channel): `quant_range_width_mean`
+    (mean of max - min), `quant_range_min` (smallest min), `quant_range_max`
+    (largest max) and `quant_range_change` (mean absolute change of the min
+    and max values since the fit began). Nothing is added when the model has
+    no such range.
+
+    Holds no model or TensorFlow object before `on_train_begin`, so it
+    survives `copy.deepcopy`, which the tuner applies to each trial's callbacks.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._ranges = []
+        self._start = None
+
+    def _values(self):
+        lows = np.concatenate([np.ravel(low.numpy()) for low, _ in self._ranges]).astype(np.float64)
+        highs = np.concatenate([np.ravel(high.numpy()) for _, high in self._ranges]).astype(np.float64)
+        return lows, highs
+
+    def on_train_begin(self, logs=None):
+        # After BackupAndRestore (first in the list), so a resumed phase
+        # counts the change from where it resumed.
+        self._ranges = activation_ranges(self.model)
+        self._start = self._values() if self._ranges else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self._ranges:
+            return
+        lows, highs = self._values()
+        change = np.concatenate([np.abs(lows - self._start[0]), np.abs(highs - self._start[1])])
+        logs["quant_range_width_mean"] = float(np.mean(highs - lows))
+        logs["quant_range_min"] = float(np.min(lows))
+        logs["quant_range_max"] = float(np.max(highs))
+        logs["quant_range_change"] = float(np.mean(change))
+
+    def on_train_end(self, logs=None):
+        self._ranges, self._start = [], None
