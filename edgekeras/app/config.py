@@ -50,6 +50,7 @@ import typing
 from edgekeras.app.inputs import DataSection, ModelSection, check_inputs
 from edgekeras.app.roles import AUTO, CANDIDATES, auto_candidates, resolve
 from edgekeras.app.sections import (
+    BoolOrAuto,
     ConfigError,
     DistributeSection,
     EvaluateSection,
@@ -219,6 +220,10 @@ def _convert(value, hint, key, list_of=None):
     `list_of` is what a list-valued key must be, for the message when the
     value is no list (see `edgekeras.app.sections.list_requirement`).
     """
+    if hint is BoolOrAuto:
+        if not isinstance(value, bool) and value != "auto":
+            _fail(key, 'true, false or "auto"', value)
+        return value
     if hint is bool:
         if not isinstance(value, bool):
             _fail(key, "true or false", value)

@@ -18,6 +18,7 @@ top, train, validation, arrays = cache_at_cut(context, "", "model.trainable_from
 """
 
 import numpy as np
+import tensorflow as tf
 
 from edgekeras import distillation, features, sparsity
 from edgekeras.app.config import ConfigError
@@ -25,7 +26,22 @@ from edgekeras.app.state import log
 from edgekeras.distribute import shard_by_data
 from edgekeras.models import freeze_before, split_model
 
-__all__ = ["cache_at_cut", "pruning_inputs", "warn_if_pruning_little"]
+__all__ = ["cache_at_cut", "caches_features", "pruning_inputs", "warn_if_pruning_little"]
+
+
+def caches_features(config):
+    """Whether the float and pruning phases train on cached activations (`train.cache_features`).
+
+    "auto" caches on a machine without a GPU: there the frozen part's forward
+    pass dominates every epoch, and computing it once pays for the fixed
+    augmentation passes. With a GPU that pass is cheap, and training on the
+    images keeps per-epoch augmentation (tf.data prepares the batches on the
+    CPU while the GPU trains).
+    """
+    setting = config.train.cache_features
+    if setting == "auto":
+        return not tf.config.list_physical_devices("GPU")
+    return setting
 
 
 def cache_at_cut(context, key, setting):
@@ -106,7 +122,7 @@ def pruning_inputs(context, teacher):
                 f"Received: prune.trainable_from={config.prune.trainable_from!r}"
             ) from error
         model, train_data, validation_data, arrays = context.model, context.data.train, context.data.validation, None
-        cached = cache_at_cut(context, "prune_", "prune.trainable_from") if config.train.cache_features else None
+        cached = cache_at_cut(context, "prune_", "prune.trainable_from") if caches_features(config) else None
         if cached is not None:
             model, train_data, validation_data, arrays = cached
     if config.prune.distill_weight:

@@ -27,7 +27,7 @@ from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
-    "ConfigError", "RunSection", "TrainSection", "PruneSection", "QatSection",
+    "BoolOrAuto", "ConfigError", "RunSection", "TrainSection", "PruneSection", "QatSection",
     "ExportSection", "EvaluateSection", "ReportSection", "DistributeSection", "TuneSettings", "list_requirement",
 ]
 
@@ -114,6 +114,10 @@ class RunSection:
             _fail(f"{section}.output_dir", "a non-empty path", self.output_dir)
 
 
+class BoolOrAuto:
+    """The type of a key that takes true, false or "auto" (decided when the run starts)."""
+
+
 # The names `edgekeras.trainers.phase_optimizer` accepts; repeated here because
 # edgekeras.trainers imports TensorFlow, which reading a config must not.
 OPTIMIZERS = ("adam", "sgd")
@@ -130,10 +134,15 @@ class TrainSection:
         learning_rate: peak learning rate of the float phase.
         lr_schedule: "constant" or "cosine" (decay to 0 over the phase).
         steps_per_epoch: batches per epoch (0: the whole training split).
-        cache_features: compute the activations of the frozen part of the
-            model (everything before `model.trainable_from`, or the whole
-            base) once, and train the trainable top on them. The float and
-            pruning phases then cost a fraction of a full forward pass.
+        cache_features: true: compute the activations of the frozen part
+            of the model (everything before `model.trainable_from`, or the
+            whole base) once, and train the trainable top on them; the float
+            and pruning phases then cost a fraction of a full forward pass,
+            and augmentation is limited to `cache_passes` fixed passes.
+            false: train on the images, augmented afresh every epoch.
+            "auto" (default): true on a machine without a GPU, false with
+            one (where the full forward pass is cheap), decided when the
+            run starts.
         cache_engine: "litert" (the frozen part converted to .tflite and run
             by XNNPACK, ~4x faster on CPU) or "keras".
         cache_passes: passes over the training split to cache; with
@@ -145,7 +154,7 @@ class TrainSection:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     steps_per_epoch: int = 0
-    cache_features: bool = True
+    cache_features: BoolOrAuto = "auto"
     cache_engine: str = "litert"
     cache_passes: int = 1
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekeras.app.config import ConfigError
 from edgekeras.app.factories import build_model, load_data, make_trainer, prune_schedule, tensorboard_callbacks
-from edgekeras.app.phase_inputs import cache_at_cut, pruning_inputs, warn_if_pruning_little
+from edgekeras.app.phase_inputs import cache_at_cut, caches_features, pruning_inputs, warn_if_pruning_little
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.state import RunState, log
@@ -165,7 +165,13 @@ def cache_features(context):
     """Stage: with `train.cache_features`, the frozen prefix's activations (cached in the run directory)."""
     context.train_model, context.train_data, context.validation_data = context.model, context.data.train, context.data.validation
     context.train_arrays = None
-    if not context.config.train.cache_features:
+    cached = caches_features(context.config)
+    if context.config.train.cache_features == "auto":
+        log("train.cache_features = \"auto\": " + (
+            "no GPU, so the frozen part's activations are cached" if cached
+            else "a GPU is visible, so the phases train on the images, augmented every epoch"
+        ))
+    if not cached:
         return
     cached = cache_at_cut(context, "", "model.trainable_from")
     if cached is not None:

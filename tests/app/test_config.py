@@ -82,6 +82,13 @@ def test_toml_round_trip(tmp_path):
     assert default_config_toml().startswith("# edgekeras run: default values")
 
 
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_cache_features_takes_true_false_or_auto(tmp_path, value):
+    config = parse_config({"train": {"cache_features": value}})
+    assert config.train.cache_features == value
+    assert load_config(write(tmp_path, config_to_toml(config))) == config
+
+
 @pytest.mark.parametrize("name", ["default.toml", "seed.toml", "demo.toml", "mobilenet_v3_small.toml"])
 def test_shipped_configs_are_valid(name):
     load_config(CONFIGS / name)
@@ -105,7 +112,7 @@ def test_shipped_configs_are_valid(name):
         ({"train": {"learning_rate": float("inf")}}, r"`train.learning_rate` must be a finite number\. Received: train.learning_rate=inf"),
         ({"model": {"alpha": float("nan")}}, r"`model.alpha` must be a finite number\. Received: model.alpha=nan"),
         ({"train": {"optimizer": "lion"}}, r"`train.optimizer` must be one of 'adam', 'sgd'"),
-        ({"train": {"cache_features": "yes"}}, r"`train.cache_features` must be true or false"),
+        ({"data": {"augment": "yes"}}, r"`data.augment` must be true or false"),
         ({"run": {"name": "a/b"}}, r"`run.name` must be a non-empty name without '/'"),
         ({"run": {"output_dir": ""}}, r"`run.output_dir` must be a non-empty path"),
         ({"run": {"seed": 1.5}}, r"`run.seed` must be an integer"),
@@ -156,6 +163,10 @@ def test_shipped_configs_are_valid(name):
         ({"evaluate": {"latency_runs": 10}}, r"`evaluate.latency_runs` must be an integer >= 50"),
         ({"evaluate": {"latency_threads": []}}, r"`evaluate.latency_threads` must be a non-empty list"),
         ({"evaluate": {"num_threads": 0}}, r"`evaluate.num_threads` must be an integer >= 1"),
+        (
+            {"train": {"cache_features": "yes"}},
+            r"Config key `train.cache_features` must be true, false or \"auto\"\. Received: train.cache_features='yes'",
+        ),
         ({"report": {"quantized": "int4"}}, r"`report.quantized` must name a variant this config exports"),
         (
             {"qat": {"epochs": 0}, "report": {"quantized": "qat_int8"}},
