@@ -210,6 +210,23 @@ def test_teacher_outputs_are_its_predictions_and_it_runs_once_per_example():
     np.testing.assert_allclose(probabilities, teacher(x, training=False).numpy(), rtol=1e-6)
 
 
+def test_teacher_outputs_of_a_large_float16_array_take_it_batch_by_batch(monkeypatch):
+    # Cached activations are float16 and can be gigabytes: `predict` on an array converts all of it to
+    # one float32 tensor first, so the array must reach the teacher one batch at a time.
+    x, _ = _data(count=40)
+    teacher = _teacher()
+    given = []
+    for method in ("predict", "predict_on_batch", "__call__"):
+        original = getattr(teacher, method)
+        monkeypatch.setattr(teacher, method, lambda value, *args, _run=original, **kwargs: (
+            given.append(len(value)), _run(value, *args, **kwargs))[1])
+    probabilities = teacher_outputs(teacher, x.astype(np.float16), batch_size=16)
+    monkeypatch.undo()
+    assert given and max(given) <= 16, given
+    assert int(teacher.seen.numpy()) == 40
+    np.testing.assert_allclose(probabilities, teacher(x.astype(np.float16).astype(np.float32)).numpy(), rtol=1e-5)
+
+
 def test_teacher_outputs_of_a_dataset_match_the_array_ones():
     x, y = _data()
     teacher = _teacher()
