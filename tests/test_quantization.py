@@ -284,7 +284,9 @@ def test_calibration_sets_every_activation_range_to_the_observed_one_before_the_
     assert all(bounds != (-6.0, 6.0) for bounds in calibrated)
     # The model input's range (TFMOT's all-values quantizer, which starts at [0, 0] and only grows) is the
     # batch's, 0 kept inside as TFLite requires.
-    quantizer_vars = quantized.get_layer("quantize_layer").quantizer_vars
+    # Keras numbers the layer's name per process (quantize_layer_40 after other tests): find it by type.
+    (input_quantizer,) = [layer for layer in quantized.layers if type(layer).__name__ == "QuantizeLayer"]
+    quantizer_vars = input_quantizer.quantizer_vars
     observed = (float(quantizer_vars["min_var"].numpy()), float(quantizer_vars["max_var"].numpy()))
     assert observed == pytest.approx((min(0.0, images.min()), images.max()), rel=1e-6)
     # At the observed ranges, one more training step on the same batch moves none of them.
