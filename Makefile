@@ -23,8 +23,12 @@ install: $(BIN)/.installed
 lint: install
 	$(BIN)/python -m flake8 edgekeras tests benchmarks
 
+# Two pytest workers (pytest-xdist): most of a test's time is single-threaded
+# graph tracing and conversion, so two run side by side on a 2-core machine.
+# --durations keeps the slowest tests in CI's log.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -m "not slow" tests
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --durations=15 tests
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow" tests

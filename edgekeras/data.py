@@ -27,6 +27,7 @@ from edgekeras.images import (
     ImageData,
     build_image_data,
     carve_splits,
+    filled_cache,
     check_load_arguments,
     check_normalization,
     check_positive_int,
@@ -159,7 +160,7 @@ def _read(builder, split, cache, image_size):
         return (image if fixed else resize_to_uint8(image, image_size)), label
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
-    return ds.cache() if cache else ds
+    return filled_cache(ds) if cache else ds
 
 
 def load_image_data(
@@ -197,7 +198,8 @@ def load_image_data(
             training split for validation. 0 disables the validation split.
         augment: random pad-crop and horizontal flip on training images.
         shuffle_buffer: shuffle buffer size for the training pipeline.
-        cache: cache decoded images in memory (before resizing).
+        cache: cache decoded images in memory (before resizing), each split
+            read once here so that every later pass sees all of it.
         seed: seed for shuffling and augmentation; the same seed gives the
             same batches.
         max_train_examples: use only the first N training examples (for

@@ -36,6 +36,7 @@ from edgekeras.images import (
     DataNotFoundError,
     build_image_data,
     carve_splits,
+    filled_cache,
     check_load_arguments,
     check_normalization,
     resize_to_uint8,
@@ -159,7 +160,7 @@ def _read(paths, labels, image_size, cache):
         return resize_to_uint8(image, image_size), label
 
     ds = tf.data.Dataset.from_tensor_slices((list(paths), labels)).map(decode, num_parallel_calls=AUTOTUNE)
-    return ds.cache() if cache else ds
+    return filled_cache(ds) if cache else ds
 
 
 def _layout(directory, test_directory, validation_size, test_size, max_train_examples):
@@ -217,7 +218,8 @@ def load_image_folders(
             (None: `validation_size` of them). Must be None with one.
         augment: random pad-crop and horizontal flip on training images.
         shuffle_buffer: shuffle buffer size for the training pipeline.
-        cache: cache the decoded, resized images in memory.
+        cache: cache the decoded, resized images in memory, each split read
+            once here so that every later pass sees all of it.
         seed: seed for shuffling and augmentation (not for the splits, which
             are the same for every seed).
         max_train_examples: use only the first N training files. None: all.

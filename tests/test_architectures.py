@@ -229,7 +229,12 @@ def hard_swish():
     return keras.Model(inputs, head(x), name="hard_swish")
 
 
-@pytest.mark.parametrize("build", [nested, residual, concatenate, squeeze_excite, preprocessing, hard_swish])
+# Each build takes ~20 s on 2 cores (QAT traces the model three times); the default suite keeps the
+# residual one (adds and a shared input), `make test-slow` runs the rest.
+@pytest.mark.parametrize("build", [
+    residual, *(pytest.param(build, marks=pytest.mark.slow)
+                for build in (nested, concatenate, squeeze_excite, preprocessing, hard_swish)),
+])
 def test_user_model_goes_through_every_phase_and_export(build, tmp_path):
     keras.utils.set_random_seed(0)
     run_contract(build(), tmp_path)

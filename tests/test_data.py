@@ -93,6 +93,16 @@ def test_representative_dataset_yields_single_float_examples(tiny_tfds_dir):
     assert all(len(s) == 1 and s[0].shape == (1, 40, 40, 3) and s[0].dtype == np.float32 for s in samples)
 
 
+def test_a_pass_that_stops_early_leaves_every_later_pass_whole(tiny_tfds_dir):
+    # A representative dataset reads the first images and stops; TF's in-memory
+    # cache then kept only what that pass read (5,000 validation images became 580).
+    data = _load(tiny_tfds_dir, batch_size=2, validation_size=40)
+    assert len(list(representative_dataset(data.validation, num_examples=2)())) == 2
+    assert _count(data.validation) == 40
+    assert len(list(representative_dataset(data.test, num_examples=2)())) == 2
+    assert _count(data.test) == 20
+
+
 def test_missing_data_without_download_says_how_to_fix(tmp_path):
     match = r"not prepared in .*download=False`\. Received: dataset='cifar10', data_dir='.*'\. .*TFDS_DATA_DIR"
     with pytest.raises(DataNotFoundError, match=match):

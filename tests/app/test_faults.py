@@ -1,4 +1,4 @@
-"""Fault injection, fast cases: a real `edgekeras run` killed with SIGKILL, then resumed.
+"""Fault injection, the small case: a real `edgekeras run` killed with SIGKILL, then resumed.
 
 The slow sweep (every phase boundary plus random points, on real CIFAR-10) is
 `benchmarks/fault_injection.py` (`make faults`).
@@ -45,6 +45,9 @@ def run_command(config_path, *, kill_at=None, timeout=600):
     return False, "".join(lines)
 
 
+# Four real runs in subprocesses (~4 min on 2 cores): `make test-slow`. The default suite's resume test
+# (tests/app/test_pipeline.py) kills a run in-process during export.
+@pytest.mark.slow
 def test_sigkill_during_training_and_export_then_resume(tiny_tfds_dir, tmp_path):
     config = tiny_config(tiny_tfds_dir, tmp_path, evaluate={"progress": False})
     path = tmp_path / "tiny.toml"

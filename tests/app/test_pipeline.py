@@ -211,7 +211,8 @@ def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, t
     # The export stage looks export_tflite up in edgekeras.app.stages.
     import edgekeras.app.stages as stages_module
 
-    config = tiny_config(tiny_tfds_dir, tmp_path)
+    # Without QAT (two minutes of tracing on 2 cores): the SIGKILL test in test_faults.py resumes one with it.
+    config = tiny_config(tiny_tfds_dir, tmp_path, qat={"epochs": 0})
     run_dir = tmp_path / "tiny"
     real_export = stages_module.export_tflite
     calls, died = [], []
@@ -239,12 +240,12 @@ def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, t
     # Training is restored from the checkpoints, the two files are reused.
     assert "Epoch" not in output
     assert "reusing the cached train activations" in output
-    assert calls == ["qat_int8", "pruned_float32", "pqat_int8"]
+    assert calls == ["pruned_float32"]
     for name in ("tflite/float32.tflite", "tflite/int8.tflite"):
         assert _files(run_dir)[name] == before[name]
     report = json.loads((run_dir / "report.json").read_text())
     validate_report(report)
-    assert [v["name"] for v in report["variants"]] == ["float32", "int8", "qat_int8", "pruned_float32", "pqat_int8"]
+    assert [v["name"] for v in report["variants"]] == ["float32", "int8", "pruned_float32"]
     state = json.loads((run_dir / "state.json").read_text())
     assert state["finished"] and state["attempts"] == 2 and state["cache"] == {}
     assert not (run_dir / "cache").exists()
