@@ -263,10 +263,12 @@ class QatSection:
         quantize_float: QAT the float (unpruned) model: variant "qat_int8".
         quantize_pruned: QAT the pruned model with the prune-preserving
             scheme: variant "pqat_int8".
-        skip_layers: layers left in float during QAT (and so in the QAT
-            .tflite files), e.g. a conv layer with its BatchNorm and
-            activation: TFMOT quantizes a BatchNorm only together with the
-            conv before it.
+        skip_layers: layers left in float during QAT, e.g. a conv layer
+            with its BatchNorm and activation: TFMOT quantizes a BatchNorm
+            only together with the conv before it. They stay float in the
+            QAT .tflite files only as a run from the model's input on: the
+            converter quantizes a float layer whose input and output both
+            carry QAT ranges.
         distill_weight: share of the QAT loss that follows the outputs of
             the model being quantized (its float self: knowledge
             distillation; 0: labels only). The teacher runs on every batch.
