@@ -38,27 +38,37 @@ def _children(pid):
     return found
 
 
-def tree_rss_bytes(pid):
-    """Resident set of `pid` and its descendants, in bytes (0 once it has exited)."""
-    total = 0
+def tree_memory_bytes(pid):
+    """`(resident, anonymous)` bytes of `pid` and its descendants ((0, 0) once it has exited).
+
+    Resident is what `/usr/bin/time -v` reports as its maximum; it includes
+    file-backed pages, such as a memory-mapped activation cache, which the
+    kernel can drop under pressure. Anonymous (resident minus shared) is what
+    the process itself allocated and cannot give back without freeing it.
+    """
+    resident = anonymous = 0
+    page = os.sysconf("SC_PAGE_SIZE")
     for member in _children(pid):
         try:
             with open(f"/proc/{member}/statm") as statm:
-                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                fields = statm.read().split()
+            resident += int(fields[1]) * page
+            anonymous += (int(fields[1]) - int(fields[2])) * page
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return resident, anonymous
 
 
 def measure(config, output_dir, interval):
-    """Runs one config and returns {config, peak_gib, peak_stage, wall_s, returncode, stages}."""
+    """Runs one config; returns {config, peak_gib, peak_stage, peak_anonymous_gib, stage_peaks_gib, wall_s, ...}."""
     command = [
         sys.executable, "-m", "edgekeras", "run", "--config", config, "--overwrite", "--no-progress",
         "--output-dir", output_dir,
     ]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state = {"stage": "data_and_model", "peak": 0, "peak_stage": None, "done": []}
+    state = {"stage": "data_and_model", "peak": 0, "peak_stage": None, "peak_anonymous": 0, "done": []}
+    stage_peaks = {}
 
     def follow_output():
         for line in process.stdout:
@@ -71,9 +81,12 @@ def measure(config, output_dir, interval):
     reader = threading.Thread(target=follow_output, daemon=True)
     reader.start()
     while process.poll() is None:
-        rss = tree_rss_bytes(process.pid)
+        rss, anonymous = tree_memory_bytes(process.pid)
+        stage = state["stage"]
         if rss > state["peak"]:
-            state["peak"], state["peak_stage"] = rss, state["stage"]
+            state["peak"], state["peak_stage"] = rss, stage
+        state["peak_anonymous"] = max(state["peak_anonymous"], anonymous)
+        stage_peaks[stage] = max(stage_peaks.get(stage, 0), rss)
         time.sleep(interval)
     reader.join(timeout=10)
     return {
@@ -81,6 +94,8 @@ def measure(config, output_dir, interval):
         "returncode": process.returncode,
         "peak_gib": round(state["peak"] / 2**30, 3),
         "peak_stage": state["peak_stage"],
+        "peak_anonymous_gib": round(state["peak_anonymous"] / 2**30, 3),
+        "stage_peaks_gib": {stage: round(peak / 2**30, 3) for stage, peak in stage_peaks.items()},
         "wall_s": round(time.perf_counter() - started, 1),
         "stages": state["done"],
     }
@@ -103,13 +118,18 @@ def main():
             result["goal_gib"] = args.goal_gib[index]
             result["met"] = result["returncode"] == 0 and result["peak_gib"] <= args.goal_gib[index]
         results.append(result)
-    print("\n| config | peak RSS GiB | stage at the peak | wall time | goal | met |")
-    print("|---|---|---|---|---|---|")
+    print("\n| config | peak RSS GiB | stage at the peak | peak anonymous GiB | wall time | goal | met |")
+    print("|---|---|---|---|---|---|---|")
     for result in results:
         print(
-            f"| {result['config']} | {result['peak_gib']:.2f} | {result['peak_stage']} | {result['wall_s'] / 60:.1f} min | "
+            f"| {result['config']} | {result['peak_gib']:.2f} | {result['peak_stage']} | "
+            f"{result['peak_anonymous_gib']:.2f} | {result['wall_s'] / 60:.1f} min | "
             f"{result.get('goal_gib', '-')} | {result.get('met', '-')} |"
         )
+    for result in results:
+        print(f"\n{result['config']}: peak RSS per stage (GiB, 'after X' = while the stage after X ran)")
+        for stage, peak in result["stage_peaks_gib"].items():
+            print(f"  {stage}: {peak:.2f}")
     write_json(args.json, {"machine": machine_info(), "results": results})
     return 0 if all(result["returncode"] == 0 for result in results) else 1
 

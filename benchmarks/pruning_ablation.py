@@ -101,12 +101,13 @@ def cached_data(args):
 
 
 def train_float(args, top, train, validation):
+    """Trains the float `top` once; returns its weights and the float phase's last epoch logs."""
     steps = int(np.ceil(len(train[0]) / 64))
     optimizer = phase_optimizer({"float": 3e-4, "prune": 1e-4, "qat": 1e-5}, decay_steps={"float": steps * args.float_epochs})
     trainer = EdgeTrainer(top, optimizer, "sparse_categorical_crossentropy", ["accuracy"])
     trainer.fit(features.array_dataset(*train, 64, shuffle_seed=0), validation_data=features.array_dataset(*validation, 64),
                 float_epochs=args.float_epochs, verbose=2)
-    return top.get_weights()
+    return top.get_weights(), trainer.summary()["final_logs"]["float"]
 
 
 def prune_row(args, row, top, float_weights, train, validation):
@@ -165,13 +166,13 @@ def main(argv=None):
     chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
     start = time.perf_counter()
     data, model, top, train, validation = cached_data(args)
-    float_weights = train_float(args, top, train, validation)
+    float_weights, float_logs = train_float(args, top, train, validation)
     results = []
     with tempfile.TemporaryDirectory() as directory:
         evaluation = evaluate_row(args, model, data, directory)
         float_row = {"row": "float (before pruning)", "sparsity": evaluation["float32"].sparsity,
                      "pruned_float32": evaluation["float32"].accuracy, "pruned_int8": evaluation["int8"].accuracy,
-                     "val_accuracy": float("nan"), "seconds": 0.0}
+                     "val_accuracy": float_logs.get("val_accuracy", float("nan")), "seconds": 0.0}
         print(markdown([float_row]), flush=True)
         for row in chosen:
             seconds, logs = prune_row(args, row, top, float_weights, train, validation)
