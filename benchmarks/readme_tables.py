@@ -1,20 +1,29 @@
-"""Writes the README's result tables from the reference reports in `benchmarks/results/`.
+"""Writes the READMEs' result tables from the files in `benchmarks/results/`.
 
 Each shipped config's reference run keeps its `report.json` in
-`benchmarks/results/<config>/report.json`; the README holds the table of each
+`benchmarks/results/<config>/report.json`; README.md holds the table of each
 between the markers
 
     <!-- results: <config> -->
     ...
     <!-- /results: <config> -->
 
-This script replaces what is between them with `edgekeras.app.report.format_table`
-of that file, so published figures and files cannot disagree;
+and a benchmark's committed JSON (a script's `--json` output with a `table`
+field, such as `benchmarks/results/ablations/pruning.json`) is published
+between
+
+    <!-- table: ablations/pruning.json -->
+    ...
+    <!-- /table: ablations/pruning.json -->
+
+This script replaces what is between the markers of README.md and
+benchmarks/README.md with `edgekeras.app.report.format_table` of the report,
+or the JSON's `table`, so published figures and files cannot disagree;
 `tests/test_readme.py` fails when they do.
 
 Run:
 
-    python benchmarks/readme_tables.py            # rewrite README.md
+    python benchmarks/readme_tables.py            # rewrite both READMEs
     python benchmarks/readme_tables.py --check    # exit 1 if a table is out of date
 """
 
@@ -31,36 +40,50 @@ from edgekeras.app.report import format_table  # noqa: E402
 from edgekeras.io import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results: (?P=name) -->)", re.S)
+READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+BLOCK = re.compile(
+    r"(<!-- (?P<kind>results|table): (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind): (?P=name) -->)", re.S
+)
 
 
-def table(name):
-    """The Markdown table of `benchmarks/results/<name>/report.json`."""
-    path = RESULTS / name / "report.json"
+def table(kind, name):
+    """The Markdown table of `benchmarks/results/<name>/report.json` ("results") or of the JSON file `name` ("table")."""
+    path = RESULTS / name / "report.json" if kind == "results" else RESULTS / name
     if not path.is_file():
-        raise FileNotFoundError(f"README names results {name!r}, but {path} does not exist")
-    return format_table(json.loads(path.read_text())).rstrip("\n") + "\n"
+        raise FileNotFoundError(f"a README names {kind} {name!r}, but {path} does not exist")
+    data = json.loads(path.read_text())
+    if kind == "results":
+        return format_table(data).rstrip("\n") + "\n"
+    if "table" not in data:
+        raise ValueError(f"{path} has no `table` field: a README table comes from a benchmark's --json output")
+    return data["table"].rstrip("\n") + "\n"
 
 
 def render(text):
-    """`text` with every results block regenerated."""
-    return BLOCK.sub(lambda m: m.group(1) + table(m.group("name")) + m.group(4), text)
+    """`text` with every results and table block regenerated."""
+    return BLOCK.sub(lambda m: m.group(1) + table(m.group("kind"), m.group("name")) + m.group(5), text)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--readme", nargs="+", default=[str(path) for path in READMES])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a table differs")
     args = parser.parse_args()
-    text = pathlib.Path(args.readme).read_text()
-    rendered = render(text)
+    stale, count = [], 0
+    for readme in args.readme:
+        text = pathlib.Path(readme).read_text()
+        blocks = list(BLOCK.finditer(text))
+        count += len(blocks)
+        if args.check:
+            stale += [f"{readme}: {m.group('name')}" for m in blocks if m.group("body") != table(m.group("kind"), m.group("name"))]
+            continue
+        rendered = render(text)
+        if rendered != text:
+            atomic_write_text(readme, rendered)
     if args.check:
-        stale = [m.group("name") for m in BLOCK.finditer(text) if m.group("body") != table(m.group("name"))]
         print("README tables up to date" if not stale else f"stale README tables: {stale}")
         return 1 if stale else 0
-    if rendered != text:
-        atomic_write_text(args.readme, rendered)
-    print(f"{len(BLOCK.findall(text))} table(s) written from {RESULTS}")
+    print(f"{count} table(s) written from {RESULTS}")
     return 0
 
 
