@@ -176,8 +176,12 @@ class RunState:
     def cached_arrays(self, key, compute):
         """`compute()`'s `(features, labels)`, stored once and memory-mapped.
 
-        A cache whose checksum fails (a kill mid-write cannot cause one, the
-        files are renamed into place, but a disk can) is computed again.
+        The features come back memory-mapped from their file the first time
+        too, not as the array `compute()` built: the run then holds no
+        anonymous copy of a cache of GBs, and the kernel can drop its pages
+        under memory pressure. A cache whose checksum fails (a kill mid-write
+        cannot cause one, the files are renamed into place, but a disk can) is
+        computed again.
         """
         entry = self.data["cache"].get(key)
         if entry is not None:
@@ -199,7 +203,8 @@ class RunState:
             entry[name] = self.record_file(path)
         self.data["cache"][key] = entry
         self.save()
-        return features, labels
+        del features  # the last reference: its memory goes back before training starts
+        return np.load(os.path.join(self.run_dir, entry["features"]["file"]), mmap_mode="r"), labels
 
     def drop_cache(self):
         """Deletes the cached activations (GBs) once nothing needs them."""

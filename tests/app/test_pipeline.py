@@ -289,6 +289,19 @@ def test_run_directory_without_state_is_refused(tiny_tfds_dir, tmp_path):
     assert (tmp_path / "tiny" / "notes.txt").read_text() == "mine"
 
 
+def test_a_cache_computed_now_comes_back_memory_mapped_from_its_file(tmp_path):
+    from edgekeras.app.state import RunState
+
+    config = parse_config({"run": {"name": "cache", "output_dir": str(tmp_path)}}, source="test")
+    computed = np.arange(24, dtype=np.float16).reshape(6, 2, 2)
+    state = RunState(config.run_dir, config, overwrite=False, enabled=True)
+    features, labels = state.cached_arrays("train", lambda: (computed.copy(), np.arange(6)))
+    assert isinstance(features, np.memmap)
+    assert os.path.samefile(features.filename, tmp_path / "cache" / "cache" / "train_features.npy")
+    np.testing.assert_array_equal(features, computed)
+    np.testing.assert_array_equal(labels, np.arange(6))
+
+
 def test_corrupt_cache_is_computed_again(tmp_path):
     from edgekeras.app.state import RunState
 
