@@ -126,6 +126,24 @@ def test_verify_reports_disagreement(model, images, tmp_path):
     assert result.max_abs_diff > 1e-3
 
 
+def test_verify_runs_both_models_a_batch_at_a_time(model, tmp_path, monkeypatch):
+    # Verifying on all images at once allocated activations for all of them (GBs at 512 x 128 px).
+    from edgekeras.litert import export as export_module
+
+    images = np.random.default_rng(2).uniform(-1, 1, (70, SIDE, SIDE, 3)).astype(np.float32)
+    exported = export_tflite(model, tmp_path / "float32.tflite", "float32")
+    monkeypatch.setattr(export_module, "VERIFY_BATCH", 16)
+    allocated, called = [], []
+    allocate = TFLiteModel.allocate
+    monkeypatch.setattr(TFLiteModel, "allocate", lambda self, size: allocated.append(size) or allocate(self, size))
+    counting = keras.Model(model.inputs, model.outputs)
+    call = counting.call
+    monkeypatch.setattr(counting, "call", lambda x, **kwargs: called.append(len(x)) or call(x, **kwargs))
+    result = verify(exported.path, counting, images)
+    assert set(allocated) == {16} and called == [16, 16, 16, 16, 6]
+    assert result.examples == 70 and result.top1_agreement == 1.0 and result.max_abs_diff < 1e-4
+
+
 def test_failed_conversion_leaves_previous_file_and_no_partial_file(model, images, tmp_path):
     path = tmp_path / "int8.tflite"
     path.write_bytes(b"previous")
