@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras.litert import ExportError, TFLiteModel, convert, progress_bar
+from edgekeras.memory import release_mapped_pages
 
 __all__ = ["array_dataset", "cache_features"]
 
@@ -127,7 +128,10 @@ def array_dataset(features, labels, batch_size, shuffle_seed=None):
 
     Unlike `from_tensor_slices`, this neither copies the arrays into a
     tensor (cached activations can be several GB) nor hits the 2 GB limit of
-    a serialized dataset graph: a generator slices one batch at a time.
+    a serialized dataset graph: a generator slices one batch at a time. The
+    pages of a memory-mapped `features` array are released after each
+    batch is copied out, so that an epoch over a cache of GBs does not leave
+    it resident.
 
     Args:
         features: an array of examples (e.g. from `cache_features`), any
@@ -159,7 +163,12 @@ def array_dataset(features, labels, batch_size, shuffle_seed=None):
             epoch[0] += 1
         for start in range(0, count, batch_size):
             index = np.sort(order[start : start + batch_size])
-            yield features[index].astype(np.float32), labels[index]
+            batch = features[index].astype(np.float32)
+            # Each read maps whole page-cache folios (up to MBs) around the
+            # rows, so without this an epoch leaves a memory-mapped cache of
+            # GBs resident; the pages stay in the page cache all the same.
+            release_mapped_pages(features)
+            yield batch, labels[index]
 
     signature = (
         tf.TensorSpec((None, *features.shape[1:]), tf.float32),

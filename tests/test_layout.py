@@ -20,7 +20,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "edgekeras"
 # facade of lazily loaded public names) and `__main__` sit above everything.
 LAYERS = (
     ("errors",),
-    ("choices", "compat", "io", "pareto"),
+    ("choices", "compat", "io", "memory", "pareto"),
     ("runtime",),
     ("images",),
     ("schedules", "sparsity", "distillation", "distribute", "data", "folders"),
@@ -191,7 +191,7 @@ def test_functions_are_short():
 
 
 @pytest.mark.parametrize(
-    "modules", ["edgekeras", "edgekeras.app.cli", "edgekeras.app.config", "edgekeras.errors, edgekeras.choices"]
+    "modules", ["edgekeras", "edgekeras.app.cli", "edgekeras.app.config", "edgekeras.errors, edgekeras.choices", "edgekeras.memory"]
 )
 def test_light_modules_do_not_import_tensorflow(modules):
     # `edgekeras --help` and reading a config must not pay TensorFlow's start-up.

@@ -71,6 +71,7 @@ from edgekeras.app.state import RunDirectoryError, RunState, log, verify_run_dir
 from edgekeras.compat import keras
 from edgekeras.distribute import get_strategy, is_chief, worker_id
 from edgekeras.io import atomic_write_text, read_json
+from edgekeras.memory import return_freed_heap
 
 __all__ = ["RunResult", "RunDirectoryError", "run", "verify_run_dir", "load_data", "build_model", "resolve_weights"]
 
@@ -242,6 +243,9 @@ def run(config, *, progress=None, overwrite=False):
             return RunResult(run_dir=config.run_dir, report=None, table="", timings=timings)
         start = time.perf_counter()
         stage(context)
+        # Each stage drops models and buffers of GBs (a QAT fit, a converter):
+        # without this the heap keeps their pages and the next stage stacks on top.
+        return_freed_heap()
         timings[name] = round(time.perf_counter() - start, 2)
         state.add_time(name, timings[name])
         state.save()

@@ -17,7 +17,6 @@ print([name for name, _ in STAGES])  # ['data_and_model', 'trial_conversion', 'c
 """
 
 import dataclasses
-import gc
 import math
 import os
 import time
@@ -34,6 +33,7 @@ from edgekeras.data import batches_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
+from edgekeras.memory import return_freed_heap
 from edgekeras.models import assemble_with_weights, clone_with_weights, save_model
 
 __all__ = ["RunContext", "STAGES", "CHIEF_ONLY"]
@@ -229,9 +229,8 @@ def train_and_prune(context):
         )
     context.models.update(float=float_model, pruned=model if pruning else None)
     # The cached activations (GBs) are not needed past this point: QAT and
-    # export work on images.
+    # export work on images (`run` returns the freed heap after each stage).
     context.train_model = context.train_data = context.validation_data = context.train_arrays = trainer = None
-    gc.collect()
 
 
 def _quantization_aware(context, name, model):
@@ -258,6 +257,7 @@ def qat(context):
     with context.strategy.scope():
         if section.epochs and section.quantize_float:
             models["qat"] = _quantization_aware(context, "qat", models["float"])
+            return_freed_heap()  # the first QAT fit's buffers, before the second one
         if section.epochs and section.quantize_pruned and models["pruned"] is not None:
             models["pqat"] = _quantization_aware(context, "pqat", models["pruned"])
     # Every worker takes part: reading a multi-worker model's variables can
@@ -315,6 +315,7 @@ def export(context):
         )
         context.exported[name] = (result, source)
         state.record_export(name, result)
+        return_freed_heap()  # each conversion leaves 70-100 MB of freed converter buffers
         check = result.verification
         log(
             f"exported {name}: {result.size_bytes} B ({result.gzip_bytes} B gzipped), agreement "
