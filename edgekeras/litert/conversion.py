@@ -49,6 +49,7 @@ from edgekeras.compat import check_model
 from edgekeras.errors import EdgekerasError
 from edgekeras.litert.diagnosis import ConversionError, ExportError, captured_output, conversion_error
 from edgekeras.litert.signature import input_batches, model_inputs
+from edgekeras.litert.weight_ranges import floored_weight_ranges
 from edgekeras.models import is_pruning_wrapped, is_quantization_aware
 
 __all__ = [
@@ -396,8 +397,12 @@ def convert(
     float_layers = _check_combination(model, conversion, io_dtype, float_layers)
     check_representative_data(model, conversion, representative_data)
     inputs = model_inputs(model, input_signature, (representative_data,))
+    if is_quantization_aware(model):
+        # Near-zero channels would get int32 bias overflows (weight_ranges.py).
+        with floored_weight_ranges(model):
+            return _run_converter(model, inputs, conversion, None, io_dtype, float_layers, log_path)
     calibration = None
-    if conversion in _FULL_INTEGER and not is_quantization_aware(model):
+    if conversion in _FULL_INTEGER:
         calibration = _representative(representative_data, inputs, representative_examples)
     return _run_converter(model, inputs, conversion, calibration, io_dtype, float_layers, log_path)
 
