@@ -13,18 +13,8 @@ and both dominated the peak of `edgekeras run` (benchmarks/peak_memory.py):
   again from the page cache. `release_mapped_pages` drops them from the
   process; the next read maps them again.
 
-The opposite holds inside a stage: freed blocks should be reused, not handed
-back. glibc serves every block over 32 MiB (batch-64 activations of
-MobileNetV2 at 128 px are 63 MB) with a fresh `mmap` and unmaps it on `free`,
-so each training step faults in its GBs of buffers anew, and the unmapping
-stalls the other threads' page faults. `keep_freed_heap_for_reuse` makes
-`malloc` keep and reuse them (a training step of the whole MobileNetV2 at
-128 px, batch 64, on 2 cores that another run shared: 5.16 -> 3.76 s, system
-time 1.16 -> 0.70 s, half the page faults); `return_freed_heap` between
-stages still hands them back.
-
-None of this changes a value, and each does nothing where it cannot apply
-(no glibc, an array that is not memory-mapped). No TensorFlow here.
+Neither changes a value, and both do nothing where they cannot apply (no
+glibc, an array that is not memory-mapped). No TensorFlow here.
 """
 
 import ctypes
@@ -34,52 +24,23 @@ import mmap
 
 import numpy as np
 
-__all__ = ["keep_freed_heap_for_reuse", "return_freed_heap", "release_mapped_pages"]
+__all__ = ["return_freed_heap", "release_mapped_pages"]
 
 _LIBC = []
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-def _glibc():
-    """The C library if it is glibc (it has `malloc_trim` and `mallopt`), else None."""
+def _glibc_malloc_trim():
+    """glibc's `malloc_trim`, or None (another C library, or no C library found)."""
     if not _LIBC:
         name = ctypes.util.find_library("c")
         try:
-            libc = ctypes.CDLL(name) if name else None
-            if libc is not None:
-                libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-                libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            trim = ctypes.CDLL(name).malloc_trim if name else None
         except (OSError, AttributeError):
-            libc = None
-        _LIBC.append(libc)
+            trim = None
+        if trim is not None:
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        _LIBC.append(trim)
     return _LIBC[0]
-
-
-def keep_freed_heap_for_reuse():
-    """Makes glibc's `malloc` reuse freed blocks of every size for the rest of the process.
-
-    Blocks are no longer `mmap`ed one by one (which faults their pages in
-    at each use and unmaps them at each `free`), and freed memory is not
-    handed back by `free` itself: call `return_freed_heap` when a phase that
-    needed it is over. `edgekeras run`, `tune` and `train` call this first.
-
-    Returns:
-        True if glibc took both settings, False elsewhere (nothing changed).
-
-    Example:
-
-    ```python
-    keep_freed_heap_for_reuse()
-    model.fit(data, epochs=6)
-    del model
-    return_freed_heap()
-    ```
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def return_freed_heap():
@@ -102,10 +63,10 @@ def return_freed_heap():
     ```
     """
     gc.collect()
-    libc = _glibc()
-    if libc is None:
+    trim = _glibc_malloc_trim()
+    if trim is None:
         return False
-    libc.malloc_trim(0)
+    trim(0)
     return True
 
 
