@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter
 
 from edgekeras import keras
-from edgekeras.litert import convert, weight_ranges
+from edgekeras.litert import TFLiteModel, convert, weight_ranges
 from edgekeras.litert.weight_ranges import floored_weight_ranges
 from edgekeras.quantization import calibrate_activation_ranges, quantize_model
 
@@ -40,12 +39,7 @@ def qat_and_images():
 
 
 def run(flatbuffer, images):
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.resize_tensor_input(0, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return TFLiteModel(flatbuffer).predict(images)
 
 
 def test_a_dead_channels_bias_reaches_the_int8_file(qat_and_images):
