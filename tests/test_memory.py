@@ -142,3 +142,43 @@ def test_teacher_outputs_over_a_memory_mapped_cache_leave_it_unresident(cache_fi
     outputs = teacher_outputs(teacher, features, batch_size=256)
     assert outputs.shape == (len(features), 3)
     assert _mapped_kib(cache_file) < 1024
+
+
+KEEP_SCRIPT = """
+import ctypes, ctypes.util, sys
+from edgekeras.memory import keep_freed_heap_for_reuse, return_freed_heap
+
+def anonymous_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("RssAnon:"))
+
+if sys.argv[1] == "keep":
+    assert keep_freed_heap_for_reuse() is True
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+before = anonymous_mib()
+block = libc.malloc(64 << 20)
+ctypes.memset(block, 1, 64 << 20)
+libc.free(block)
+after_free = anonymous_mib()
+return_freed_heap()
+print(after_free - before, anonymous_mib() - before)
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("mode, kept_after_free", [("keep", True), ("default", False)])
+def test_keep_freed_heap_for_reuse_holds_a_large_freed_block_until_return_freed_heap(mode, kept_after_free):
+    # In a process of its own: the setting lasts for the rest of the process.
+    import subprocess
+
+    libc = ctypes.util.find_library("c")
+    if libc is None or not hasattr(ctypes.CDLL(libc), "mallopt"):
+        pytest.skip("not glibc")
+    result = subprocess.run([sys.executable, "-c", KEEP_SCRIPT, mode], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after_free, after_return = map(int, result.stdout.split())
+    # Without the setting glibc maps a 64 MiB block on its own and unmaps it at `free`.
+    assert (after_free >= 60) is kept_after_free
+    assert after_return < 8

@@ -12,6 +12,7 @@ from edgekeras.app import tune as tune_driver
 from edgekeras.app.config import load_config
 from edgekeras.compat import keras
 from edgekeras.data import load_image_data
+from edgekeras.memory import keep_freed_heap_for_reuse
 from edgekeras.models import build_transfer_model
 from edgekeras.tuning import format_results, pareto_front
 
@@ -20,6 +21,7 @@ __all__ = ["run", "train", "tune"]
 
 def train(args):
     """Trains the seed's reference model and prints its test accuracy."""
+    keep_freed_heap_for_reuse()
     data = load_image_data(
         args.dataset,
         data_dir=args.data_dir,
@@ -54,6 +56,7 @@ def train(args):
 
 def run(args):
     """Runs the whole recipe of a TOML config and prints the report table."""
+    keep_freed_heap_for_reuse()
     config = load_config(args.config)
     overrides = {key: value for key, value in (("name", args.name), ("output_dir", args.output_dir)) if value}
     if overrides:
@@ -74,6 +77,7 @@ def run(args):
 
 def tune(args):
     """Runs a hyperparameter search from a TOML config and prints the best trials."""
+    keep_freed_heap_for_reuse()
     config = tune_driver.load_tune_config(args.config)
     start = time.perf_counter()
     tuner = tune_driver.tune(config, overwrite=True if args.overwrite else None)

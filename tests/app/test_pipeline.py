@@ -181,6 +181,24 @@ def test_array_dataset_batches_and_reshuffles():
     np.testing.assert_array_equal(ordered, labels)
 
 
+def test_array_dataset_keeps_static_shapes_and_reshuffles_each_repeat():
+    from edgekeras.features import array_dataset
+
+    features = np.arange(8, dtype=np.float16)[:, None, None] * np.ones((1, 2, 3), np.float16)
+    labels = np.eye(8, dtype=np.float32)
+    dataset = array_dataset(features, labels, 4, shuffle_seed=1)
+    # Models trace on these shapes; a fully unknown shape would trace a slower, generic graph.
+    assert dataset.element_spec[0].shape.as_list() == [None, 2, 3]
+    assert dataset.element_spec[1].shape.as_list() == [None, 8]
+    assert dataset.element_spec[0].dtype.name == "float32"
+    passes = list(dataset.repeat(2).as_numpy_iterator())
+    assert len(passes) == 4
+    orders = [np.concatenate([y.argmax(axis=1) for _, y in passes[i:i + 2]]) for i in (0, 2)]
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(8))
+    assert not np.array_equal(orders[0], orders[1])
+    assert all(np.array_equal(x[:, 0, 0], y.argmax(axis=1)) for x, y in passes)
+
+
 def test_qat_skip_layers_reach_the_trainer(tiny_tfds_dir, tmp_path):
     import tensorflow as tf
 
