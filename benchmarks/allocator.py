@@ -8,12 +8,12 @@ heap), and every 4 KiB page of the next step's buffers faults again. Which
 of the two happens depends on the heap's layout, so the same feed can fault
 300 times more in one process than in another. Variants, each in its own
 process (glibc reads `GLIBC_TUNABLES` at start-up; `edgekeras` applies the
-same settings with `mallopt`):
+same settings with `mallopt`, whose trim threshold stops at 2 GiB):
 
 - `default`: glibc's defaults (dynamic mmap threshold, trimming at 2x it).
 - `keep_heap`: no `mmap` per block and no trimming at `free`
   (`M_MMAP_MAX=0`, `M_TRIM_THRESHOLD` at its maximum), what
-  `edgekeras.memory.keep_freed_heap` sets; freed memory goes back to the
+  `edgekeras.memory.keep_freed_heap_for_reuse` sets; freed memory goes back to the
   kernel only at `return_freed_heap` (`malloc_trim`), between stages.
 
 Each process trains the default recipe's fine-tuned part (MobileNetV2

@@ -187,7 +187,7 @@ def test_array_dataset_keeps_static_shapes_and_reshuffles_each_repeat():
     features = np.arange(8, dtype=np.float16)[:, None, None] * np.ones((1, 2, 3), np.float16)
     labels = np.eye(8, dtype=np.float32)
     dataset = array_dataset(features, labels, 4, shuffle_seed=1)
-    # Models trace on these shapes; a fully unknown shape would trace a slower, generic graph.
+    # Models trace their training step on these shapes.
     assert dataset.element_spec[0].shape.as_list() == [None, 2, 3]
     assert dataset.element_spec[1].shape.as_list() == [None, 8]
     assert dataset.element_spec[0].dtype.name == "float32"
