@@ -30,15 +30,9 @@ quantization-aware models load inside `tfmot.quantization.keras.quantize_scope`.
 
 `EdgeQuantizeScheme` and `EdgePrunePreserveQuantizeScheme` are TFMOT's two
 8-bit schemes with a registry that knows these layers (TFMOT's prune-preserve
-registry claims every weightless layer, then fails on `Normalization`).
-
-Example:
-
-```python
-annotated = annotate_model(model)
-with tfmot.quantization.keras.quantize_scope():
-    qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=quantize_scheme("default"))
-```
+registry claims every weightless layer, then fails on `Normalization`), and
+with one range per output channel for depthwise kernels, as the int8 file
+has (`depthwise_quantizer.py`). `annotate_model`'s example shows the use.
 """
 
 import functools
@@ -57,6 +51,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 )
 
 from edgekeras.compat import keras
+from edgekeras.depthwise_quantizer import DepthwiseQuantizeConfig
 
 __all__ = [
     "OUTPUT", "FLOAT_INSIDE", "PASS_THROUGH", "LAYER_KINDS", "OP_KINDS", "ACTIVATION_KINDS",
@@ -239,7 +234,8 @@ def _config(kind):
 class EdgeQuantizeRegistry(default_registry.Default8BitQuantizeRegistry):
     """TFMOT's default 8-bit registry, completed with `LAYER_KINDS` and `ACTIVATION_KINDS`.
 
-    `supports` is also exact for `Activation` layers: TFMOT's registry
+    DepthwiseConv2D kernels get one range per output channel, as in the int8
+    file (`DepthwiseQuantizeConfig`; TFMOT's shares one). `supports` is also exact for `Activation` layers: TFMOT's registry
     accepts every one and fails later, inside `quantize_apply`, on
     activations its config does not know. Op layers (`OP_KINDS`) are never
     wrapped: `annotate_model` puts a `QuantizeLayer` after them.
@@ -250,6 +246,11 @@ class EdgeQuantizeRegistry(default_registry.Default8BitQuantizeRegistry):
     EdgeQuantizeRegistry().get_quantize_config(keras.layers.Multiply())
     ```
     """
+
+    def __init__(self, disable_per_axis=False):
+        super().__init__(disable_per_axis)
+        if not disable_per_axis:
+            self._layer_quantize_map[_layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
 
     def supports(self, layer):
         if _is_op_layer(layer):
@@ -331,10 +332,9 @@ def quantize_scheme(name):
     scheme = quantize_scheme("prune_preserve")
     ```
     """
-    if name == "prune_preserve":
-        return EdgePrunePreserveQuantizeScheme()
-    if name == "default":
-        return EdgeQuantizeScheme()
+    schemes = {"prune_preserve": EdgePrunePreserveQuantizeScheme, "default": EdgeQuantizeScheme}
+    if name in schemes:
+        return schemes[name]()
     raise ValueError(f"Argument `name` must be 'default' or 'prune_preserve'. Received: name={name!r}")
 
 

@@ -24,6 +24,7 @@ LAYERS = (
     ("runtime",),
     ("images",),
     ("schedules", "sparsity", "distillation", "distribute", "data", "folders"),
+    ("depthwise_quantizer",),
     ("models",),
     ("quantize_configs",),
     ("quantization", "litert"),

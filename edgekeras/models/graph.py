@@ -18,6 +18,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.pr
 from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 from edgekeras.compat import check_model, keras
+from edgekeras.depthwise_quantizer import DepthwiseQuantizeConfig, DepthwiseWeightsQuantizer
 
 __all__ = [
     "assemble_with_weights",
@@ -258,6 +259,8 @@ def custom_objects():
         "PrunePreserveDefaultWeightsQuantizer": prune_preserve.PrunePreserveDefaultWeightsQuantizer,
         "PrunePreserveDefault8BitWeightsQuantizer": prune_preserve.PrunePreserveDefault8BitWeightsQuantizer,
         "PrunePreserveDefault8BitConvWeightsQuantizer": prune_preserve.PrunePreserveDefault8BitConvWeightsQuantizer,
+        "DepthwiseQuantizeConfig": DepthwiseQuantizeConfig,
+        "DepthwiseWeightsQuantizer": DepthwiseWeightsQuantizer,
     }
     # quantize_scope() is a CustomObjectScope over TFMOT's own dictionaries.
     for mapping in tfmot.quantization.keras.quantize_scope().custom_objects:
