@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/allocator.py --rounds 3 --steps 20 --json runs/bench/allocator.json
 	$(BIN)/python benchmarks/eval_throughput.py --examples 2000 --threads 2 --rounds 5 --json runs/bench/eval_throughput.json
 	$(BIN)/python benchmarks/deployed_latency.py --run-dir $(BENCH_RUN_DIR) --threads 1 2 --runs 100 --json runs/bench/deployed_latency.json
+	$(BIN)/python benchmarks/depthwise_ranges.py --run-dir $(BENCH_RUN_DIR) --json runs/bench/depthwise_ranges.json
 	$(BIN)/python benchmarks/seed_recipe.py --train-examples 5000 --test-examples 2000 --epochs 1 --prune-epochs 1 --json runs/bench/seed_recipe.json
 
 # SIGKILLs real `edgekeras run` / `edgekeras tune` processes at every phase boundary and at random

@@ -1,0 +1,117 @@
+"""Depthwise weight ranges in QAT: TFMOT's one range per kernel vs one per output channel.
+
+TFMOT 0.8.1 fake-quantizes a DepthwiseConv2D kernel with a single range
+(its per-axis quantizer reads the kernel's last axis, the depth multiplier);
+TFLite's int8 depthwise kernel holds one scale per output channel, and the
+converter takes the QAT model's ranges as those scales. edgekeras gives each
+output channel its own range (`edgekeras/depthwise_quantizer.py`). This
+script makes both QAT copies of a run's trained float model (`models/float.h5`,
+with the run's `qat.skip_layers` left in float and its image size), calibrates their activation ranges on the same 16 validation batches
+(no training step, so the weights are the float model's in both), converts
+each to int8, and measures on the next validation images: the Keras QAT
+model's accuracy, its int8 file's accuracy, and their top-1 agreement.
+
+Run (after `make demo`, whose run directory is the default):
+
+    TFDS_DATA_DIR=../shared/data/tfds python benchmarks/depthwise_ranges.py --run-dir runs/demo \
+        --json runs/depthwise_ranges.json
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
+    default_8bit_quantize_registry as default_registry,
+)
+
+from edgekeras import quantize_configs  # noqa: E402
+from edgekeras.app.config import load_config  # noqa: E402
+from edgekeras.app.factories import load_data  # noqa: E402
+from edgekeras.litert import convert  # noqa: E402
+from edgekeras.models import load_model  # noqa: E402
+from edgekeras.quantization import calibrate_activation_ranges, quantize_model  # noqa: E402
+from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
+
+
+@contextlib.contextmanager
+def tfmot_depthwise_ranges():
+    """While active, new QAT copies get TFMOT's own DepthwiseConv2D config (one range per kernel)."""
+    per_channel = quantize_configs.DepthwiseQuantizeConfig
+    quantize_configs.DepthwiseQuantizeConfig = lambda: default_registry.Default8BitConvQuantizeConfig(
+        ["depthwise_kernel"], ["activation"], False,
+    )
+    try:
+        yield
+    finally:
+        quantize_configs.DepthwiseQuantizeConfig = per_channel
+
+
+def run_file(flatbuffer, images):
+    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter.resize_tensor_input(0, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def measure(model, skip_layers, calibration, images, labels, per_channel):
+    started = time.perf_counter()
+    with contextlib.nullcontext() if per_channel else tfmot_depthwise_ranges():
+        quantized, _ = quantize_model(model, quantize_skip=skip_layers)
+    calibrate_activation_ranges(quantized, calibration, steps=len(calibration))
+    keras_top1 = quantized.predict(images, batch_size=64, verbose=0).argmax(1)
+    file_top1 = run_file(convert(quantized, "int8"), images).argmax(1)
+    return {
+        "depthwise_ranges": "per output channel (edgekeras)" if per_channel else "one per kernel (TFMOT)",
+        "keras_accuracy": float(np.mean(keras_top1 == labels)),
+        "file_accuracy": float(np.mean(file_top1 == labels)),
+        "agreement": float(np.mean(keras_top1 == file_top1)),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/demo", help="a finished run (config.toml, models/float.h5)")
+    parser.add_argument("--calibration-batches", type=int, default=16, help="batches of 32 validation images")
+    parser.add_argument("--examples", type=int, default=2048, help="validation images measured (after calibration)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    model_path = os.path.join(args.run_dir, "models", "float.h5")
+    if not os.path.exists(model_path):
+        parser.error(f"Argument `--run-dir` holds no models/float.h5. Received: --run-dir={args.run_dir!r}; "
+                     "run `make demo` first, or name a finished run.")
+    config = load_config(os.path.join(args.run_dir, "config.toml"))
+    data = load_data(dataclasses.replace(config.data, batch_size=32), config.run.seed, config.model)
+    if data.validation is None:
+        parser.error(f"The run in --run-dir={args.run_dir!r} has no validation split (data.validation_size = 0).")
+    batches = list(data.validation.take(args.calibration_batches + -(-args.examples // 32)))
+    calibration = [images for images, _ in batches[:args.calibration_batches]]
+    images = np.concatenate([images.numpy() for images, _ in batches[args.calibration_batches:]])[:args.examples]
+    labels = np.concatenate([labels.numpy() for _, labels in batches[args.calibration_batches:]])[:args.examples]
+    model = load_model(model_path)
+    float_accuracy = float(np.mean(model.predict(images, batch_size=64, verbose=0).argmax(1) == labels))
+    rows = [measure(model, config.qat.skip_layers, calibration, images, labels, per_channel) for per_channel in (False, True)]
+    print(f"\nfloat Keras model: {float_accuracy:.2%} on {len(labels)} validation images\n")
+    print("| depthwise ranges | QAT Keras model | its int8 file | top-1 agreement |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['depthwise_ranges']} | {row['keras_accuracy']:.2%} | {row['file_accuracy']:.2%} | {row['agreement']:.2%} |")
+    write_json(args.json, {
+        "machine": machine_info(), "run_dir": args.run_dir, "image_size": config.data.image_size,
+        "examples": int(len(labels)), "float_accuracy": float_accuracy, "rows": rows,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
