@@ -49,7 +49,7 @@ tune: install
 	$(BIN)/edgekeras tune --config $(TUNE_CONFIG)
 
 # The benchmarks in sequence (benchmarks/README.md says what each measures); JSON in runs/bench/.
-# deployed_latency.py times the .tflite files of an earlier run: BENCH_RUN_DIR=runs/<name>.
+# deployed_latency.py and depthwise_ranges.py read an earlier run: BENCH_RUN_DIR=runs/<name>.
 BENCH_RUN_DIR ?= runs/default
 bench: install
 	$(BIN)/python benchmarks/pruning_overhead.py --json runs/bench/pruning_overhead.json
