@@ -49,7 +49,7 @@ tune: install
 	$(BIN)/edgekeras tune --config $(TUNE_CONFIG)
 
 # The benchmarks in sequence (benchmarks/README.md says what each measures); JSON in runs/bench/.
-# deployed_latency.py and depthwise_ranges.py read an earlier run: BENCH_RUN_DIR=runs/<name>.
+# deployed_latency.py, depthwise_ranges.py and qat_drift.py read an earlier run: BENCH_RUN_DIR=runs/<name>.
 BENCH_RUN_DIR ?= runs/default
 bench: install
 	$(BIN)/python benchmarks/pruning_overhead.py --json runs/bench/pruning_overhead.json
@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python benchmarks/eval_throughput.py --examples 2000 --threads 2 --rounds 5 --json runs/bench/eval_throughput.json
 	$(BIN)/python benchmarks/deployed_latency.py --run-dir $(BENCH_RUN_DIR) --threads 1 2 --runs 100 --json runs/bench/deployed_latency.json
 	$(BIN)/python benchmarks/depthwise_ranges.py --run-dir $(BENCH_RUN_DIR) --json runs/bench/depthwise_ranges.json
+	$(BIN)/python benchmarks/qat_drift.py --run-dir $(BENCH_RUN_DIR) --json runs/bench/qat_drift.json
 	$(BIN)/python benchmarks/seed_recipe.py --train-examples 5000 --test-examples 2000 --epochs 1 --prune-epochs 1 --json runs/bench/seed_recipe.json
 
 # SIGKILLs real `edgekeras run` / `edgekeras tune` processes at every phase boundary and at random
