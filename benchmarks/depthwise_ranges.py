@@ -79,6 +79,24 @@ def measure(model, skip_layers, calibration, images, labels, per_channel):
     }
 
 
+def load_run(parser, run_dir, calibration_batches, examples):
+    """`(config, float model, calibration batches, images, labels)` of a finished run: batches of 32
+    validation images, the first `calibration_batches` for calibration, the next `examples` images to measure."""
+    model_path = os.path.join(run_dir, "models", "float.h5")
+    if not os.path.exists(model_path):
+        parser.error(f"Argument `--run-dir` holds no models/float.h5. Received: --run-dir={run_dir!r}; "
+                     "run `make demo` first, or name a finished run.")
+    config = load_config(os.path.join(run_dir, "config.toml"))
+    data = load_data(dataclasses.replace(config.data, batch_size=32), config.run.seed, config.model)
+    if data.validation is None:
+        parser.error(f"The run in --run-dir={run_dir!r} has no validation split (data.validation_size = 0).")
+    batches = list(data.validation.take(calibration_batches + -(-examples // 32)))
+    calibration = [images for images, _ in batches[:calibration_batches]]
+    images = np.concatenate([images.numpy() for images, _ in batches[calibration_batches:]])[:examples]
+    labels = np.concatenate([labels.numpy() for _, labels in batches[calibration_batches:]])[:examples]
+    return config, load_model(model_path), calibration, images, labels
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/demo", help="a finished run (config.toml, models/float.h5)")
@@ -86,19 +104,7 @@ def main(argv=None):
     parser.add_argument("--examples", type=int, default=2048, help="validation images measured (after calibration)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    model_path = os.path.join(args.run_dir, "models", "float.h5")
-    if not os.path.exists(model_path):
-        parser.error(f"Argument `--run-dir` holds no models/float.h5. Received: --run-dir={args.run_dir!r}; "
-                     "run `make demo` first, or name a finished run.")
-    config = load_config(os.path.join(args.run_dir, "config.toml"))
-    data = load_data(dataclasses.replace(config.data, batch_size=32), config.run.seed, config.model)
-    if data.validation is None:
-        parser.error(f"The run in --run-dir={args.run_dir!r} has no validation split (data.validation_size = 0).")
-    batches = list(data.validation.take(args.calibration_batches + -(-args.examples // 32)))
-    calibration = [images for images, _ in batches[:args.calibration_batches]]
-    images = np.concatenate([images.numpy() for images, _ in batches[args.calibration_batches:]])[:args.examples]
-    labels = np.concatenate([labels.numpy() for _, labels in batches[args.calibration_batches:]])[:args.examples]
-    model = load_model(model_path)
+    config, model, calibration, images, labels = load_run(parser, args.run_dir, args.calibration_batches, args.examples)
     float_accuracy = float(np.mean(model.predict(images, batch_size=64, verbose=0).argmax(1) == labels))
     rows = [measure(model, config.qat.skip_layers, calibration, images, labels, per_channel) for per_channel in (False, True)]
     result = {

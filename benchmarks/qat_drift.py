@@ -24,7 +24,6 @@ Run (after `make demo`):
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -34,11 +33,9 @@ import numpy as np  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from edgekeras import keras  # noqa: E402
-from edgekeras.app.config import load_config  # noqa: E402
-from edgekeras.app.factories import load_data  # noqa: E402
 from edgekeras.litert import convert  # noqa: E402
-from edgekeras.models import load_model  # noqa: E402
 from edgekeras.quantization import calibrate_activation_ranges, quantize_model  # noqa: E402
+from depthwise_ranges import load_run  # noqa: E402  (benchmarks/depthwise_ranges.py)
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -106,18 +103,9 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=3, help="publish every n-th activation in the table (JSON: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    model_path = os.path.join(args.run_dir, "models", "float.h5")
-    if not os.path.exists(model_path):
-        parser.error(f"Argument `--run-dir` holds no models/float.h5. Received: --run-dir={args.run_dir!r}; "
-                     "run `make demo` first, or name a finished run.")
-    config = load_config(os.path.join(args.run_dir, "config.toml"))
-    data = load_data(dataclasses.replace(config.data, batch_size=32), config.run.seed, config.model)
-    if data.validation is None:
-        parser.error(f"The run in --run-dir={args.run_dir!r} has no validation split (data.validation_size = 0).")
-    batches = list(data.validation.take(16 + -(-args.examples // 32)))
-    images = np.concatenate([x.numpy() for x, _ in batches[16:]])[:args.examples]
-    quantized, _ = quantize_model(load_model(model_path), quantize_skip=config.qat.skip_layers)
-    calibrate_activation_ranges(quantized, [x for x, _ in batches[:16]], steps=16)
+    config, model, calibration, images, _ = load_run(parser, args.run_dir, 16, args.examples)
+    quantized, _ = quantize_model(model, quantize_skip=config.qat.skip_layers)
+    calibrate_activation_ranges(quantized, calibration, steps=16)
     outputs = keras_outputs(quantized, images)
     activations = file_activations(convert(quantized, "int8"), images)
     rows = compare(outputs, activations)
