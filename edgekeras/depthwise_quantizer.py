@@ -97,7 +97,8 @@ class DepthwiseQuantizeConfig(default_registry.Default8BitConvQuantizeConfig):
     Example:
 
     ```python
-    quantize_model(model, quantize_configs={"block_1_depthwise": DepthwiseQuantizeConfig()})
+    config = DepthwiseQuantizeConfig()
+    config.get_weights_and_quantizers(keras.layers.DepthwiseConv2D(3))  # the per-channel quantizer
     ```
     """
 

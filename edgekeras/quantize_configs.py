@@ -25,8 +25,8 @@ them without the constants they were called with, and records their call as
 a list), so `annotate_model` puts a TFMOT `QuantizeLayer` after them. A
 convolution or Dense whose activation TFMOT would not quantize before it
 (`swish`: the convolution would stay float) is annotated as a linear copy and
-an `Activation` layer. Only TFMOT's own classes end up in the model, so
-quantization-aware models load inside `tfmot.quantization.keras.quantize_scope`.
+an `Activation` layer. Only TFMOT's classes and `depthwise_quantizer.py`'s
+end up in the model: `models.load_model` (or `models.custom_objects`) loads it.
 
 `EdgeQuantizeScheme` and `EdgePrunePreserveQuantizeScheme` are TFMOT's two
 8-bit schemes with a registry that knows these layers (TFMOT's prune-preserve

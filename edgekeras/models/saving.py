@@ -3,8 +3,9 @@
 Pruned models need nothing special: `MagnitudePruning` leaves plain Keras
 layers. Quantization-aware models hold TFMOT classes (`QuantizeWrapperV2`,
 `QuantizeLayer`, quantizers and quantize configs, the prune-preserving
-quantizers) that Keras can only rebuild inside
-`tfmot.quantization.keras.quantize_scope`; `load_model` always opens it.
+quantizers, edgekeras' per-channel depthwise quantizer) that Keras can only
+rebuild inside `tfmot.quantization.keras.quantize_scope` with `custom_objects()`;
+`load_model` always opens it.
 
 Formats (tf_keras 2.21 + TFMOT 0.8.1): `.h5` and SavedModel directories work
 for every phase. The `.keras` zip format works for float and pruned models but
