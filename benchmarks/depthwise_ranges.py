@@ -27,7 +27,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (  # noqa: E402
     default_8bit_quantize_registry as default_registry,
 )
@@ -38,6 +37,7 @@ from edgekeras.app.factories import load_data  # noqa: E402
 from edgekeras.litert import convert  # noqa: E402
 from edgekeras.models import load_model  # noqa: E402
 from edgekeras.quantization import calibrate_activation_ranges, quantize_model  # noqa: E402
+from edgekeras.runtime import TFLiteModel  # noqa: E402
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -54,22 +54,13 @@ def tfmot_depthwise_ranges():
         quantize_configs.DepthwiseQuantizeConfig = per_channel
 
 
-def run_file(flatbuffer, images):
-    interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.resize_tensor_input(0, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
 def measure(model, skip_layers, calibration, images, labels, per_channel):
     started = time.perf_counter()
     with contextlib.nullcontext() if per_channel else tfmot_depthwise_ranges():
         quantized, _ = quantize_model(model, quantize_skip=skip_layers)
     calibrate_activation_ranges(quantized, calibration, steps=len(calibration))
     keras_top1 = quantized.predict(images, batch_size=64, verbose=0).argmax(1)
-    file_top1 = run_file(convert(quantized, "int8"), images).argmax(1)
+    file_top1 = TFLiteModel(convert(quantized, "int8")).predict(images).argmax(1)
     return {
         "depthwise_ranges": "per output channel (edgekeras)" if per_channel else "one per kernel (TFMOT)",
         "keras_accuracy": float(np.mean(keras_top1 == labels)),
