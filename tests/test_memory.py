@@ -182,3 +182,54 @@ def test_keep_freed_heap_for_reuse_holds_a_large_freed_block_until_return_freed_
     # Without the setting glibc maps a 64 MiB block on its own and unmaps it at `free`.
     assert (after_free >= 60) is kept_after_free
     assert after_return < 8
+
+
+ARENA_SCRIPT = """
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from edgekeras.memory import keep_freed_heap_for_reuse
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+if sys.argv[1] == "keep":
+    assert keep_freed_heap_for_reuse() is True
+barrier = threading.Barrier(8)
+
+def allocate():
+    block = libc.malloc(1 << 20)
+    barrier.wait()  # all eight alive at once, so none inherits another's arena
+    libc.free(block)
+
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_keep_freed_heap_for_reuse_makes_every_thread_share_one_arena(mode):
+    # Each arena keeps its own freed blocks; glibc gives threads up to 8 arenas per core.
+    import subprocess
+
+    libc = ctypes.util.find_library("c")
+    if libc is None or not hasattr(ctypes.CDLL(libc), "malloc_info"):
+        pytest.skip("not glibc")
+    result = subprocess.run([sys.executable, "-c", ARENA_SCRIPT, mode], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    arenas = int(result.stdout.split()[-1])
+    if mode == "keep":
+        assert arenas == 1
+    else:
+        assert arenas > 1
