@@ -54,6 +54,7 @@ BENCH_RUN_DIR ?= runs/default
 bench: install
 	$(BIN)/python benchmarks/pruning_overhead.py --json runs/bench/pruning_overhead.json
 	$(BIN)/python benchmarks/allocator.py --rounds 3 --steps 20 --json runs/bench/allocator.json
+	$(BIN)/python benchmarks/allocator.py --phase qat --image-size 96 --trainable-from block_16_expand --rounds 2 --steps 10 --json runs/bench/allocator_qat.json
 	$(BIN)/python benchmarks/eval_throughput.py --examples 2000 --threads 2 --rounds 5 --json runs/bench/eval_throughput.json
 	$(BIN)/python benchmarks/deployed_latency.py --run-dir $(BENCH_RUN_DIR) --threads 1 2 --runs 100 --json runs/bench/deployed_latency.json
 	$(BIN)/python benchmarks/depthwise_ranges.py --run-dir $(BENCH_RUN_DIR) --json runs/bench/depthwise_ranges.json

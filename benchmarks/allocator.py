@@ -12,20 +12,29 @@ same settings with `mallopt`, whose trim threshold stops at 2 GiB):
 
 - `default`: glibc's defaults (dynamic mmap threshold, trimming at 2x it).
 - `keep_heap`: no `mmap` per block and no trimming at `free`
-  (`M_MMAP_MAX=0`, `M_TRIM_THRESHOLD` at its maximum), what
-  `edgekeras.memory.keep_freed_heap_for_reuse` sets; freed memory goes back to the
-  kernel only at `return_freed_heap` (`malloc_trim`), between stages.
+  (`M_MMAP_MAX=0`, `M_TRIM_THRESHOLD` at its maximum); freed memory goes
+  back to the kernel only at `return_freed_heap` (`malloc_trim`), between
+  stages.
+- `keep_heap_2_arenas`, `keep_heap_1_arena`: the same with glibc's arenas
+  capped (by default up to 8 per core, one per thread, each keeping its own
+  freed blocks). `keep_heap_1_arena` is what
+  `edgekeras.memory.keep_freed_heap_for_reuse` sets.
 
-Each process trains the default recipe's fine-tuned part (MobileNetV2
-blocks 6-16 and the head at 128 px, fed 16x16x32 activations from a
-memory-mapped cache through `edgekeras.features.array_dataset`, batch 64,
-Adam, BatchNorm frozen) for one warm-up epoch and one measured epoch.
+`--phase train` (the default) trains the default recipe's fine-tuned part
+(MobileNetV2 blocks 6-16 and the head at 128 px, fed 16x16x32 activations
+from a memory-mapped cache through `edgekeras.features.array_dataset`,
+batch 64, Adam, BatchNorm frozen); `--phase qat` trains the whole network
+made quantization-aware by `edgekeras.quantization.quantize_model`, fed
+images from memory (the demo recipe's peak: `--image-size 96
+--trainable-from block_16_expand`). One warm-up epoch, one measured epoch.
 Processes alternate (A B, B A, ...) so that drifts of a shared machine hit
-both alike.
+all alike.
 
 Run:
 
     python benchmarks/allocator.py --rounds 3 --steps 20 --json runs/allocator.json
+    python benchmarks/allocator.py --phase qat --image-size 96 --trainable-from block_16_expand \
+        --rounds 2 --steps 10 --json runs/allocator_qat.json
 """
 
 import argparse

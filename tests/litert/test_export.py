@@ -144,6 +144,23 @@ def test_verify_runs_both_models_a_batch_at_a_time(model, tmp_path, monkeypatch)
     assert result.examples == 70 and result.top1_agreement == 1.0 and result.max_abs_diff < 1e-4
 
 
+def test_float_export_checks_its_tolerance_without_calling_the_model_on_every_image_at_once(model, tmp_path, monkeypatch):
+    # The tolerance's scale once came from one call on all verification images:
+    # every layer's activations for 256 images (1.2-1.5 GiB at 96 px, the demo's peak).
+    from edgekeras.litert import export as export_module
+
+    images = np.random.default_rng(3).uniform(-1, 1, (40, SIDE, SIDE, 3)).astype(np.float32)
+    monkeypatch.setattr(export_module, "VERIFY_BATCH", 16)
+    counting = keras.Model(model.inputs, model.outputs)
+    batches = []
+    call = counting.call
+    monkeypatch.setattr(counting, "call", lambda x, **kwargs: batches.append(x.shape[0]) or call(x, **kwargs))
+    exported = export_tflite(counting, tmp_path / "float32.tflite", "float32", verify_data=images, verify_examples=40)
+    assert max(size for size in batches if size is not None) == 16
+    expected = np.max(np.abs(model.predict(images, verbose=0)))
+    assert exported.verification.max_abs_output == pytest.approx(expected, rel=1e-5)
+
+
 def test_failed_conversion_leaves_previous_file_and_no_partial_file(model, images, tmp_path):
     path = tmp_path / "int8.tflite"
     path.write_bytes(b"previous")
