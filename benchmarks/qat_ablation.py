@@ -28,8 +28,13 @@ temperature 4, frozen layers kept frozen, constant Adam 1e-5, 200 steps of 64
 images), then one change at a time: no calibration (TFMOT's [-6, 6] start
 ranges), no distillation (labels only), no skipped layers (the stem and the
 first depthwise group quantized too), the whole network trainable (every layer,
-BatchNorm included, in training mode), a 10x larger rate (1e-4), and a quarter
-of the steps (50).
+BatchNorm included, in training mode), a 10x larger rate (1e-4), a quarter
+of the steps (50), and the rate decaying to 0 over the steps by a cosine
+(`[qat] lr_schedule = "cosine"`) from 1e-4 and from 3e-4.
+
+`--split validation` scores and verifies every file on the held-out validation
+images instead of test images, for choosing a setting (the post-training
+files calibrate on 256 of those validation images).
 
 Run (writes the JSON and prints the Markdown table for benchmarks/README.md):
 
@@ -80,6 +85,7 @@ class Row:
     skip: bool = True
     keep_frozen: bool = True
     learning_rate: float = 1e-5
+    lr_schedule: str = "constant"
     steps_fraction: float = 1.0
 
 
@@ -91,6 +97,8 @@ ROWS = (
     Row("whole network trainable (BatchNorm included)", keep_frozen=False),
     Row("learning rate 1e-4", learning_rate=1e-4),
     Row("steps x0.25", steps_fraction=0.25),
+    Row("learning rate 1e-4, cosine decay", learning_rate=1e-4, lr_schedule="cosine"),
+    Row("learning rate 3e-4, cosine decay", learning_rate=3e-4, lr_schedule="cosine"),
 )
 
 
@@ -100,6 +108,9 @@ def parse_args(argv=None):
     parser.add_argument("--train-examples", type=int, default=10000)
     parser.add_argument("--validation-examples", type=int, default=2000)
     parser.add_argument("--test-examples", type=int, default=2000)
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="where every file is scored and verified: the first --test-examples images of the "
+                             "test split, or the held-out validation images (to choose a setting on)")
     parser.add_argument("--verify-examples", type=int, default=512,
                         help="test images the Keras-vs-.tflite agreement is measured on")
     parser.add_argument("--trainable-from", default="block_12_expand")
@@ -114,7 +125,9 @@ def parse_args(argv=None):
 
 
 def fixed_test_set(args, data):
-    """`data` with its test split read once into memory: the first `--test-examples` images, batches of 64.
+    """`data` with its test split (`--split validation`: its validation split) read once into memory.
+
+    The first `--test-examples` images, in batches of 64.
 
     Every file is evaluated, and every QAT file verified, on these images. Reading
     `data.test` itself again and again does not give them: its in-memory cache
@@ -123,7 +136,7 @@ def fixed_test_set(args, data):
     yielded 67 images instead of 128 (tensorflow 2.21, 32 px smoke run).
     """
     images, labels, count = [], [], 0
-    for x, y in data.test:
+    for x, y in data.validation if args.split == "validation" else data.test:
         images.append(x.numpy())
         labels.append(y.numpy())
         count += len(labels[-1])
@@ -158,7 +171,8 @@ def qat_model(args, row, model, weights, data):
         for layer in student.layers:
             layer.trainable = True
     steps = max(1, round(args.qat_steps * row.steps_fraction))
-    optimizer = phase_optimizer({"float": 1e-4, "prune": 1e-4, "qat": row.learning_rate})
+    optimizer = phase_optimizer({"float": 1e-4, "prune": 1e-4, "qat": row.learning_rate},
+                                decay_steps={"qat": steps} if row.lr_schedule == "cosine" else None)
     trainer = EdgeTrainer(
         student, optimizer, "sparse_categorical_crossentropy", ["accuracy"],
         quantize_skip=SKIP_LAYERS if row.skip else (), calibration_steps=row.calibration_steps,

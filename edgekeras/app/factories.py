@@ -258,7 +258,7 @@ def _check_user_model(model, section, num_classes, image_size):
     return model
 
 
-def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None, qat=False):
+def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None, qat=False, qat_steps=None):
     """The `EdgeTrainer` of every training phase of a run.
 
     Args:
@@ -272,6 +272,8 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
             `prune.lr_schedule` decays over after its warm-up (None: no decay).
         qat: the trainer is the QAT stage's (its distillation settings come
             from [qat], else from [prune]).
+        qat_steps: optimizer steps of the QAT phase, which a "cosine"
+            `qat.lr_schedule` decays over (None: no decay).
         strategy: the `tf.distribute` strategy to train under.
         backup_dir: where `BackupAndRestore` checkpoints go, or None.
 
@@ -285,6 +287,8 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
     if config.prune.lr_schedule == "cosine" and prune_steps:
         decay["prune"] = prune_steps
         warmup["prune"] = int(prune_steps * config.prune.warmup_fraction)
+    if config.qat.lr_schedule == "cosine" and qat_steps:
+        decay["qat"] = qat_steps
     return EdgeTrainer(
         model,
         backup_dir=backup_dir,

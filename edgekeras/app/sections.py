@@ -260,6 +260,9 @@ class QatSection:
             post-training int8 calibration only).
         steps_per_epoch: batches per QAT epoch (0: the whole training split).
         learning_rate: QAT learning rate (small: the weights are trained).
+        lr_schedule: "constant" or "cosine" (decay to 0 over the QAT steps,
+            so the last steps move the weights, and the ranges they fix, the
+            least).
         quantize_float: QAT the float (unpruned) model: variant "qat_int8".
         quantize_pruned: QAT the pruned model with the prune-preserving
             scheme: variant "pqat_int8".
@@ -278,6 +281,7 @@ class QatSection:
     epochs: int = 1
     steps_per_epoch: int = 0
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
     quantize_float: bool = True
     quantize_pruned: bool = True
     skip_layers: tuple = _listed((), LAYER_NAMES)
@@ -287,6 +291,7 @@ class QatSection:
     def check(self, section):
         _at_least(self, section, epochs=0, steps_per_epoch=0)
         _positive(self, section, "learning_rate", "temperature")
+        _one_of(self, section, lr_schedule=LR_SCHEDULES)
         _items(self, section, "skip_layers", _is_name)
         if not 0.0 <= self.distill_weight <= 1.0:
             _fail(f"{section}.distill_weight", "in [0, 1]", self.distill_weight)

@@ -235,8 +235,10 @@ def train_and_prune(context):
 
 def _quantization_aware(context, name, model):
     config = context.config
+    steps_per_epoch = config.qat.steps_per_epoch or batches_per_epoch(context.data.train)
     trainer = make_trainer(
         clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name), qat=True,
+        qat_steps=steps_per_epoch * config.qat.epochs if steps_per_epoch else None,
     )
     log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
     trainer.fit(

@@ -142,6 +142,7 @@ def test_shipped_configs_are_valid(name):
         ({"prune": {"temperature": 0}}, r"`prune.temperature` must be > 0"),
         ({"qat": {"epochs": -2}}, r"`qat.epochs` must be an integer >= 0"),
         ({"qat": {"learning_rate": -1e-4}}, r"`qat.learning_rate` must be > 0"),
+        ({"qat": {"lr_schedule": "step"}}, r"`qat.lr_schedule` must be one of 'constant', 'cosine'"),
         ({"export": {"conversions": "float32"}}, r"`export.conversions` must be a list"),
         ({"export": {"conversions": ["float32", "int4"]}}, r"`export.conversions` must be a list of float32"),
         ({"export": {"conversions": ["float32", "float32"]}}, r"`export.conversions` must be a list without duplicates"),

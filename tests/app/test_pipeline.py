@@ -211,6 +211,54 @@ def test_qat_skip_layers_reach_the_trainer(tiny_tfds_dir, tmp_path):
     assert trainer.quantize_skip == ("Conv_1", "Conv_1_bn", "out_relu")
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_qat_lr_schedule_reaches_the_qat_optimizer(tiny_tfds_dir, tmp_path, schedule):
+    from edgekeras.app.factories import make_trainer
+    from edgekeras.models import build_transfer_model
+    from edgekeras.trainers import make_optimizer
+
+    config = tiny_config(tiny_tfds_dir, tmp_path, qat={"lr_schedule": schedule, "learning_rate": 1e-3})
+    model = build_transfer_model(3, 32, alpha=0.35, weights=None, trainable_from="block_16_expand")
+    trainer = make_trainer(model, config, None, tf.distribute.get_strategy(), None, qat=True, qat_steps=10)
+    rate = make_optimizer(trainer.optimizer, "qat").get_config()["learning_rate"]
+    if schedule == "cosine":
+        rate = keras.optimizers.schedules.deserialize(rate)
+        # From the full rate down to 0 over exactly the QAT phase's steps.
+        assert [round(float(rate(step)), 7) for step in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
+    else:
+        assert float(rate) == pytest.approx(1e-3)
+    # The float phase keeps its own rate: the QAT schedule is the QAT phase's alone.
+    assert make_optimizer(trainer.optimizer, "float").get_config()["learning_rate"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("steps_per_epoch, expected", [(3, 6), (0, 8)])
+def test_qat_stage_decays_over_its_epochs_times_its_steps(tiny_tfds_dir, tmp_path, monkeypatch, steps_per_epoch,
+                                                          expected):
+    import types
+
+    import edgekeras.app.stages as stages_module
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(stages_module, "make_trainer", record)
+    config = tiny_config(tiny_tfds_dir, tmp_path, qat={"epochs": 2, "steps_per_epoch": steps_per_epoch})
+    # 4 batches of 4: a QAT epoch without steps_per_epoch is the whole training split.
+    train = tf.data.Dataset.from_tensor_slices((np.zeros((16, 8, 8, 3), "float32"), np.zeros(16))).batch(4)
+    context = types.SimpleNamespace(config=config, data=types.SimpleNamespace(train=train), strategy=None,
+                                    path=lambda *parts: str(tmp_path.joinpath(*parts)))
+    model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+    with pytest.raises(Stop):
+        stages_module._quantization_aware(context, "qat", model)
+    assert seen["qat"] is True and seen["qat_steps"] == expected
+
+
 def _files(run_dir):
     """{relative path: (size, mtime_ns)} of every file under `run_dir`."""
     found = {}
