@@ -112,7 +112,7 @@ def parse_args(argv=None):
                         help="where every file is scored and verified: the first --test-examples images of the "
                              "test split, or the held-out validation images (to choose a setting on)")
     parser.add_argument("--verify-examples", type=int, default=512,
-                        help="test images the Keras-vs-.tflite agreement is measured on")
+                        help="images of --split the Keras-vs-.tflite agreement is measured on")
     parser.add_argument("--trainable-from", default="block_12_expand")
     parser.add_argument("--float-epochs", type=int, default=3)
     parser.add_argument("--prune-epochs", type=int, default=3)
