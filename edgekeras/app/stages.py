@@ -235,10 +235,12 @@ def train_and_prune(context):
 
 def _quantization_aware(context, name, model):
     config = context.config
-    steps_per_epoch = config.qat.steps_per_epoch or batches_per_epoch(context.data.train)
+    # What a "cosine" qat.lr_schedule decays over; an unsized pipeline counts its images, as _steps_per_epoch does.
+    steps_per_epoch = config.qat.steps_per_epoch or batches_per_epoch(context.data.train) or math.ceil(
+        context.data.num_train / config.data.batch_size)
     trainer = make_trainer(
         clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name), qat=True,
-        qat_steps=steps_per_epoch * config.qat.epochs if steps_per_epoch else None,
+        qat_steps=steps_per_epoch * config.qat.epochs,
     )
     log(f"QAT of the {name} model: {config.qat.epochs} epoch(s)")
     trainer.fit(

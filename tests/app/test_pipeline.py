@@ -231,9 +231,10 @@ def test_qat_lr_schedule_reaches_the_qat_optimizer(tiny_tfds_dir, tmp_path, sche
     assert make_optimizer(trainer.optimizer, "float").get_config()["learning_rate"] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("steps_per_epoch, expected", [(3, 6), (0, 8)])
+@pytest.mark.parametrize("steps_per_epoch, sized, expected", [(3, True, 6), (0, True, 8), (0, False, 10)])
 def test_qat_stage_decays_over_its_epochs_times_its_steps(tiny_tfds_dir, tmp_path, monkeypatch, steps_per_epoch,
-                                                          expected):
+                                                          sized, expected):
+    import dataclasses
     import types
 
     import edgekeras.app.stages as stages_module
@@ -249,9 +250,14 @@ def test_qat_stage_decays_over_its_epochs_times_its_steps(tiny_tfds_dir, tmp_pat
 
     monkeypatch.setattr(stages_module, "make_trainer", record)
     config = tiny_config(tiny_tfds_dir, tmp_path, qat={"epochs": 2, "steps_per_epoch": steps_per_epoch})
-    # 4 batches of 4: a QAT epoch without steps_per_epoch is the whole training split.
+    # 4 batches of 4: a QAT epoch without steps_per_epoch is the whole training split. A pipeline of
+    # unknown length counts num_train images in batches of data.batch_size (18 in batches of 4: 5).
     train = tf.data.Dataset.from_tensor_slices((np.zeros((16, 8, 8, 3), "float32"), np.zeros(16))).batch(4)
-    context = types.SimpleNamespace(config=config, data=types.SimpleNamespace(train=train), strategy=None,
+    if not sized:
+        train = train.filter(lambda x, y: True)
+    data = types.SimpleNamespace(train=train, num_train=18)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=4))
+    context = types.SimpleNamespace(config=config, data=data, strategy=None,
                                     path=lambda *parts: str(tmp_path.joinpath(*parts)))
     model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
     with pytest.raises(Stop):
