@@ -30,8 +30,9 @@ on the same test images:
 Differences that stay, because they are what edgekeras changes: edgekeras
 runs the frozen base once over the training images (through LiteRT) and
 trains the head on those activations instead of a Keras forward pass of the
-whole network every epoch; it prunes only the trainable head (the seed prunes
-the frozen base too, which it cannot recover from); it converts through one
+whole network every epoch; it prunes only layers it fine-tunes (from
+`prune.trainable_from` on, trained on activations cached at that cut; the seed
+prunes its frozen base, which it cannot recover from); it converts through one
 concrete function instead of `from_keras_model`'s SavedModel round trip,
 verifies each file in LiteRT, and evaluates with batched multi-threaded LiteRT
 (its evaluate stage also times 50 batch-1 invocations per file and thread
@@ -273,6 +274,50 @@ def _cell(values):
     return f"{median:.1f} ({min(values):.1f}–{max(values):.1f})", median
 
 
+def tables(timings, last_seed, last_ek, qat_epochs):
+    """The stage and file tables from the pipelines' timings and last files.
+
+    Args:
+        timings: {"seed": [stage seconds per round], "edgekeras": [...]}, as the JSON keeps them.
+        last_seed: the seed's files of the last round, {file stem: accuracy, sizes, sparsity}.
+        last_ek: edgekeras' files of the last round, {variant name: the same fields}.
+        qat_epochs: edgekeras' `qat.epochs` (0: QAT off).
+
+    Returns:
+        (stage rows, file rows, Markdown text of both tables), so a JSON written
+        by this script can be rendered again (`benchmarks/readme_tables.py` reads its `table`).
+    """
+    stage_table, lines = [], ["| stage | seed recipe s | edgekeras run s | seed / edgekeras |", "|---|---|---|---|"]
+    for label, seed_keys, edgekeras_keys in _stage_rows(qat_epochs):
+        seed_text, seed_median = _cell(None if seed_keys is None else [_summed(t, seed_keys) for t in timings["seed"]])
+        ek_text, ek_median = _cell(None if edgekeras_keys is None else [_summed(t, edgekeras_keys) for t in timings["edgekeras"]])
+        ratio = seed_median / ek_median if seed_median is not None and ek_median else None
+        lines.append(f"| {label} | {seed_text} | {ek_text} | {'–' if ratio is None else f'{ratio:.2f}'} |")
+        stage_table.append({"stage": label, "seed_s": seed_median, "edgekeras_s": ek_median, "seed_over_edgekeras": ratio})
+
+    rows = list(DELIVERABLES) + [(f"{n} (edgekeras only)", None, n) for n in last_ek if n not in {d[2] for d in DELIVERABLES}]
+    file_table = []
+    lines += [
+        "",
+        "| deliverable | seed accuracy | edgekeras accuracy | Δ edgekeras − seed | seed size | edgekeras size "
+        "| seed sparsity | edgekeras sparsity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, seed_name, ek_name in rows:
+        s, e = last_seed.get(seed_name) if seed_name else None, last_ek.get(ek_name)
+        delta = f"{(e['accuracy'] - s['accuracy']) * 100:+.2f} pp" if s and e else "–"
+
+        def both(fmt, key):
+            return " | ".join("–" if row is None else fmt(row[key]) for row in (s, e))
+
+        lines.append(
+            f"| {label} | {both(lambda v: f'{v:.2%}', 'accuracy')} | {delta} | "
+            f"{both(lambda v: f'{v / 2**20:.2f} MiB', 'size_bytes')} | {both(lambda v: f'{v:.1%}', 'sparsity')} |"
+        )
+        file_table.append({"deliverable": label, "seed": s, "edgekeras": e})
+    return stage_table, file_table, "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-examples", type=int, default=5000, help="train[:N] for both pipelines")
@@ -322,44 +367,16 @@ def main(argv=None):
             deliverables.setdefault(name, []).append(files)
 
     qat_epochs = config.qat.epochs
-    stage_table = []
     print()
     print(f"Seed recipe vs edgekeras run: CIFAR-10 train[:{args.train_examples}], test[:{args.test_examples}], "
           f"{args.image_size} px, {args.epochs} float + {args.prune_epochs} pruning epoch(s), batch {args.batch_size}, "
           f"{args.rounds} round(s); QAT {'on (qat.epochs = %d, edgekeras only)' % qat_epochs if qat_epochs else 'off (qat.epochs = 0)'}")
     print()
-    print("| stage | seed recipe s | edgekeras run s | seed / edgekeras |")
-    print("|---|---|---|---|")
-    for label, seed_keys, edgekeras_keys in _stage_rows(qat_epochs):
-        seed_text, seed_median = _cell(None if seed_keys is None else [_summed(t, seed_keys) for t in timings["seed"]])
-        ek_text, ek_median = _cell(None if edgekeras_keys is None else [_summed(t, edgekeras_keys) for t in timings["edgekeras"]])
-        ratio = seed_median / ek_median if seed_median is not None and ek_median else None
-        print(f"| {label} | {seed_text} | {ek_text} | {'–' if ratio is None else f'{ratio:.2f}'} |")
-        stage_table.append({"stage": label, "seed_s": seed_median, "edgekeras_s": ek_median, "seed_over_edgekeras": ratio})
-
-    last_seed, last_ek = deliverables["seed"][-1], deliverables["edgekeras"][-1]
-    rows = list(DELIVERABLES) + [(f"{n} (edgekeras only)", None, n) for n in last_ek if n not in {d[2] for d in DELIVERABLES}]
-    file_table = []
-    print()
-    print(
-        "| deliverable | seed accuracy | edgekeras accuracy | Δ edgekeras − seed | seed size | edgekeras size "
-        "| seed sparsity | edgekeras sparsity |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for label, seed_name, ek_name in rows:
-        s, e = last_seed.get(seed_name) if seed_name else None, last_ek.get(ek_name)
-        delta = f"{(e['accuracy'] - s['accuracy']) * 100:+.2f} pp" if s and e else "–"
-
-        def both(fmt, key):
-            return " | ".join("–" if row is None else fmt(row[key]) for row in (s, e))
-
-        print(
-            f"| {label} | {both(lambda v: f'{v:.2%}', 'accuracy')} | {delta} | "
-            f"{both(lambda v: f'{v / 2**20:.2f} MiB', 'size_bytes')} | {both(lambda v: f'{v:.1%}', 'sparsity')} |"
-        )
-        file_table.append({"deliverable": label, "seed": s, "edgekeras": e})
-    print("\nAccuracies of the last round. The seed prunes the whole model (frozen base included); edgekeras "
-          "prunes only the trainable head. Both use configs/seed.toml's learning rates and pruning schedule "
+    stage_table, file_table, text = tables(timings, deliverables["seed"][-1], deliverables["edgekeras"][-1], qat_epochs)
+    print(text)
+    print("Accuracies of the last round. The seed prunes the whole model (frozen base included); edgekeras "
+          "prunes only the layers it fine-tunes (prune.trainable_from on). Both use configs/seed.toml's "
+          "learning rates and pruning schedule "
           f"({config.prune.initial_sparsity:.0%} -> {config.prune.target_sparsity:.0%}, polynomial, "
           f"{config.prune.mask_updates} mask updates). edgekeras' evaluate stage includes its batch-1 latency "
           f"measurement ({config.evaluate.latency_runs} runs per file at {list(config.evaluate.latency_threads)} threads); "
@@ -375,6 +392,7 @@ def main(argv=None):
         "stages": stage_table,
         "deliverables": file_table,
         "deliverables_per_round": deliverables,
+        "table": text,
     }
     return write_json(args.json, report)
 
