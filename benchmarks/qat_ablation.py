@@ -36,10 +36,23 @@ of the steps (50), and the rate decaying to 0 over the steps by a cosine
 images instead of test images, for choosing a setting (the post-training
 files calibrate on 256 of those validation images).
 
+`--run-dir` replaces the proxy by a finished `edgekeras run` (e.g. the default
+recipe's): its models/float.h5 and models/pruned.h5 are the models quantized,
+its own int8 and pruned_int8 files are the post-training twins, and every row
+runs the run's [qat] settings (skip layers, distillation, optimizer, steps, the
+training images of its [data] section) with only the row's changes; rows that
+name no learning rate take the run's. `--models float` leaves out the pruned
+model (half the time).
+
 Run (writes the JSON and prints the Markdown table for benchmarks/README.md):
 
     TFDS_DATA_DIR=../shared/data/tfds EDGEKERAS_WEIGHTS=../shared/data/weights/mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5 \
         python benchmarks/qat_ablation.py --json runs/qat_ablation.json
+
+On the default recipe's own models (after `make run CONFIG=configs/default.toml`):
+
+    TFDS_DATA_DIR=../shared/data/tfds python benchmarks/qat_ablation.py --run-dir runs/default \
+        --split validation --test-examples 5000 --models float --rows 5,0,9 --json runs/qat_default.json
 """
 
 import argparse
@@ -55,9 +68,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from edgekeras.app.config import load_config  # noqa: E402
+from edgekeras.app.factories import load_data  # noqa: E402
 from edgekeras.distillation import Distillation  # noqa: E402
+from edgekeras.io import read_json  # noqa: E402
 from edgekeras.litert import evaluate_tflite, export_tflite  # noqa: E402
-from edgekeras.models import clone_with_weights  # noqa: E402
+from edgekeras.models import clone_with_weights, load_model  # noqa: E402
 from edgekeras.trainers import EdgeTrainer, phase_optimizer  # noqa: E402
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 from pruning_ablation import ROWS as PRUNE_ROWS  # noqa: E402  (benchmarks/pruning_ablation.py)
@@ -84,9 +100,21 @@ class Row:
     distill: bool = True
     skip: bool = True
     keep_frozen: bool = True
-    learning_rate: float = 1e-5
+    learning_rate: float | None = None  # None: the recipe's (the proxy's 1e-5, a --run-dir run's [qat] rate)
     lr_schedule: str = "constant"
     steps_fraction: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What every row changes one thing of: the proxy's QAT settings, or a finished run's [qat] section."""
+
+    skip_layers: tuple = SKIP_LAYERS
+    distill_weight: float = 0.5
+    temperature: float = 4.0
+    learning_rate: float = 1e-5
+    optimizer: str = "adam"
+    steps: int = 200
 
 
 ROWS = (
@@ -99,6 +127,8 @@ ROWS = (
     Row("steps x0.25", steps_fraction=0.25),
     Row("learning rate 1e-4, cosine decay", learning_rate=1e-4, lr_schedule="cosine"),
     Row("learning rate 3e-4, cosine decay", learning_rate=3e-4, lr_schedule="cosine"),
+    Row("learning rate 3e-5", learning_rate=3e-5),
+    Row("learning rate 1e-5, 2x the steps", learning_rate=1e-5, steps_fraction=2.0),
 )
 
 
@@ -120,8 +150,16 @@ def parse_args(argv=None):
     parser.add_argument("--qat-steps", type=int, default=200, help="QAT steps of the recipe (batches of 64)")
     parser.add_argument("--rows", default="", help="comma-separated row numbers (default: all)")
     parser.add_argument("--weights", default=os.environ.get("EDGEKERAS_WEIGHTS", "imagenet"))
+    parser.add_argument("--run-dir", default=None,
+                        help="a finished `edgekeras run` whose models, post-training files and [qat] settings replace the proxy")
+    parser.add_argument("--models", choices=("both", "float"), default="both",
+                        help="QAT of the float and the pruned model, or of the float one alone")
     parser.add_argument("--json", default="runs/qat_ablation.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.run_dir is not None and not os.path.exists(os.path.join(args.run_dir, "models", "float.h5")):
+        parser.error(f"Argument `--run-dir` holds no models/float.h5. Received: --run-dir={args.run_dir!r}; "
+                     "name the directory of a finished `edgekeras run`.")
+    return args
 
 
 def fixed_test_set(args, data):
@@ -161,7 +199,7 @@ def export_and_evaluate(args, model, data, path, conversion):
             "agreement": exported.verification.top1_agreement, "max_abs_diff": exported.verification.max_abs_diff}
 
 
-def qat_model(args, row, model, weights, data):
+def qat_model(recipe, row, model, weights, data):
     """One row's QAT of the full `model` started from `weights`; returns (the QAT model, its seconds, final logs)."""
     model.set_weights(weights)
     student = clone_with_weights(model)  # as the qat stage does: `model` keeps the weights the next row starts from
@@ -170,14 +208,17 @@ def qat_model(args, row, model, weights, data):
         # with every layer trainable there is nothing frozen to hold.
         for layer in student.layers:
             layer.trainable = True
-    steps = max(1, round(args.qat_steps * row.steps_fraction))
-    optimizer = phase_optimizer({"float": 1e-4, "prune": 1e-4, "qat": row.learning_rate},
+    steps = max(1, round(recipe.steps * row.steps_fraction))
+    rate = recipe.learning_rate if row.learning_rate is None else row.learning_rate
+    optimizer = phase_optimizer({"float": 1e-4, "prune": 1e-4, "qat": rate}, kind=recipe.optimizer,
                                 decay_steps={"qat": steps} if row.lr_schedule == "cosine" else None)
+    distill = row.distill and recipe.distill_weight > 0
     trainer = EdgeTrainer(
         student, optimizer, "sparse_categorical_crossentropy", ["accuracy"],
-        quantize_skip=SKIP_LAYERS if row.skip else (), calibration_steps=row.calibration_steps,
+        quantize_skip=recipe.skip_layers if row.skip else (), calibration_steps=row.calibration_steps,
         # The teacher is the model as it enters QAT (its float self).
-        distillation=Distillation(temperature=4.0, weight=0.5, phases=("qat",)) if row.distill else None,
+        distillation=Distillation(temperature=recipe.temperature, weight=recipe.distill_weight, phases=("qat",))
+        if distill else None,
     )
     start = time.perf_counter()
     # Repeated: Keras does not restart a finite dataset when steps_per_epoch is shorter than it.
@@ -189,31 +230,39 @@ def _pp(value):
     return f"{value * 100:+.1f} pp"
 
 
+def _accuracy(result):
+    return "–" if result is None else f"{result['accuracy']:.2%}"
+
+
+def _agreement(result):
+    return "–" if result is None else f"{result['agreement']:.1%}"
+
+
 def markdown(twins, rows):
+    """The table for benchmarks/README.md; "–" where a model was left out (`--models float`)."""
     lines = [
         "| row | qat_int8 | Δ vs int8 | pqat_int8 | Δ vs pruned int8 | agreement with Keras (qat / pqat) | row |",
         "|---|---|---|---|---|---|---|",
     ]
     if twins is not None:
         lines.append(
-            f"| post-training int8 / pruned int8 (float32 {twins['float32']['accuracy']:.2%} / "
-            f"{twins['pruned_float32']['accuracy']:.2%}) | {twins['int8']['accuracy']:.2%} | – | "
-            f"{twins['pruned_int8']['accuracy']:.2%} | – | {twins['int8']['agreement']:.1%} / "
-            f"{twins['pruned_int8']['agreement']:.1%} | {twins['seconds']:.0f} s |"
+            f"| post-training int8 / pruned int8 (float32 {_accuracy(twins['float32'])} / "
+            f"{_accuracy(twins.get('pruned_float32'))}) | {_accuracy(twins['int8'])} | – | "
+            f"{_accuracy(twins.get('pruned_int8'))} | – | {_agreement(twins['int8'])} / "
+            f"{_agreement(twins.get('pruned_int8'))} | {twins['seconds']:.0f} s |"
         )
     for row in rows:
-        qat, pqat = row["qat_int8"], row["pqat_int8"]
+        qat, pqat = row["qat_int8"], row.get("pqat_int8")
+        delta_pqat = "–" if pqat is None else _pp(row["delta_pqat"])
         lines.append(
-            f"| {row['row']} | {qat['accuracy']:.2%} | {_pp(row['delta_qat'])} | {pqat['accuracy']:.2%} | "
-            f"{_pp(row['delta_pqat'])} | {qat['agreement']:.1%} / {pqat['agreement']:.1%} | {row['seconds']:.0f} s |"
+            f"| {row['row']} | {_accuracy(qat)} | {_pp(row['delta_qat'])} | {_accuracy(pqat)} | {delta_pqat} | "
+            f"{_agreement(qat)} / {_agreement(pqat)} | {row['seconds']:.0f} s |"
         )
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
-    start = time.perf_counter()
+def proxy_models(args):
+    """The proxy's `(data, model, float weights, pruned weights, pruning seconds)`, trained here."""
     data, model, top, train, validation = cached_data(args)
     data = fixed_test_set(args, data)
     float_top, _ = train_float(args, top, train, validation)
@@ -222,23 +271,84 @@ def main(argv=None):
     pruned_weights = model.get_weights()
     del train, validation
     gc.collect()
+    return data, model, float_weights, pruned_weights, prune_seconds
+
+
+def proxy_twins(args, data, model, float_weights, pruned_weights, directory):
+    """The proxy models (the pruned one unless left out) exported to float32 and post-training int8 and scored."""
+    twins = {}
+    for name, weights in (("", float_weights), ("pruned_", pruned_weights)):
+        if weights is None:
+            continue
+        model.set_weights(weights)
+        for conversion in ("float32", "int8"):
+            twins[name + conversion] = export_and_evaluate(
+                args, model, data, os.path.join(directory, f"{name}{conversion}.tflite"), conversion)
+    return twins
+
+
+def run_models(args):
+    """A finished run's `(data, float model, float weights, pruned weights or None, recipe)`."""
+    config = load_config(os.path.join(args.run_dir, "config.toml"))
+    data = fixed_test_set(args, load_data(config.data, config.run.seed, config.model))
+    model = load_model(os.path.join(args.run_dir, "models", "float.h5"))
+    pruned_path = os.path.join(args.run_dir, "models", "pruned.h5")
+    pruned_weights = None
+    if args.models == "both" and os.path.exists(pruned_path):
+        pruned_weights = load_model(pruned_path).get_weights()
+    qat = config.qat
+    recipe = Recipe(
+        skip_layers=tuple(qat.skip_layers), distill_weight=qat.distill_weight, temperature=qat.temperature,
+        learning_rate=qat.learning_rate, optimizer=config.train.optimizer,
+        steps=(qat.steps_per_epoch or args.qat_steps) * qat.epochs,
+    )
+    return data, model, model.get_weights(), pruned_weights, recipe
+
+
+def run_twins(args, data, pruned):
+    """The run's own float32 and post-training int8 files, scored as every row's (agreement: the run's verification)."""
+    state = read_json(os.path.join(args.run_dir, "state.json"))
+    twins = {}
+    for name in ("float32", "int8") + (("pruned_float32", "pruned_int8") if pruned else ()):
+        path = os.path.join(args.run_dir, "tflite", f"{name}.tflite")
+        evaluation = evaluate_tflite(path, data.test, max_examples=args.test_examples, latency_threads=(), progress=False)
+        verification = state["exports"][name]["verification"]
+        twins[name] = {"accuracy": evaluation.accuracy, "examples": evaluation.examples, "sparsity": evaluation.sparsity,
+                       "size_bytes": evaluation.size_bytes, "agreement": verification["top1_agreement"],
+                       "max_abs_diff": verification["max_abs_diff"]}
+    return twins
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
+    start = time.perf_counter()
+    if args.run_dir is None:
+        data, model, float_weights, pruned_weights, prune_seconds = proxy_models(args)
+        recipe = Recipe(steps=args.qat_steps)
+        if args.models == "float":
+            pruned_weights = None
+    else:
+        data, model, float_weights, pruned_weights, recipe = run_models(args)
+        prune_seconds = None
     results = []
     with tempfile.TemporaryDirectory() as directory:
         twins_start = time.perf_counter()
-        twins = {"prune_seconds": prune_seconds}
-        for name, weights in (("", float_weights), ("pruned_", pruned_weights)):
-            model.set_weights(weights)
-            for conversion in ("float32", "int8"):
-                twins[name + conversion] = export_and_evaluate(
-                    args, model, data, os.path.join(directory, f"{name}{conversion}.tflite"), conversion)
-        twins["seconds"] = time.perf_counter() - twins_start
+        if args.run_dir is None:
+            twins = proxy_twins(args, data, model, float_weights, pruned_weights, directory)
+        else:
+            twins = run_twins(args, data, pruned_weights is not None)
+        twins.update(prune_seconds=prune_seconds, seconds=time.perf_counter() - twins_start)
         print(markdown(twins, []), flush=True)
         _write(args, twins, results, start, complete=not chosen)
+        models = [("qat", float_weights, "int8")]
+        if pruned_weights is not None:
+            models.append(("pqat", pruned_weights, "pruned_int8"))
         for row in chosen:
             row_start = time.perf_counter()
             result = {"row": row.name, "settings": dataclasses.asdict(row)}
-            for name, weights, twin in (("qat", float_weights, "int8"), ("pqat", pruned_weights, "pruned_int8")):
-                quantized, seconds, logs = qat_model(args, row, model, weights, data)
+            for name, weights, twin in models:
+                quantized, seconds, logs = qat_model(recipe, row, model, weights, data)
                 result[f"{name}_int8"] = dict(
                     export_and_evaluate(args, quantized, data, os.path.join(directory, f"{name}_int8.tflite"), "int8"),
                     qat_seconds=seconds, train_accuracy=logs.get("accuracy", float("nan")),
