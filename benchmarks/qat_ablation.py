@@ -52,7 +52,7 @@ Run (writes the JSON and prints the Markdown table for benchmarks/README.md):
 On the default recipe's own models (after `make run CONFIG=configs/default.toml`):
 
     TFDS_DATA_DIR=../shared/data/tfds python benchmarks/qat_ablation.py --run-dir runs/default \
-        --split validation --test-examples 5000 --models float --rows 5,0,9 --json runs/qat_default.json
+        --split validation --test-examples 5000 --rows 9,10,7 --json runs/qat_default.json
 """
 
 import argparse
