@@ -29,8 +29,10 @@ images), then one change at a time: no calibration (TFMOT's [-6, 6] start
 ranges), no distillation (labels only), no skipped layers (the stem and the
 first depthwise group quantized too), the whole network trainable (every layer,
 BatchNorm included, in training mode), a 10x larger rate (1e-4), a quarter
-of the steps (50), and the rate decaying to 0 over the steps by a cosine
-(`[qat] lr_schedule = "cosine"`) from 1e-4 and from 3e-4.
+of the steps (50), the rate decaying to 0 over the steps by a cosine
+(`[qat] lr_schedule = "cosine"`) from 1e-4 and from 3e-4, a constant 3e-5, and
+a constant 1e-5 over twice the steps. Rows are numbered in this order from 0
+(`--rows`).
 
 `--split validation` scores and verifies every file on the held-out validation
 images instead of test images, for choosing a setting (the post-training
@@ -39,8 +41,9 @@ files calibrate on 256 of those validation images).
 `--run-dir` replaces the proxy by a finished `edgekeras run` (e.g. the default
 recipe's): its models/float.h5 and models/pruned.h5 are the models quantized,
 its own int8 and pruned_int8 files are the post-training twins, and every row
-runs the run's [qat] settings (skip layers, distillation, optimizer, steps, the
-training images of its [data] section) with only the row's changes; rows that
+runs the run's [qat] settings (skip layers, distillation, optimizer, steps: its
+`qat.steps_per_epoch` x `qat.epochs`, or `--qat-steps` x `qat.epochs` where that
+is 0; the training images of its [data] section) with only the row's changes; rows that
 name no learning rate take the run's. `--models float` leaves out the pruned
 model (half the time).
 
