@@ -196,10 +196,14 @@ def export_and_evaluate(args, model, data, path, conversion):
         verify_examples=min(args.verify_examples, args.test_examples) if int8 else 64, min_agreement=0.0,
         float_layers=FLOAT_LAYERS if int8 else (),
     )
+    return scored_file(args, path, data, exported.verification.top1_agreement, exported.verification.max_abs_diff)
+
+
+def scored_file(args, path, data, agreement, max_abs_diff):
+    """The .tflite file at `path` evaluated on the fixed images; returns a dict with its export's verification."""
     evaluation = evaluate_tflite(path, data.test, max_examples=args.test_examples, latency_threads=(), progress=False)
     return {"accuracy": evaluation.accuracy, "examples": evaluation.examples, "sparsity": evaluation.sparsity,
-            "size_bytes": evaluation.size_bytes,
-            "agreement": exported.verification.top1_agreement, "max_abs_diff": exported.verification.max_abs_diff}
+            "size_bytes": evaluation.size_bytes, "agreement": agreement, "max_abs_diff": max_abs_diff}
 
 
 def qat_model(recipe, row, model, weights, data):
@@ -313,12 +317,9 @@ def run_twins(args, data, pruned):
     state = read_json(os.path.join(args.run_dir, "state.json"))
     twins = {}
     for name in ("float32", "int8") + (("pruned_float32", "pruned_int8") if pruned else ()):
-        path = os.path.join(args.run_dir, "tflite", f"{name}.tflite")
-        evaluation = evaluate_tflite(path, data.test, max_examples=args.test_examples, latency_threads=(), progress=False)
         verification = state["exports"][name]["verification"]
-        twins[name] = {"accuracy": evaluation.accuracy, "examples": evaluation.examples, "sparsity": evaluation.sparsity,
-                       "size_bytes": evaluation.size_bytes, "agreement": verification["top1_agreement"],
-                       "max_abs_diff": verification["max_abs_diff"]}
+        twins[name] = scored_file(args, os.path.join(args.run_dir, "tflite", f"{name}.tflite"), data,
+                                  verification["top1_agreement"], verification["max_abs_diff"])
     return twins
 
 
