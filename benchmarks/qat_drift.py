@@ -118,11 +118,10 @@ def ends_in_softmax(layer):
 def op_layers(interpreter, model):
     """`[(op, [Keras layer names])]`: the layers the converter fused into each replayed op, in model order.
 
-    Ops whose last layer ends in a softmax are left out: the file computes the
-    softmax as an op of its own, so the fused op's output has no Keras twin.
-
     An op's output tensor is named after every Keras op folded into it
     ("model/quant_x_relu/Relu6;model/quant_x_BN/FusedBatchNormV3;model/quant_x/Conv2D").
+    Ops whose last layer ends in a softmax are left out: the file computes the
+    softmax as an op of its own, so the fused op's output has no Keras twin.
     """
     order = {layer.name: position for position, layer in enumerate(model.layers)}
     found = []
@@ -203,9 +202,10 @@ def measure_per_op(model, flatbuffer, images, agreement_images):
     """The per-op replay and the end-to-end agreement, as trained and with the file's biases."""
     interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
     file_output = file_predictions(interpreter, agreement_images).argmax(1)
-    interpreter.resize_tensor_input(0, images.shape)
+    input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(input_index, images.shape)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.set_tensor(input_index, images)
     interpreter.invoke()
     ops = op_layers(interpreter, model)
     result = {"ops": len(ops)}
