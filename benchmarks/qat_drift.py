@@ -49,6 +49,7 @@ from edgekeras import keras  # noqa: E402
 from edgekeras.litert import convert  # noqa: E402
 from edgekeras.models import load_model  # noqa: E402
 from edgekeras.quantization import calibrate_activation_ranges, quantize_model  # noqa: E402
+from edgekeras.runtime import TFLiteModel  # noqa: E402
 from depthwise_ranges import load_run  # noqa: E402  (benchmarks/depthwise_ranges.py)
 from machine import machine_info, write_json  # noqa: E402  (benchmarks/machine.py)
 
@@ -60,20 +61,36 @@ def keras_outputs(quantized, images):
     return dict(zip([layer.name for layer in layers], probe.predict(images, batch_size=64, verbose=0)))
 
 
+def dequantized(interpreter, index):
+    """`(values, scale)` of tensor `index` (`scale` None for a float tensor)."""
+    detail = interpreter._get_tensor_details(index, 0)
+    values = interpreter.get_tensor(index)
+    if detail["dtype"] != np.int8:
+        return values.astype(np.float32), None
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale, scale
+
+
+def traced_interpreter(flatbuffer, images):
+    """The file's interpreter after one run on `images`, every tensor kept (LiteRT's `experimental_preserve_all_tensors`)."""
+    interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
+    input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(input_index, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_index, images)
+    interpreter.invoke()
+    return interpreter
+
+
 def file_activations(flatbuffer, images):
     """`[(tensor name, dequantized values, scale)]` of every int8 activation of the file, in execution order."""
-    interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
-    interpreter.resize_tensor_input(0, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
+    interpreter = traced_interpreter(flatbuffer, images)
     found = []
     for detail in sorted(interpreter.get_tensor_details(), key=lambda d: d["index"]):
         shape = detail["shape"]
         if detail["dtype"] != np.int8 or len(shape) < 2 or shape[0] != len(images):
             continue
-        scale, zero_point = detail["quantization"]
-        values = (interpreter.get_tensor(detail["index"]).astype(np.float32) - zero_point) * scale
+        values, scale = dequantized(interpreter, detail["index"])
         found.append((detail["name"], values, scale))
     return found
 
@@ -97,16 +114,6 @@ def compare(outputs, activations):
 
 # File ops whose Keras layers the per-op comparison replays.
 REPLAYED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD")
-
-
-def dequantized(interpreter, index):
-    """`(values, scale)` of tensor `index` (`scale` None for a float tensor)."""
-    detail = interpreter._get_tensor_details(index, 0)
-    values = interpreter.get_tensor(index)
-    if detail["dtype"] != np.int8:
-        return values.astype(np.float32), None
-    scale, zero_point = detail["quantization"]
-    return (values.astype(np.float32) - zero_point) * scale, scale
 
 
 def ends_in_softmax(layer):
@@ -184,29 +191,10 @@ def use_file_biases(model, interpreter, ops):
     return changed
 
 
-def file_predictions(interpreter, images, batch_size=64):
-    """The file's outputs on `images`, in batches."""
-    detail = interpreter.get_input_details()[0]
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        interpreter.resize_tensor_input(detail["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(detail["index"], batch)
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
-    return np.concatenate(outputs)
-
-
 def measure_per_op(model, flatbuffer, images, agreement_images):
     """The per-op replay and the end-to-end agreement, as trained and with the file's biases."""
-    interpreter = Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
-    file_output = file_predictions(interpreter, agreement_images).argmax(1)
-    input_index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(input_index, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(input_index, images)
-    interpreter.invoke()
+    file_output = TFLiteModel(flatbuffer).predict(agreement_images, batch_size=64).argmax(1)
+    interpreter = traced_interpreter(flatbuffer, images)
     ops = op_layers(interpreter, model)
     result = {"ops": len(ops)}
     for variant in ("as_trained", "file_biases"):
