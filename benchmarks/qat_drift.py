@@ -308,8 +308,10 @@ def main(argv=None):
     parser.add_argument("--model", choices=("qat", "pqat"), default="qat", help="with --per-op: which trained model")
     parser.add_argument("--agreement-examples", type=int, default=2048, help="with --per-op: images for the agreement")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="one table from several --per-op JSON files")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: calibration runs in training mode, dropout included")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
     if args.summarize:
         return main_summary(parser, args)
     if args.per_op:
