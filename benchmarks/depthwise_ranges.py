@@ -31,7 +31,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_quantize_registry as default_registry,
 )
 
-from edgekeras import quantize_configs  # noqa: E402
+from edgekeras import keras, quantize_configs  # noqa: E402
 from edgekeras.app.config import load_config  # noqa: E402
 from edgekeras.app.factories import load_data  # noqa: E402
 from edgekeras.litert import convert  # noqa: E402
@@ -93,8 +93,10 @@ def main(argv=None):
     parser.add_argument("--run-dir", default="runs/demo", help="a finished run (config.toml, models/float.h5)")
     parser.add_argument("--calibration-batches", type=int, default=16, help="batches of 32 validation images")
     parser.add_argument("--examples", type=int, default=2048, help="validation images measured (after calibration)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: calibration runs in training mode, dropout included")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
     config, model, calibration, images, labels = load_run(parser, args.run_dir, args.calibration_batches, args.examples)
     float_accuracy = float(np.mean(model.predict(images, batch_size=64, verbose=0).argmax(1) == labels))
     rows = [measure(model, config.qat.skip_layers, calibration, images, labels, per_channel) for per_channel in (False, True)]

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from edgekeras import features  # noqa: E402
+from edgekeras import features, keras  # noqa: E402
 from edgekeras.data import load_image_data  # noqa: E402
 from edgekeras.distillation import Distillation, pack_labels, teacher_outputs  # noqa: E402
 from edgekeras.litert import evaluate_tflite, export_tflite  # noqa: E402
@@ -81,6 +81,7 @@ def parse_args(argv=None):
     parser.add_argument("--target-sparsity", type=float, default=0.8)
     parser.add_argument("--rows", default="", help="comma-separated row numbers (default: all)")
     parser.add_argument("--weights", default=os.environ.get("EDGEKERAS_WEIGHTS", "imagenet"))
+    parser.add_argument("--seed", type=int, default=0, help="random seed (weight init, dropout, shuffling)")
     parser.add_argument("--json", default="runs/pruning_ablation.json")
     return parser.parse_args(argv)
 
@@ -163,6 +164,7 @@ def markdown(rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
     chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
     start = time.perf_counter()
     data, model, top, train, validation = cached_data(args)

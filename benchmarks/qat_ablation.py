@@ -71,6 +71,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from edgekeras import keras  # noqa: E402
 from edgekeras.app.config import load_config  # noqa: E402
 from edgekeras.app.factories import load_data  # noqa: E402
 from edgekeras.distillation import Distillation  # noqa: E402
@@ -157,6 +158,7 @@ def parse_args(argv=None):
                         help="a finished `edgekeras run` whose models, post-training files and [qat] settings replace the proxy")
     parser.add_argument("--models", choices=("both", "float"), default="both",
                         help="QAT of the float and the pruned model, or of the float one alone")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (weight init, dropout, shuffling)")
     parser.add_argument("--json", default="runs/qat_ablation.json")
     args = parser.parse_args(argv)
     if args.run_dir is not None and not os.path.exists(os.path.join(args.run_dir, "models", "float.h5")):
@@ -325,6 +327,7 @@ def run_twins(args, data, pruned):
 
 def main(argv=None):
     args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
     chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else list(ROWS)
     start = time.perf_counter()
     if args.run_dir is None:
