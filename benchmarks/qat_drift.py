@@ -177,13 +177,14 @@ def use_file_biases(model, interpreter, ops):
         inner = [getattr(model.get_layer(name), "layer", model.get_layer(name)) for name in layers]
         kernel_layer = inner[0]
         norms = [layer for layer in inner if isinstance(layer, keras.layers.BatchNormalization)]
-        bias = kernel_layer.bias.numpy().astype(np.float64) if getattr(kernel_layer, "use_bias", False) else 0.0
+        has_bias = getattr(kernel_layer, "use_bias", False)
+        bias = kernel_layer.bias.numpy().astype(np.float64) if has_bias else 0.0
         if norms:
             norm = norms[0]
             factor = norm.gamma.numpy() / np.sqrt(norm.moving_variance.numpy() + norm.epsilon)
             effective = factor * (bias - norm.moving_mean.numpy()) + norm.beta.numpy()
             norm.beta.assign((norm.beta.numpy() + stored - effective).astype(np.float32))
-        elif getattr(kernel_layer, "use_bias", False):
+        elif has_bias:
             kernel_layer.bias.assign(stored.astype(np.float32))
         else:
             continue
