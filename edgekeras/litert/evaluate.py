@@ -166,8 +166,9 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
 
     Raises:
         ValueError: the labels have more classes than the model has
-            outputs (e.g. a 5-class model on 10-class data), or the dataset
-            yields no `(images, labels)` batches.
+            outputs (e.g. a 5-class model on 10-class data), the images are
+            not batches of the model's input shape (an unbatched dataset), or
+            the dataset yields no `(images, labels)` batches.
         TFLiteFileError: `model` is not a valid .tflite file.
 
     Example:
@@ -195,6 +196,8 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
         count = _first(images).shape[0]
         if count == 0:
             break
+        if batch_size is None:
+            runner.check_inputs(images, argument="dataset")
         batch_size = batch_size or count
         outputs = runner.predict(images, batch_size=batch_size)
         outputs = outputs.reshape(outputs.shape[0], -1)

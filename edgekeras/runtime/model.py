@@ -217,13 +217,13 @@ class TFLiteModel:
         self._interpreter.allocate_tensors()
         self._batch_size = batch_size
 
-    def _arrays(self, inputs):
+    def _arrays(self, inputs, argument="inputs"):
         """`inputs` (an array, a list in input order, or a dict by name) as one array per input."""
         if isinstance(inputs, dict):
             missing = [name for name in self.input_names if name not in inputs]
             if missing and not (len(inputs) == 1 == len(self.input_names)):
                 raise ValueError(
-                    f"Argument `inputs` must hold the model's inputs {self.input_names}. "
+                    f"Argument `{argument}` must hold the model's inputs {self.input_names}. "
                     f"Received: inputs with keys {sorted(map(str, inputs))} (missing: {missing})"
                 )
             arrays = list(inputs.values()) if missing else [inputs[name] for name in self.input_names]
@@ -233,16 +233,51 @@ class TFLiteModel:
             arrays = [inputs]
         if len(arrays) != len(self._inputs):
             raise ValueError(
-                f"Argument `inputs` must hold {len(self._inputs)} array(s), one per model input {self.input_names}. "
+                f"Argument `{argument}` must hold {len(self._inputs)} array(s), one per model input {self.input_names}. "
                 f"Received: {len(arrays)} array(s)"
             )
         arrays = [np.asarray(array) for array in arrays]
         if any(array.shape[0] != arrays[0].shape[0] for array in arrays):
             raise ValueError(
-                f"Argument `inputs` must hold the same number of examples per input. "
+                f"Argument `{argument}` must hold the same number of examples per input. "
                 f"Received: {[array.shape[0] for array in arrays]}"
             )
         return arrays
+
+    def _check_shapes(self, arrays, argument):
+        """Raises a clear ValueError when an array is not a batch of the input's shape."""
+        for array, name, shape in zip(arrays, self.input_names, self.input_shapes):
+            fits = array.ndim == len(shape) and all(
+                want in (-1, got) for want, got in zip(shape[1:], array.shape[1:])
+            )
+            if fits:
+                continue
+            expected = ", ".join("None" if d == -1 else str(d) for d in shape[1:])
+            hint = " (an unbatched dataset? batch it, e.g. `dataset.batch(32)`)" if array.ndim == len(shape) - 1 else ""
+            raise ValueError(
+                f"Argument `{argument}` must hold batches of shape (batch, {expected}) for input {name!r}. "
+                f"Received: shape {tuple(array.shape)}{hint}"
+            )
+
+    def check_inputs(self, inputs, argument="inputs"):
+        """Raises a clear ValueError unless `inputs` is a batch the model takes.
+
+        Args:
+            inputs: one array, a list in input order, or a dict by input name.
+            argument: the argument name the error message names.
+
+        Raises:
+            ValueError: wrong number of inputs, a shape that is not a batch
+                of the input's shape (e.g. one unbatched example), or inputs
+                holding different numbers of examples.
+
+        Example:
+
+        ```python
+        runner.check_inputs(images, argument="dataset")
+        ```
+        """
+        self._check_shapes(self._arrays(inputs, argument), argument)
 
     def quantize_input(self, images):
         """Converts float inputs (one array, a list or a dict) to the input tensors' dtypes.
@@ -275,6 +310,7 @@ class TFLiteModel:
             float32 array `(n, ...)` of outputs, dequantized if needed.
         """
         arrays = self._arrays(images)
+        self._check_shapes(arrays, "inputs")
         count = arrays[0].shape[0]
         if count == 0:
             raise ValueError("Argument `images` must hold at least one image. Received an empty batch.")

@@ -213,3 +213,18 @@ def test_labels_as_a_column_of_class_ids(files):
     images, labels = crafted_data(10, 7)
     result = evaluate_accuracy(files["float32_float32"], (images, labels[:, None]), progress=False)
     assert (result.correct, result.examples) == (7, 10)
+
+
+def test_an_unbatched_dataset_is_a_clear_error(files):
+    images, labels = crafted_data(10, 7)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))  # no .batch(...)
+    with pytest.raises(ValueError, match=r"Argument `dataset` must hold batches of shape \(batch, 4, 4, 3\) .*"
+                                         r"Received: shape \(4, 4, 3\) \(an unbatched dataset\? batch it"):
+        evaluate_accuracy(files["float32_float32"], dataset, progress=False)
+
+
+def test_images_of_another_size_are_a_clear_error(files):
+    runner = TFLiteModel(files["float32_float32"])
+    with pytest.raises(ValueError, match=r"Argument `inputs` must hold batches of shape \(batch, 4, 4, 3\) .*"
+                                         r"Received: shape \(2, 5, 5, 3\)$"):
+        runner.predict(np.zeros((2, 5, 5, 3), np.float32))
