@@ -8,7 +8,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The data copy beside the checkout; $EDGEKERAS_SHARED_DATA points a checkout
+# elsewhere (e.g. a git worktree) at it.
+SHARED_DATA = pathlib.Path(
+    os.environ.get("EDGEKERAS_SHARED_DATA") or pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 SHARED_TFDS = SHARED_DATA / "tfds"
 SHARED_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5"
 

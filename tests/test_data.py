@@ -76,8 +76,17 @@ def test_augmentation_changes_images_each_epoch(tiny_tfds_dir):
 
 
 def test_eval_splits_are_not_shuffled(tiny_tfds_dir):
-    data = _load(tiny_tfds_dir)
-    np.testing.assert_array_equal(_collect(data.test)[1], _collect(data.test)[1])
+    import tensorflow_datasets as tfds
+
+    # At their stored size and in pixels, the evaluation batches are the split's examples in file order.
+    data = _load(tiny_tfds_dir, image_size=32, normalization="pixels")
+    builder = tfds.builder(TINY, data_dir=tiny_tfds_dir)
+    for name, split in [("validation", "train[48:]"), ("test", "test")]:
+        stored = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        images, labels = zip(*[(image.numpy(), label.numpy()) for image, label in stored])
+        evaluated, evaluated_labels = _collect(getattr(data, name))
+        np.testing.assert_array_equal(evaluated_labels, labels, err_msg=name)
+        np.testing.assert_array_equal(evaluated, np.stack(images).astype(np.float32), err_msg=name)
 
 
 def test_max_train_examples_and_no_validation(tiny_tfds_dir):

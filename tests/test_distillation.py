@@ -335,12 +335,34 @@ def test_distillation_settings_errors(arguments, message):
         Distillation(**arguments)
 
 
+def _comment_above(module, name):
+    """The comment lines right above `name = ...` in the module's source."""
+    lines = inspect.getsource(module).splitlines()
+    line = next(index for index, text in enumerate(lines) if text.startswith(f"{name} = "))
+    comment = []
+    while line > 0 and lines[line - 1].startswith("#"):
+        line -= 1
+        comment.insert(0, lines[line].lstrip("# "))
+    return " ".join(comment)
+
+
 @pytest.mark.parametrize("name", distillation.__all__)
 def test_public_names_are_documented_and_their_examples_run(name):
     value = getattr(distillation, name)
-    if name == "PHASES":
+    if not callable(value):
+        # A constant has no docstring of its own: the comment above its assignment documents it.
+        assert len(_comment_above(distillation, name).split()) >= 3, f"{name} has no comment above it"
         return
     doc = inspect.getdoc(value)
     assert "Args:" in doc and "Example:" in doc
     for block in re.findall(r"```python\n(.*?)```", doc, flags=re.S):
         exec(block, {"np": np, "tf": tf, "keras": keras, **{n: getattr(distillation, n) for n in distillation.__all__}})
+
+
+def test_phases_are_the_trainer_phases_after_the_float_one():
+    from edgekeras.trainers import PHASES as TRAINER_PHASES
+
+    # The float model is the teacher, so every later phase can distil, and by default does.
+    assert distillation.PHASES == tuple(phase for phase in TRAINER_PHASES if phase != "float")
+    assert Distillation().phases == distillation.PHASES
+    assert all(Distillation(phases=(phase,)).phases == (phase,) for phase in distillation.PHASES)

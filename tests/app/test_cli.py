@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -88,8 +89,11 @@ NATIVE_START_UP = ("oneDNN", "cuInit", "absl::InitializeLog", "cpu_feature_guard
 
 
 def _cli(*arguments):
+    # TensorFlow's own defaults (conftest sets TF_CPP_MIN_LOG_LEVEL for the tests), so that
+    # it prints its start-up lines and only the CLI can hide them.
+    environment = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
     return subprocess.run(
-        [sys.executable, "-m", "edgekeras", *arguments], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "edgekeras", *arguments], capture_output=True, text=True, timeout=300, env=environment
     )
 
 
@@ -104,5 +108,5 @@ def test_commands_hide_tensorflow_start_up_lines_unless_verbose(tmp_path):
     verbose = _cli("run", "--config", missing, "--verbose")
     assert verbose.returncode == 2
     assert verbose.stderr.splitlines()[-1] == lines[0]
-    # TensorFlow prints its start-up lines on CPU machines; --verbose shows whatever it prints.
-    assert len(verbose.stderr.splitlines()) >= len(lines)
+    # TensorFlow prints them on loading (absl's pre-initialisation warning, oneDNN's note); --verbose shows them.
+    assert any(marker in verbose.stderr for marker in NATIVE_START_UP), verbose.stderr[-2000:]

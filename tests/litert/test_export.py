@@ -80,10 +80,48 @@ def test_each_conversion_converts_and_verifies(model, images, tmp_path, conversi
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name], "no temporary files left"
 
 
-def test_float16_stores_half_precision_weights(model, images):
-    float32 = convert(model, "float32")
-    float16 = convert(model, "float16")
+def stored_weight_types(data):
+    """The stored type of each constant that a convolution or fully-connected op reads, through a DEQUANTIZE."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    operators = {code: name for name, code in vars(schema.BuiltinOperator).items() if name.isupper()}
+    types = {code: name for name, code in vars(schema.TensorType).items() if name.isupper()}
+    root = schema.Model.GetRootAsModel(data, 0)
+    graph = root.Subgraphs(0)
+    ops, producers = [], {}
+    for index in range(graph.OperatorsLength()):
+        op = graph.Operators(index)
+        code = root.OperatorCodes(op.OpcodeIndex())
+        ops.append((operators[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())], op))
+        producers.update({int(output): ops[-1] for output in op.OutputsAsNumpy()})
+    stored = []
+    for name, op in ops:
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        for index in (int(i) for i in op.InputsAsNumpy()[1:] if i >= 0):
+            producer = producers.get(index)
+            if producer is not None and producer[0] == "DEQUANTIZE":
+                index = producer[1].Inputs(0)
+            tensor = graph.Tensors(index)
+            if root.Buffers(tensor.Buffer()).DataLength():
+                stored.append(types[tensor.Type()])
+    return stored
+
+
+def test_float16_stores_half_precision_weights():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIDE, SIDE, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    # 2,304 weights: over dynamic-range quantization's 1,024, so an int8 file would be smaller too.
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    float32, float16 = convert(model, "float32"), convert(model, "float16")
     assert len(float16) < len(float32)
+    weights = stored_weight_types(float32)
+    assert len(weights) == 7 and set(weights) == {"FLOAT32"}, weights  # 4 kernels, the 3 convolutions' biases
+    assert stored_weight_types(float16) == ["FLOAT16"] * len(weights)
 
 
 def test_pruned_model_keeps_its_zeros_in_every_file(images, tmp_path):

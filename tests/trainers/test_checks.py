@@ -1,5 +1,7 @@
 """`EdgeTrainer.fit` checks its data against the model and the loss before the first epoch (issue #14, goal 4)."""
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -224,6 +226,37 @@ def test_a_generator_is_not_read():
     assert len(list(batches)) == SAMPLES // BATCH
 
 
+def _endless(read, stop):
+    """An endless dataset of batches that appends to `read` for each batch taken.
+
+    It ends once `stop` is set or after 1,000 batches, so that a check reading it whole fails on
+    the count instead of filling the memory.
+    """
+    x, y = images()[:BATCH], labels()[:BATCH]
+
+    def generate():
+        while not stop.is_set() and len(read) < 1000:
+            read.append(1)
+            yield x, y
+
+    signature = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int64))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
 def test_an_endless_dataset_is_read_one_batch_at_most():
-    dataset = batched(images(), labels()).repeat()  # reading it all would never end
-    check_inputs(image_model(), dataset, loss=SPARSE, validation_data=dataset)
+    train, validation, stop, errors = [], [], threading.Event(), []
+
+    def check():
+        try:
+            check_inputs(image_model(), _endless(train, stop), loss=SPARSE, validation_data=_endless(validation, stop))
+        except Exception as error:  # re-raised below, in the test's thread
+            errors.append(error)
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    stop.set()  # ends a runaway read, so that a hung check does not keep reading after the test
+    assert not worker.is_alive(), f"check_inputs still running after 30 s: {len(train)} training batches read"
+    if errors:
+        raise errors[0]
+    assert (len(train), len(validation)) == (1, 1)

@@ -65,9 +65,23 @@ def test_packed_datasets_pass_through_and_plain_ones_get_the_teacher_per_batch(m
     trainer.fit(tf.data.Dataset.from_tensor_slices((x, packed)).batch(BATCH), prune=0.5, prune_epochs=1)
     assert trainer.summary()["sparsity"]["prune"] == pytest.approx(0.5, abs=0.05)
     monkeypatch.undo()
-    trainer = EdgeTrainer(net(), "adam", "sparse_categorical_crossentropy", ["accuracy"], distillation=Distillation())
+    # The loss falls back to cross-entropy on plain labels, so what it receives is checked:
+    # each batch's labels followed by the float model's outputs (run eagerly to read them).
+    seen = []
+    call = distillation.DistillationLoss.call
+
+    def spy(self, y_true, y_pred):
+        seen.append(np.array(y_true))
+        return call(self, y_true, y_pred)
+
+    monkeypatch.setattr(distillation.DistillationLoss, "call", spy)
+    trainer = EdgeTrainer(net(), "adam", "sparse_categorical_crossentropy", ["accuracy"],
+                          compile_kwargs={"run_eagerly": True}, distillation=Distillation())
     histories = trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), prune=0.5, prune_epochs=1)
     assert "accuracy" in histories["prune"]
+    assert len(seen) == SAMPLES // BATCH
+    expected = distillation.pack_labels(y, trainer.float_model.predict(x, verbose=0))
+    np.testing.assert_allclose(np.concatenate(seen), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_distillation_needs_arrays_or_a_dataset():

@@ -35,16 +35,40 @@ def quantized():
     return model
 
 
+class RangeRecorder(keras.callbacks.Callback):
+    """Reads the range variables when the phase begins and after each epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.ranges = activation_ranges(self.model)
+        self.start = self._values()
+        self.epochs = []
+
+    def _values(self):
+        lows = np.concatenate([np.ravel(low.numpy()) for low, _ in self.ranges]).astype(np.float64)
+        highs = np.concatenate([np.ravel(high.numpy()) for _, high in self.ranges]).astype(np.float64)
+        return lows, highs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(self._values())
+
+
 def test_qat_phase_history_has_the_ranges():
     x, y = data()
+    recorder = RangeRecorder()
     trainer = EdgeTrainer(net(), "adam", "sparse_categorical_crossentropy", ["accuracy"])
-    histories = trainer.fit(x, y, batch_size=BATCH, qat_epochs=2, conversions=(), verbose=0)
+    histories = trainer.fit(x, y, batch_size=BATCH, qat_epochs=2, conversions=(), verbose=0, callbacks=[recorder])
     qat = histories["qat"]
     for key in KEYS:
         assert len(qat[key]) == 2 and all(math.isfinite(value) for value in qat[key]), key
-    assert all(width > 0 for width in qat["quant_range_width_mean"])
-    assert all(low <= high for low, high in zip(qat["quant_range_min"], qat["quant_range_max"]))
-    assert all(change >= 0 for change in qat["quant_range_change"])
+    # Each epoch's values are those of the range variables then; the change is counted from the phase's start.
+    (start_lows, start_highs), changes = recorder.start, []
+    for lows, highs in recorder.epochs:
+        changes.append(np.mean(np.concatenate([np.abs(lows - start_lows), np.abs(highs - start_highs)])))
+    np.testing.assert_allclose(qat["quant_range_change"], changes, rtol=1e-6)
+    np.testing.assert_allclose(qat["quant_range_width_mean"], [np.mean(h - lo) for lo, h in recorder.epochs], rtol=1e-6)
+    np.testing.assert_allclose(qat["quant_range_min"], [lo.min() for lo, _ in recorder.epochs], rtol=1e-6)
+    np.testing.assert_allclose(qat["quant_range_max"], [h.max() for _, h in recorder.epochs], rtol=1e-6)
+    assert qat["quant_range_change"][1] > qat["quant_range_change"][0] > 0  # two epochs of steps move them further
 
 
 def test_a_copy_made_before_training_logs_in_a_fit():
