@@ -1,6 +1,6 @@
-"""TFLite conversion: one tf_keras model to one .tflite flatbuffer, in memory.
+"""TFLite conversion: one Keras model (tf_keras or Keras 3) to one .tflite flatbuffer, in memory.
 
-A *conversion* turns one trained tf_keras model into one .tflite flatbuffer:
+A *conversion* turns one trained Keras model into one .tflite flatbuffer:
 
 | conversion       | what the converter does                                        |
 | ---------------- | -------------------------------------------------------------- |
@@ -20,11 +20,11 @@ explicit `input_signature`; several inputs and dict inputs (a dataset yielding
 `ConversionError` naming the layer and the fix; the converter's dump goes to a
 log file, not the terminal (`edgekeras.litert.diagnosis`).
 
-A quantization-aware (TFMOT `quantize_apply`-ed) model carries its own
-quantization ranges, so for it `int8` needs no representative dataset, and
-float conversions are refused (they would keep fake-quant ops). A model still
-wrapped for pruning (TFMOT `PruneLowMagnitude`) is stripped first, so what
-comes out of `fit` can be converted as is.
+A quantization-aware model (from either QAT engine, `edgekeras.qat`) carries
+its own quantization ranges, so for it `int8` needs no representative
+dataset, and float conversions are refused (they would keep fake-quant ops).
+A model still wrapped for pruning (TFMOT `PruneLowMagnitude`) is stripped
+first, so what comes out of `fit` can be converted as is.
 
 `convert` takes its arguments literally: an argument that does not apply to
 the conversion asked for is an error. `edgekeras.litert.export_tflite`, which
@@ -45,12 +45,11 @@ import warnings
 import tensorflow as tf
 
 from edgekeras.choices import CONVERSIONS, IO_DTYPES
-from edgekeras.compat import check_model
+from edgekeras.backend import check_model
 from edgekeras.errors import EdgekerasError
 from edgekeras.litert.diagnosis import ConversionError, ExportError, captured_output, conversion_error
 from edgekeras.litert.signature import input_batches, model_inputs
-from edgekeras.litert.weight_ranges import floored_weight_ranges
-from edgekeras.models import is_pruning_wrapped, is_quantization_aware
+from edgekeras.qat import engine_for
 
 __all__ = [
     "CONVERSIONS",
@@ -62,6 +61,7 @@ __all__ = [
     "check_float_layers",
     "check_representative_data",
     "convert",
+    "is_quantization_aware",
     "prepare_for_export",
 ]
 
@@ -74,17 +74,17 @@ _DEFAULT_OPTIMIZATION = ("float16", "dynamic_int8", "int8")
 
 
 def prepare_for_export(model):
-    """Returns `model` ready for the converter (pruning wrappers stripped).
+    """Returns `model` ready for the converter (training-only wrappers stripped).
 
     Args:
-        model: a tf_keras model.
+        model: a tf_keras or Keras 3 model.
 
     Returns:
         `model` itself, or a copy without pruning wrappers that holds the
         same (sparse) weights.
 
     Raises:
-        TypeError: `model` is not a tf_keras model.
+        TypeError: `model` is not a Keras model.
 
     Example:
 
@@ -93,11 +93,19 @@ def prepare_for_export(model):
     ```
     """
     check_model(model)
-    if is_pruning_wrapped(model):
-        import tensorflow_model_optimization as tfmot
+    return engine_for(model).strip(model)
 
-        return tfmot.sparsity.keras.strip_pruning(model)
-    return model
+
+def is_quantization_aware(model):
+    """Returns True if `model` is a quantization-aware model of either Keras (QAT).
+
+    Example:
+
+    ```python
+    conversion = "int8" if is_quantization_aware(model) else "float32"
+    ```
+    """
+    return engine_for(model).is_quantization_aware(model)
 
 
 def check_conversion(conversion, io_dtype="float32"):
@@ -161,7 +169,7 @@ def check_representative_data(model, conversion, representative_data):
     images; a quantization-aware model carries its ranges and needs none.
 
     Args:
-        model: a tf_keras model.
+        model: a tf_keras or Keras 3 model.
         conversion: one of `CONVERSIONS`.
         representative_data: the calibration data, or None.
 
@@ -195,7 +203,7 @@ def applicable_options(model, conversion, io_dtype="float32", float_layers=()):
       layer in float anyway, and a quantization-aware model carries its own ranges.
 
     Args:
-        model: a tf_keras model (pruning-wrapped and QAT models accepted).
+        model: a tf_keras or Keras 3 model (pruning-wrapped and QAT models accepted).
         conversion: one of `CONVERSIONS`.
         io_dtype: one of `IO_DTYPES`.
         float_layers: a list of layer names.
@@ -341,10 +349,10 @@ def convert(
     input_signature=None,
     log_path=None,
 ):
-    """Converts a tf_keras model to .tflite bytes.
+    """Converts a tf_keras or Keras 3 model to .tflite bytes.
 
     Args:
-        model: a tf_keras model (pruning-wrapped and QAT models accepted):
+        model: a tf_keras or Keras 3 model (pruning-wrapped and QAT models accepted):
             functional, Sequential or subclassed, with one input, several or
             a dict of them.
         conversion: one of `CONVERSIONS`.
@@ -398,8 +406,7 @@ def convert(
     check_representative_data(model, conversion, representative_data)
     inputs = model_inputs(model, input_signature, (representative_data,))
     if is_quantization_aware(model):
-        # Near-zero channels would get int32 bias overflows (weight_ranges.py).
-        with floored_weight_ranges(model):
+        with engine_for(model).conversion_scope(model):
             return _run_converter(model, inputs, conversion, None, io_dtype, float_layers, log_path)
     calibration = None
     if conversion in _FULL_INTEGER:

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from edgekeras.compat import check_model
+from edgekeras.backend import check_model
 from edgekeras.io import atomic_path
 from edgekeras.litert.conversion import (
     CONVERSIONS,

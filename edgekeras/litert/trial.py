@@ -20,11 +20,10 @@ trial_conversion(model, ("float32", "int8"), representative_data=data.train)  # 
 """
 
 from edgekeras.choices import CONVERSIONS
-from edgekeras.litert.conversion import applicable_options, convert, prepare_for_export
+from edgekeras.litert.conversion import applicable_options, convert, is_quantization_aware, prepare_for_export
 from edgekeras.litert.diagnosis import ConversionError, ExportError, captured_output
 from edgekeras.runtime import TFLiteModel
 from edgekeras.litert.signature import model_inputs
-from edgekeras.models import is_quantization_aware
 
 __all__ = ["TRIAL_EXAMPLES", "check_conversions", "structure_key", "trial_conversion"]
 

@@ -83,6 +83,7 @@ import os
 import tensorflow as tf
 
 from edgekeras import quantization, sparsity
+from edgekeras.qat import engine_for
 from edgekeras.callbacks import MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
 from edgekeras.data import batches_per_epoch
@@ -366,7 +367,7 @@ class EdgeTrainer:
             schedule = _pruning_schedule(prune, steps)
         if qat_epochs:
             # Fail before training, not after the float and pruning phases.
-            quantization.check_quantizable(self.model, self.quantize_skip, self.quantize_configs)
+            engine_for(self.model).check(self.model, self.quantize_skip, self.quantize_configs)
         if conversions is None or check_conversions(conversions):
             self.trial_conversion(
                 conversions or (), qat=bool(qat_epochs), float_model=bool(float_epochs) or schedule is not None,
@@ -406,7 +407,7 @@ class EdgeTrainer:
         """
 
         def quantize(model):
-            return quantization.quantize_model(model, self.quantize_scheme_setting, self.quantize_skip, self.quantize_configs)[0]
+            return engine_for(model).quantize(model, self.quantize_scheme_setting, self.quantize_skip, self.quantize_configs)[0]
 
         return trial_phases(self.model, conversions, quantize=quantize if qat else None,
                             calibrate=bool(self.calibration_steps), **kwargs)
@@ -434,17 +435,16 @@ class EdgeTrainer:
             self._record_sparsity("prune", self.model)
 
         if qat_epochs:
-            qat_model, self.quantize_scheme = quantization.quantize_model(
+            engine = engine_for(self.model)
+            qat_model, self.quantize_scheme = engine.quantize(
                 self.model, self.quantize_scheme_setting, self.quantize_skip, self.quantize_configs
             )
             self._compile(qat_model, "qat")
             calibration = _calibration_batches(x, fit_kwargs.get("batch_size"))
             if self.calibration_steps and calibration is not None:
-                self.calibrated_ranges = quantization.calibrate_activation_ranges(
-                    qat_model, calibration, self.calibration_steps
-                )
+                self.calibrated_ranges = engine.calibrate(qat_model, calibration, self.calibration_steps)
             extra = [QuantizerRanges()]  # logs the activation ranges, which decide int8 accuracy
-            frozen = quantization.frozen_weights_made_trainable(qat_model)
+            frozen = engine.frozen_weights_made_trainable(qat_model)
             if frozen:
                 extra.append(KeepFrozen(frozen))
             if self.quantize_scheme == "prune_preserve":

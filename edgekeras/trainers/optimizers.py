@@ -6,16 +6,28 @@ optimizer is bound to the variables of the first model it trains (the QAT
 phase trains a new model). `make_optimizer` makes that new optimizer from
 whatever the user gave (identifier, config, instance or function). Its
 `optimizer` argument may be a function `optimizer(phase)`; `phase_optimizer`
-builds that function from one learning rate per phase.
+builds that function from one learning rate per phase. Every optimizer is
+made with the Keras of the model it trains (tf_keras or Keras 3): a function
+taking two arguments gets that Keras module as its second.
 """
 
 import inspect
+
+import keras as keras3
 
 from edgekeras.compat import keras
 
 __all__ = ["OPTIMIZERS", "check_optimizer", "make_optimizer", "phase_optimizer"]
 
-_OPTIMIZER_TYPES = (keras.optimizers.Optimizer, keras.optimizers.legacy.Optimizer)
+
+
+def _optimizer_types(library):
+    """The optimizer base classes of a Keras module (tf_keras has a legacy one too)."""
+    legacy = getattr(getattr(library.optimizers, "legacy", None), "Optimizer", None)
+    return tuple(kind for kind in (library.optimizers.Optimizer, legacy) if isinstance(kind, type))
+
+
+_KERASES = (keras, keras3)
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -37,7 +49,8 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, deca
             needs it: the first steps' gradients are large.
 
     Returns:
-        A function of the phase name returning a tf_keras optimizer.
+        A function `(phase, keras_module=tf_keras)` returning a new optimizer
+        of that Keras; `make_optimizer` passes the model's.
 
     Example:
 
@@ -66,31 +79,31 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, deca
                 f"Received: warmup_steps={warmup_steps!r}"
             )
 
-    def make(phase):
+    def make(phase, keras_module=keras):
         rate = learning_rates[phase]
         if decay_steps.get(phase):
             warmup = warmup_steps.get(phase, 0)
-            rate = keras.optimizers.schedules.CosineDecay(
+            rate = keras_module.optimizers.schedules.CosineDecay(
                 0.0 if warmup else rate, decay_steps=decay_steps[phase] - warmup,
                 warmup_target=rate if warmup else None, warmup_steps=warmup,
             )
         if kind == "sgd":
-            return keras.optimizers.SGD(rate, momentum=0.9)
-        return keras.optimizers.Adam(rate)
+            return keras_module.optimizers.SGD(rate, momentum=0.9)
+        return keras_module.optimizers.Adam(rate)
 
     return make
 
 
 def _unknown_kind(optimizer):
     return ValueError(
-        "Argument `optimizer` must be a Keras optimizer identifier, config dict, tf_keras "
+        "Argument `optimizer` must be a Keras optimizer identifier, config dict, Keras "
         f"Optimizer or a callable returning one. Received: optimizer={optimizer!r}"
     )
 
 
-def _from_identifier(optimizer):
+def _from_identifier(optimizer, library=keras):
     try:
-        return keras.optimizers.get(optimizer)  # a fresh one for each call
+        return library.optimizers.get(optimizer)  # a fresh one for each call
     except ValueError as error:
         raise ValueError(
             "Argument `optimizer` must be a Keras optimizer identifier such as 'adam'. "
@@ -98,15 +111,15 @@ def _from_identifier(optimizer):
         ) from error
 
 
-def _from_function(optimizer, phase):
+def _from_function(optimizer, phase, library):
     try:
-        takes_phase = len(inspect.signature(optimizer).parameters) >= 1
+        arguments = len(inspect.signature(optimizer).parameters)
     except (TypeError, ValueError):  # builtins and C callables have no signature
-        takes_phase = False
-    made = optimizer(phase) if takes_phase else optimizer()
-    if not isinstance(made, _OPTIMIZER_TYPES):
+        arguments = 0
+    made = optimizer(*(phase, library)[:min(arguments, 2)])
+    if not isinstance(made, _optimizer_types(library)):
         raise TypeError(
-            "Argument `optimizer` must return a tf_keras optimizer. "
+            f"Argument `optimizer` must return an optimizer of the model's Keras ({library.__name__}). "
             f"Received: optimizer({phase!r}) returned {made!r}"
         )
     return made
@@ -131,22 +144,25 @@ def check_optimizer(optimizer):
     """
     if isinstance(optimizer, (str, dict)):
         _from_identifier(optimizer)
-    elif not isinstance(optimizer, _OPTIMIZER_TYPES) and not callable(optimizer):
+    elif not callable(optimizer) and not any(isinstance(optimizer, _optimizer_types(library)) for library in _KERASES):
         raise _unknown_kind(optimizer)
 
 
-def make_optimizer(optimizer, phase):
-    """Returns a new tf_keras optimizer for `phase`, whatever form `optimizer` takes.
+def make_optimizer(optimizer, phase, keras_module=keras):
+    """Returns a new optimizer for `phase`, whatever form `optimizer` takes.
 
     Args:
         optimizer: a Keras identifier (`"adam"`), a config dict, an
             `Optimizer` instance (re-created from its config: an optimizer is
             bound to the variables of its first model) or a callable returning
-            a new optimizer, taking the phase name or no argument.
+            a new optimizer, taking no argument, the phase name, or the phase
+            name and `keras_module`.
         phase: "float", "prune" or "qat", passed to a callable `optimizer`.
+        keras_module: the Keras of the model it will train (tf_keras or
+            Keras 3's `keras`).
 
     Returns:
-        A tf_keras optimizer no model has used yet.
+        An optimizer of `keras_module` no model has used yet.
 
     Raises:
         ValueError: `optimizer` is an unknown identifier or of another kind.
@@ -158,10 +174,15 @@ def make_optimizer(optimizer, phase):
     make_optimizer(keras.optimizers.SGD(0.01, momentum=0.9), "qat")
     ```
     """
-    if isinstance(optimizer, _OPTIMIZER_TYPES):
+    if isinstance(optimizer, _optimizer_types(keras_module)):
         return type(optimizer).from_config(optimizer.get_config())
     if isinstance(optimizer, (str, dict)):
-        return _from_identifier(optimizer)
+        return _from_identifier(optimizer, keras_module)
+    if any(isinstance(optimizer, _optimizer_types(library)) for library in _KERASES):
+        raise TypeError(
+            f"Argument `optimizer` must be an optimizer of the model's Keras ({keras_module.__name__}). "
+            f"Received: optimizer={optimizer!r}; pass its name (e.g. 'adam') or a function making one."
+        )
     if callable(optimizer):
-        return _from_function(optimizer, phase)
+        return _from_function(optimizer, phase, keras_module)
     raise _unknown_kind(optimizer)

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from edgekeras.callbacks import current_learning_rate
 from edgekeras.compat import keras
-from edgekeras.quantization import activation_ranges
+from edgekeras.qat import engine_for
 
 __all__ = ["PhaseLogs", "KeepFrozen", "QuantizerRanges"]
 
@@ -31,7 +31,7 @@ class KeepFrozen(keras.callbacks.Callback):
     """Holds given variables at their start-of-fit values after every batch.
 
     For the kernels of frozen layers that TFMOT's QuantizeWrapperV2 makes
-    trainable (see `quantization.frozen_weights_made_trainable`).
+    trainable (see `QATEngine.frozen_weights_made_trainable`).
     """
 
     def __init__(self, variables):
@@ -66,7 +66,7 @@ class QuantizerRanges(keras.callbacks.Callback):
 
     The ranges decide the int8 model's accuracy, yet move only 0.1 % per step
     (TFMOT's moving average): these scalars tell whether fine-tuning was long
-    enough for them to settle. Over every range of `quantization.activation_ranges`
+    enough for them to settle. Over every range of the engine's `activation_ranges`
     (a per-channel one counts each channel): `quant_range_width_mean`
     (mean of max - min), `quant_range_min` (smallest min), `quant_range_max`
     (largest max) and `quant_range_change` (mean absolute change of the min
@@ -90,7 +90,7 @@ class QuantizerRanges(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # After BackupAndRestore (first in the list), so a resumed phase
         # counts the change from where it resumed.
-        self._ranges = activation_ranges(self.model)
+        self._ranges = engine_for(self.model).activation_ranges(self.model)
         self._start = self._values() if self._ranges else None
 
     def on_epoch_end(self, epoch, logs=None):

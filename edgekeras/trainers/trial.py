@@ -22,12 +22,12 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from edgekeras import quantization
 from edgekeras.callbacks import TFLiteExport
 from edgekeras.compat import keras
 from edgekeras.litert import trial_conversion
 from edgekeras.litert.trial import TRIAL_EXAMPLES, check_conversions
 from edgekeras.models import clone_with_weights
+from edgekeras.qat import engine_for
 
 __all__ = ["trial_data", "trial_phases"]
 
@@ -144,7 +144,7 @@ def _trial(model, conversions, exports, quantize, calibrate, float_model, float_
     if quantize is not None:
         copy = quantize(model)
         if calibrate and settings["representative_data"] is not None:
-            quantization.calibrate_activation_ranges(copy, settings["representative_data"], steps=2)
+            engine_for(copy).calibrate(copy, settings["representative_data"], steps=2)
         sizes["qat"] = trial_conversion(copy, ("int8",), **settings)
         for callback in exports:
             callback.trial_conversion(copy)

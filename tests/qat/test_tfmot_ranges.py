@@ -1,11 +1,12 @@
-"""Tests for edgekeras.litert.weight_ranges: a dead channel's bias survives QAT conversion."""
+"""Tests for edgekeras.qat.tfmot_ranges: a dead channel's bias survives QAT conversion."""
 
 import numpy as np
 import pytest
 
 from edgekeras import keras
-from edgekeras.litert import TFLiteModel, convert, weight_ranges
-from edgekeras.litert.weight_ranges import floored_weight_ranges
+from edgekeras.litert import TFLiteModel, convert
+from edgekeras.qat import tfmot_ranges as weight_ranges
+from edgekeras.qat.tfmot_ranges import floored_weight_ranges
 from edgekeras.quantization import calibrate_activation_ranges, quantize_model
 
 L = keras.layers

@@ -1,0 +1,105 @@
+"""Graph surgery on Keras 3 models: nested sub-models inlined, copies with weights.
+
+The Keras 3 counterparts of `edgekeras.models.graph`'s tf_keras functions,
+written against Keras 3's functional graph (`Functional._run_through_graph`).
+"""
+
+import keras
+
+__all__ = ["is_graph_model", "is_nested", "flatten", "clone_with_weights"]
+
+
+def is_graph_model(layer):
+    """Returns True if `layer` is a Keras 3 functional or Sequential model (it has a graph)."""
+    return isinstance(layer, (keras.Sequential, keras.src.models.Functional))
+
+
+def is_nested(model):
+    """Returns True if a layer of `model` is itself a functional or Sequential model."""
+    return any(is_graph_model(layer) for layer in model.layers)
+
+
+def _graph_of(model):
+    # A Sequential model keeps its graph in a Functional it builds.
+    return model._functional if isinstance(model, keras.Sequential) else model
+
+
+def _replay(model, inputs, training=None):
+    """Calls `model`'s layers on `inputs`, recursing into sub-models; returns the outputs."""
+    graph = _graph_of(model)
+
+    def call(layer, *args, **kwargs):
+        if training is not None and "training" in kwargs:
+            kwargs["training"] = training
+        if is_graph_model(layer):
+            # A nested call like `base(x, training=False)` keeps its meaning
+            # for every inner layer once flattened.
+            # (Keras 3 sub-models take only `training` and `mask`.)
+            inner_training = kwargs.pop("training", training)
+            return _replay(layer, args[0] if len(args) == 1 else list(args), inner_training)
+        if training is not None and _takes_training(layer):
+            kwargs["training"] = training
+        return layer(*args, **kwargs)
+
+    return graph._run_through_graph(inputs, operation_fn=lambda op: op, call_fn=call)
+
+
+def _takes_training(layer):
+    return "training" in getattr(layer, "_call_signature_parameters", ())
+
+
+def flatten(model, name=None):
+    """Returns a flat functional Keras 3 model sharing `model`'s layers and weights.
+
+    Args:
+        model: a Keras 3 functional or Sequential model.
+        name: the flat model's name (default: `model`'s).
+
+    Returns:
+        The flat model, or `model` itself when no layer is a sub-model.
+
+    Raises:
+        ValueError: `model` is subclassed (it has no graph).
+
+    Example:
+
+    ```python
+    flat = flatten(keras.Model(inputs, head(base(inputs))))
+    ```
+    """
+    if not is_graph_model(model):
+        raise ValueError(
+            f"Argument `model` must be a functional or Sequential model to be flattened. "
+            f"Received: model={model.name!r} of subclassed type {type(model).__name__}."
+        )
+    if not is_nested(model):
+        return model
+    graph = _graph_of(model)
+    inputs = [
+        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name)
+        for tensor in graph.inputs
+    ]
+    structure = keras.tree.pack_sequence_as(graph._inputs_struct, inputs)
+    return keras.Model(structure, _replay(model, inputs), name=name or model.name)
+
+
+def clone_with_weights(model):
+    """A new Keras 3 model with `model`'s graph, weights and `trainable` flags, sharing nothing.
+
+    Args:
+        model: a Keras 3 functional or Sequential model.
+
+    Returns:
+        The copy.
+
+    Example:
+
+    ```python
+    snapshot = clone_with_weights(model)
+    ```
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for source, target in zip(model.layers, copy.layers):
+        target.trainable = source.trainable
+    return copy
