@@ -19,7 +19,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from edgekeras import keras, sparsity
 from edgekeras.litert import evaluate_accuracy, export_tflite, tflite_sparsity
-from edgekeras.models import flatten
+from edgekeras.models import build_transfer_model, flatten
 from edgekeras.quantization import UnquantizableLayersError, calibrate_activation_ranges, quantize_model
 from edgekeras.quantize_configs import FLOAT_INSIDE, quantize_kind
 from edgekeras.schedules import ConstantSparsity
@@ -271,7 +271,7 @@ def test_the_fix_in_the_unquantizable_message_works_through_every_phase_and_expo
 
 # The default suite's small versions of the contract above: one trainer (two steps of
 # constant-sparsity pruning, two of PQAT), one int8 export, on tiny models.
-def run_small_contract(model, tmp_path, quantize_skip=(), close=True):
+def run_small_contract(model, tmp_path, quantize_skip=(), close=True, loss=LOSS):
     """Prune -> PQAT two steps each, then int8: the file is int8 outside float layers and keeps its zeros.
 
     With `close`, the file's outputs are within 5 % of the largest output of the
@@ -281,7 +281,7 @@ def run_small_contract(model, tmp_path, quantize_skip=(), close=True):
     applications above, only running and converting are checked.
     """
     train, verify = batches(2 * BATCH, seed=1), batches(BATCH, seed=2)
-    trainer = EdgeTrainer(model, lambda phase: keras.optimizers.Adam(1e-3), LOSS, quantize_skip=quantize_skip,
+    trainer = EdgeTrainer(model, lambda phase: keras.optimizers.Adam(1e-3), loss, quantize_skip=quantize_skip,
                           calibration_steps=2)
     trainer.fit(train, prune=ConstantSparsity(TARGET_SPARSITY, begin_step=0, frequency=1), prune_epochs=1,
                 qat_epochs=1, conversions=(), verbose=0)
@@ -328,3 +328,16 @@ def test_first_blocks_of_an_application_go_through_prune_pqat_and_int8(build, cl
 def test_small_user_model_goes_through_prune_pqat_and_int8(build, tmp_path):
     keras.utils.set_random_seed(0)
     run_small_contract(build(), tmp_path)
+
+
+# EfficientNetB0 is exported above; B1-B3 (deeper and wider, the same blocks) by nothing else.
+# Each builds, trains and converts a few hundred layers: about a minute on 2 cores.
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["efficientnet_b1", "efficientnet_b2", "efficientnet_b3"])
+def test_larger_efficientnets_export_to_float32_and_after_pqat_to_int8(architecture, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_transfer_model(CLASSES, SIDE, architecture=architecture, weights=None, trainable_from="auto")
+    float_file = export_tflite(model, tmp_path / "float32.tflite", "float32", verify_data=batches(BATCH, seed=2),
+                               verify_examples=BATCH)
+    assert float_file.verification.top1_agreement == 1.0 and float_file.verification.max_abs_diff < 1e-4
+    run_small_contract(model, tmp_path, close=False, loss="sparse_categorical_crossentropy")
