@@ -231,7 +231,8 @@ def hard_swish():
 
 
 # Each build takes ~20 s on 2 cores (QAT traces the model three times); the default suite keeps the
-# residual one (adds and a shared input), `make test-slow` runs the rest.
+# residual one (adds and a shared input), `make test-slow` runs the rest, and the default suite runs
+# each of them small (test_small_user_model_goes_through_prune_pqat_and_int8 below).
 @pytest.mark.parametrize("build", [
     residual, *(pytest.param(build, marks=pytest.mark.slow)
                 for build in (nested, concatenate, squeeze_excite, preprocessing, hard_swish)),
