@@ -19,9 +19,10 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from edgekeras import keras, sparsity
 from edgekeras.litert import evaluate_accuracy, export_tflite, tflite_sparsity
-from edgekeras.models import flatten
+from edgekeras.models import build_transfer_model, flatten
 from edgekeras.quantization import UnquantizableLayersError, calibrate_activation_ranges, quantize_model
 from edgekeras.quantize_configs import FLOAT_INSIDE, quantize_kind
+from edgekeras.schedules import ConstantSparsity
 from edgekeras.trainers import EdgeTrainer
 
 L = keras.layers
@@ -230,7 +231,8 @@ def hard_swish():
 
 
 # Each build takes ~20 s on 2 cores (QAT traces the model three times); the default suite keeps the
-# residual one (adds and a shared input), `make test-slow` runs the rest.
+# residual one (adds and a shared input), `make test-slow` runs the rest, and the default suite runs
+# each of them small (test_small_user_model_goes_through_prune_pqat_and_int8 below).
 @pytest.mark.parametrize("build", [
     residual, *(pytest.param(build, marks=pytest.mark.slow)
                 for build in (nested, concatenate, squeeze_excite, preprocessing, hard_swish)),
@@ -266,3 +268,77 @@ def test_the_fix_in_the_unquantizable_message_works_through_every_phase_and_expo
     # the doubler's MUL is folded into the convolution after it.
     skipped = [name for name, _ in info.value.layers]
     run_contract(model, tmp_path, quantize_skip=skipped, float_layers=skipped[:3])
+
+
+# The default suite's small versions of the contract above: one trainer (two steps of
+# constant-sparsity pruning, two of PQAT), one int8 export, on tiny models.
+def run_small_contract(model, tmp_path, quantize_skip=(), close=True, loss=LOSS):
+    """Prune -> PQAT two steps each, then int8: the file is int8 outside float layers and keeps its zeros.
+
+    With `close`, the file's outputs are within 5 % of the largest output of the
+    QAT model, whose fake quantization simulates the int8 kernels (the user
+    models and the ResNet50 cut are within 3 %). The random-weight EfficientNetB0
+    cut gives logits of ~0.1 with 20 % differences: for it, as for the whole
+    applications above, only running and converting are checked.
+    """
+    train, verify = batches(2 * BATCH, seed=1), batches(BATCH, seed=2)
+    trainer = EdgeTrainer(model, lambda phase: keras.optimizers.Adam(1e-3), loss, quantize_skip=quantize_skip,
+                          calibration_steps=2)
+    trainer.fit(train, prune=ConstantSparsity(TARGET_SPARSITY, begin_step=0, frequency=1), prune_epochs=1,
+                qat_epochs=1, conversions=(), verbose=0)
+    assert trainer.quantize_scheme == "prune_preserve"
+    path = tmp_path / "pqat_int8.tflite"
+    exported = export_tflite(trainer.qat_model, path, "int8", representative_data=train, verify_data=verify,
+                             verify_examples=BATCH)
+    check = exported.verification
+    assert check.examples == BATCH
+    if close:
+        assert check.max_abs_diff <= 0.05 * check.max_abs_output, check
+    check_int8_is_int8(path, float_layer_names(trainer.model, quantize_skip))
+    model_sparsity = trainer.summary()["model_sparsity"]
+    assert model_sparsity["prune"] >= 0.9 * TARGET_SPARSITY
+    assert tflite_sparsity(path) >= 0.9 * model_sparsity["prune"]
+    return exported
+
+
+def cut(base, layer, name):
+    """`base` up to `layer`'s output, then the usual head: a flat model of an application's first blocks."""
+    return keras.Model(base.input, head(base.get_layer(layer).output), name=name)
+
+
+def efficientnet_b0_first_blocks():
+    """EfficientNetB0's stem and blocks 1a-2b: Rescaling, Normalization, swish, squeeze-excite, a residual add."""
+    keras.utils.set_random_seed(0)
+    base = keras.applications.EfficientNetB0(input_shape=(SIDE, SIDE, 3), include_top=False, weights=None)
+    return cut(base, "block2b_add", "efficientnetb0_first_blocks")
+
+
+def resnet50_first_blocks():
+    """ResNet50's stem and its first two bottleneck blocks (a projection shortcut, then an identity one)."""
+    keras.utils.set_random_seed(0)
+    base = keras.applications.ResNet50(input_shape=(SIDE, SIDE, 3), include_top=False, weights=None)
+    return cut(base, "conv2_block2_out", "resnet50_first_blocks")
+
+
+@pytest.mark.parametrize("build, close", [(efficientnet_b0_first_blocks, False), (resnet50_first_blocks, True)])
+def test_first_blocks_of_an_application_go_through_prune_pqat_and_int8(build, close, tmp_path):
+    run_small_contract(build(), tmp_path, close=close)
+
+
+@pytest.mark.parametrize("build", [nested, concatenate, squeeze_excite, preprocessing, hard_swish])
+def test_small_user_model_goes_through_prune_pqat_and_int8(build, tmp_path):
+    keras.utils.set_random_seed(0)
+    run_small_contract(build(), tmp_path)
+
+
+# EfficientNetB0 is exported above; B1-B3 (deeper and wider, the same blocks) by nothing else.
+# Each builds, trains and converts a few hundred layers: about a minute on 2 cores.
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["efficientnet_b1", "efficientnet_b2", "efficientnet_b3"])
+def test_larger_efficientnets_export_to_float32_and_after_pqat_to_int8(architecture, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_transfer_model(CLASSES, SIDE, architecture=architecture, weights=None, trainable_from="auto")
+    float_file = export_tflite(model, tmp_path / "float32.tflite", "float32", verify_data=batches(BATCH, seed=2),
+                               verify_examples=BATCH)
+    assert float_file.verification.top1_agreement == 1.0 and float_file.verification.max_abs_diff < 1e-4
+    run_small_contract(model, tmp_path, close=False, loss="sparse_categorical_crossentropy")

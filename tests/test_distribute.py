@@ -359,6 +359,117 @@ def _tiny_run_config(tfds_dir, path, strategy):
     return path
 
 
+MIRRORED_RUN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import edgekeras.app.stages as stages
+    from edgekeras.app.cli import main
+
+    trainers = []
+    real_make_trainer = stages.make_trainer
+
+    def recording_make_trainer(model, config, float_steps, strategy, backup_dir, **kwargs):
+        trainer = real_make_trainer(model, config, float_steps, strategy, backup_dir, **kwargs)
+        if backup_dir is not None:  # a training phase, not the trial conversion's copy
+            trainers.append({"phases": backup_dir.rsplit("/", 1)[-1], "strategy": type(strategy).__name__,
+                             "replicas": strategy.num_replicas_in_sync,
+                             "mirrored": all(strategy.extended.variable_created_in_scope(v) for v in model.weights)})
+        return trainer
+
+    stages.make_trainer = recording_make_trainer
+    status = main(["run", "--config", sys.argv[1], "--no-progress"])
+    print("RESULT " + json.dumps({"status": status, "trainers": trainers}))
+    """
+)
+
+MIRRORED_FACTORY = """
+from edgekeras import keras
+
+
+def build(num_classes, image_size):
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(8, 1, activation="relu", name="pw")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="head")(x))
+"""
+
+
+def test_mirrored_run_over_two_devices_trains_every_phase_and_exports(tiny_tfds_dir, tmp_path):
+    # The default suite's `edgekeras run` under a [distribute] strategy (the two-worker run below is
+    # slow): a tiny model of a factory, two logical CPU devices, every phase a step or two.
+    (tmp_path / "mirrored_factory.py").write_text(MIRRORED_FACTORY)
+    config = tmp_path / "mirrored.toml"
+    config.write_text(textwrap.dedent(
+        f"""
+        [run]
+        name = "mirrored"
+        output_dir = "{tmp_path / 'runs'}"
+        seed = 1
+        [data]
+        dataset = "edgekeras_tiny_images"
+        data_dir = "{tiny_tfds_dir}"
+        download = false
+        image_size = 32
+        batch_size = 16
+        validation_size = 12
+        normalization = "zero_to_one"
+        [model]
+        factory = "mirrored_factory:build"
+        [train]
+        epochs = 0
+        steps_per_epoch = 2
+        cache_features = false
+        [prune]
+        target_sparsity = 0.5
+        epochs = 1
+        mask_updates = 2
+        [qat]
+        epochs = 1
+        steps_per_epoch = 2
+        quantize_float = false
+        [export]
+        conversions = ["float32"]
+        pruned_conversions = ["float32"]
+        representative_examples = 8
+        verify_examples = 8
+        [evaluate]
+        latency_runs = 50
+        warmup = 1
+        latency_threads = [1]
+        progress = false
+        [distribute]
+        strategy = "mirrored"
+        devices = ["/cpu:0", "/cpu:1"]
+        """
+    ))
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    output = _python(MIRRORED_RUN_SCRIPT, str(config), env={"PYTHONPATH": pythonpath})
+    result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["status"] == 0
+    # The pruning phase and PQAT (the phases the one-device tests do not run mirrored in a run): each
+    # on both devices, its variables mirrored.
+    assert [t["phases"] for t in result["trainers"]] == ["train", "pqat"]
+    assert all((t["strategy"], t["replicas"], t["mirrored"]) == ("MirroredStrategy", 2, True) for t in result["trainers"])
+    from edgekeras.app.pipeline import verify_run_dir
+
+    run_dir = tmp_path / "runs" / "mirrored"
+    assert verify_run_dir(str(run_dir)) == []
+    report = json.loads((run_dir / "report.json").read_text())
+    by_name = {variant["name"]: variant for variant in report["variants"]}
+    assert list(by_name) == ["float32", "pruned_float32", "pqat_int8"]
+    assert by_name["pruned_float32"]["sparsity"] > 0.3 and by_name["pqat_int8"]["sparsity"] > 0.3
+    assert all(variant["verification"]["examples"] == 8 for variant in report["variants"])
+
+
 @pytest.mark.slow
 def test_two_worker_run_trains_prunes_and_exports_once(tiny_tfds_dir, tmp_path):
     config = _tiny_run_config(tiny_tfds_dir, tmp_path / "multi.toml", "multi_worker")
