@@ -283,7 +283,8 @@ def test_run_resumes_after_a_crash_and_a_finished_run_is_a_noop(tiny_tfds_dir, t
     # The export stage looks export_tflite up in edgekeras.app.stages.
     import edgekeras.app.stages as stages_module
 
-    # Without QAT (two minutes of tracing on 2 cores): the SIGKILL test in test_faults.py resumes one with it.
+    # Without QAT (two minutes of tracing on 2 cores): test_resume_qat.py resumes a tiny run killed during PQAT,
+    # and the slow SIGKILL test in test_faults.py a real one.
     config = tiny_config(tiny_tfds_dir, tmp_path, qat={"epochs": 0})
     run_dir = tmp_path / "tiny"
     real_export = stages_module.export_tflite
