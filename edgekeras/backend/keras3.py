@@ -1,0 +1,201 @@
+"""The Keras 3 side of the seam: what pruning needs from a Keras 3 model, on any backend.
+
+Everything here goes through Keras 3's public API and `keras.ops`, so it
+works on the TensorFlow, JAX and PyTorch backends alike: layers through
+`model.layers` (`_flatten_layers` only for the sub-layers of a plain layer,
+which have no public list), the optimizer's slots among `optimizer.variables`
+by the names `add_variable_from_reference` gives them, masks as
+`keras.Variable`s applied with `keras.ops`.
+
+Under JAX, `model.fit` keeps the weights and optimizer state outside the
+variables during an epoch (the variables are emptied until the epoch ends).
+`sync_state` writes that state back with the trainer's `jax_state_sync()`;
+after it the trainer reads the variables again before its next step, so
+masks assigned after a sync reach that step.
+"""
+
+import keras
+import numpy as np
+
+__all__ = [
+    "name",
+    "keras",
+    "is_model",
+    "layers",
+    "prunable_weight",
+    "prunable_weights",
+    "is_conv",
+    "is_dense",
+    "build_optimizer",
+    "slot_variables",
+    "learning_rate",
+    "step",
+    "sync_state",
+    "to_numpy",
+    "mask_variable",
+    "apply_masks",
+    "batch_function",
+]
+
+name = "keras3"
+ops = keras.ops
+
+
+def is_model(obj):
+    """True if `obj` is a Keras 3 model."""
+    return isinstance(obj, keras.Model)
+
+
+def _children(layer):
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    # A plain layer holding sub-layers (a custom block, a wrapper) has no
+    # public list of them; one level of its tracked layers, in order.
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def layers(model):
+    """The layers under `model`, depth first in the order they were added, each once."""
+    seen, found = set(), []
+
+    def visit(layer):
+        for child in _children(layer):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            found.append(child)
+            visit(child)
+
+    visit(model)
+    return found
+
+
+_PRUNABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def prunable_weight(layer, model=None):
+    """The variable pruning acts on for `layer`, or None (`model` is not needed on Keras 3).
+
+    Keras 3 names the depthwise kernel `kernel` too; Conv2DTranspose is no
+    Conv2D subclass here, so it is left out as on tf_keras.
+    """
+    del model
+    if not isinstance(layer, _PRUNABLE):
+        return None
+    value = getattr(layer, "kernel", None)  # None while the layer is unbuilt
+    # A LoRA-enabled or quantized layer returns a computed tensor: not prunable.
+    return value if isinstance(value, keras.Variable) else None
+
+
+def prunable_weights(model):
+    """`[(layer, variable)]` for every prunable layer of `model`, in order."""
+    pairs = []
+    for layer in layers(model):
+        weight = prunable_weight(layer)
+        if weight is not None:
+            pairs.append((layer, weight))
+    return pairs
+
+
+def is_conv(layer):
+    """True for a 2D convolution, depthwise included (as tf_keras counts it)."""
+    return isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+
+
+def is_dense(layer):
+    """True for a Dense layer."""
+    return isinstance(layer, keras.layers.Dense)
+
+
+def build_optimizer(optimizer, variables):
+    """Creates the optimizer's slots for `variables` if `fit` has not yet; False if it cannot."""
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return False
+    if not optimizer.built:
+        optimizer.build(variables)
+    return True
+
+
+def slot_variables(optimizer, weight):
+    """The optimizer variables shadowing `weight` (momentum, velocity, averages, ...).
+
+    `add_variable_from_reference` names a slot `<weight path with "/" as
+    "_">_<slot name>` and gives it the weight's shape: that is the public
+    link between a weight and its slots.
+    """
+    prefix = weight.path.replace("/", "_") + "_"
+    shape = tuple(weight.shape)
+    return [
+        variable
+        for variable in getattr(optimizer, "variables", ())
+        if variable.name.startswith(prefix) and tuple(variable.shape) == shape
+    ]
+
+
+def learning_rate(optimizer):
+    """The optimizer's learning rate at its current step as a float, NaN when unreadable."""
+    try:
+        return float(ops.convert_to_numpy(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return float("nan")
+
+
+def step(optimizer):
+    """`optimizer.iterations` as an int."""
+    return int(ops.convert_to_numpy(optimizer.iterations))
+
+
+def sync_state(model):
+    """Writes the state a JAX `fit` holds outside the variables back into them."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def to_numpy(variable):
+    """The value of a variable as a numpy array."""
+    return np.asarray(ops.convert_to_numpy(variable))
+
+
+def mask_variable(weight):
+    """A non-trainable `keras.Variable` of ones shaped like `weight`."""
+    return keras.Variable(ops.ones(weight.shape, weight.dtype), dtype=weight.dtype, trainable=False, name="edgekeras_mask")
+
+
+def apply_masks(weights, masks, slots=None):
+    """Multiplies every weight (and each of its slots, if given) by its mask, now."""
+    for weight, mask in zip(weights, masks):
+        weight.assign(ops.multiply(weight, mask))
+    for mask, weight_slots in zip(masks, slots or ()):
+        for slot in weight_slots:
+            slot.assign(ops.multiply(slot, ops.cast(mask, slot.dtype)))
+
+
+def batch_function(model, weights, masks, slots, graph_masks=None, masks_at=None):
+    """Returns the function run after every training batch, eager and backend-neutral.
+
+    Args:
+        model: the model being trained.
+        weights: the pruned variables.
+        masks: their mask variables.
+        slots: per weight, its optimizer slot variables.
+        graph_masks: the traced form of `masks_at` (used by tf_keras); unused here.
+        masks_at: None (masks never change) or `masks_at(step)` -> the new
+            masks as numpy arrays, or None when they do not change at `step`.
+
+    Returns:
+        A function of no argument.
+    """
+    del graph_masks
+
+    def run():
+        sync_state(model)
+        new = masks_at(step(model.optimizer)) if masks_at is not None else None
+        if new is not None:
+            for mask, value in zip(masks, new):
+                mask.assign(value)
+            apply_masks(weights, masks, slots)
+        else:
+            apply_masks(weights, masks)
+
+    return run
