@@ -190,13 +190,13 @@ def test_global_allocation_reaches_the_overall_sparsity():
 def test_nested_and_subclassed_models_prune():
     inner = conv_net("backbone")
     inputs = keras.Input((8, 8, 4))
-    nested = keras.Model(inputs, keras.layers.Dense(2, name="head")(inner(inputs)))
+    nested = keras.Model(inputs, keras.layers.Dense(3, name="head")(inner(inputs)))
 
     class Subclassed(keras.Model):
         def __init__(self):
             super().__init__()
             self.first = keras.layers.Dense(6, name="first")
-            self.second = keras.layers.Dense(2, name="second")
+            self.second = keras.layers.Dense(3, name="second")
 
         def call(self, x):
             return self.second(self.first(keras.ops.reshape(x, (-1, 256))))
