@@ -18,6 +18,12 @@ Policies choose among them:
 
 Frozen layers (`trainable=False`) are left out unless asked for, since they
 could not recover from the pruning.
+
+Models of either Keras are read through `edgekeras.backend` (tf_keras or
+Keras 3, whichever the model is). Masks come in two forms that select the
+same weights: tensors (`magnitude_masks`, `global_magnitude_masks`,
+`m_by_n_mask`), traced into tf_keras' per-batch `tf.function`, and numpy
+arrays (`*_mask_arrays`), computed eagerly on any Keras 3 backend.
 """
 
 import numpy as np

@@ -65,7 +65,9 @@ class MagnitudePruning(MaskingCallback):
         schedule: a pruning schedule, from `edgekeras.schedules`
             (`PolynomialDecay`, `ConstantSparsity`, `MbyNSparsity`) or any
             `tfmot.sparsity.keras.PruningSchedule`. Steps are counted by
-            `model.optimizer.iterations`.
+            `model.optimizer.iterations`. On Keras 3, edgekeras' schedules
+            are read in plain Python after every batch; another
+            `PruningSchedule` is called eagerly with TensorFlow tensors.
         policy: which layers to prune: `"all"`, `"skip_first_last"`,
             `"pointwise"` (1x1 convolutions) or a callable
             `policy(layer) -> bool`. See `edgekeras.sparsity`.
