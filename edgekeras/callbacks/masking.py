@@ -139,9 +139,9 @@ class MaskingCallback(backend.Callback):
         """Returns a graph function `(step) -> (should_update, thunk of [masks])`, or None (tf_keras)."""
         return None
 
-    def _masks_at(self, step):
-        """The new masks at an int `step` as numpy arrays, or None if they do not change (Keras 3)."""
-        return None
+    # Keras 3: `_masks_at(step)` -> the new masks at an int step as numpy
+    # arrays, or None when they do not change then; None here: never.
+    _masks_at = None
 
     def _make_batch_fn(self):
         slots = self._slots or [[] for _ in self._weights]

@@ -148,7 +148,7 @@ def test_preserve_sparsity_keeps_the_zeros_through_further_training():
     assert history.history["sparsity"][-1] == pytest.approx(0.6, abs=0.01)
     # Without the callback, training revives them: the check above can fail.
     fit(model, [], epochs=1)
-    assert sparsity.overall_sparsity(model) < 0.1
+    assert sparsity.overall_sparsity(model) < 0.5
 
 
 def test_callbacks_survive_deepcopy_before_and_after_fit():
