@@ -121,15 +121,36 @@ def slot_variables(optimizer, weight):
 
     `add_variable_from_reference` names a slot `<weight path with "/" as
     "_">_<slot name>` and gives it the weight's shape: that is the public
-    link between a weight and its slots.
+    link between a weight and its slots. Paths can repeat (two nested models
+    each with a layer "stem"); then the slots are told apart the way the
+    optimizer's own update step finds them, by the weight's index into its
+    per-slot lists.
     """
     prefix = weight.path.replace("/", "_") + "_"
     shape = tuple(weight.shape)
-    return [
-        variable
-        for variable in getattr(optimizer, "variables", ())
-        if variable.name.startswith(prefix) and tuple(variable.shape) == shape
-    ]
+    named = [v for v in optimizer.variables if v.name.startswith(prefix) and tuple(v.shape) == shape]
+    if len({v.name for v in named}) == len(named):
+        return named
+    return _indexed_slots(optimizer, weight, named)
+
+
+def _indexed_slots(optimizer, weight, named):
+    try:
+        index = optimizer._get_variable_index(weight)
+        count = len(optimizer._trainable_variables)
+    except (AttributeError, KeyError):
+        raise ValueError(
+            f"Cannot tell the optimizer slots of weight {weight.path!r} apart from another weight's of the same "
+            "path: give the layers unique names (nested models included)."
+        ) from None
+    candidates = {id(v) for v in named}
+    slots = []
+    # Each slot kind is a list aligned with the optimizer's variables
+    # (`_momentums`, `_velocities`, `momentums`, ...).
+    for value in vars(optimizer).values():
+        if isinstance(value, (list, tuple)) and len(value) == count and id(value[index]) in candidates:
+            slots.append(value[index])
+    return slots
 
 
 def learning_rate(optimizer):

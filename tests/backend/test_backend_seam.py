@@ -172,3 +172,31 @@ def test_the_callback_base_is_accepted_by_both_fits(which):
     model.fit(np.zeros((8, 3), np.float32), np.zeros((8, 1), np.float32), epochs=2, verbose=0, callbacks=[recorder])
     assert recorder.seen == [(0, "net", ["loss"]), (1, "net", ["loss"])]
     assert recorder.model is model
+
+
+@pytest.mark.parametrize("make, count", [(lambda: keras3.optimizers.Adam(), 2), (lambda: keras3.optimizers.Adam(use_ema=True), 3)])
+def test_keras3_slots_of_weights_sharing_a_path_are_told_apart(make, count):
+    def block(name):
+        inputs = keras3.Input((4,))
+        return keras3.Model(inputs, keras3.layers.Dense(3, name="stem")(inputs), name=name)
+
+    inputs = keras3.Input((4,))
+    model = keras3.Model(inputs, keras3.layers.Add()([block("a")(inputs), block("b")(inputs)]))
+    optimizer = make()
+    backend.keras3.build_optimizer(optimizer, model.trainable_variables)
+    (_, first), (_, second) = backend.keras3.prunable_weights(model)
+    assert first.path == second.path
+    slots = [backend.keras3.slot_variables(optimizer, weight) for weight in (first, second)]
+    assert [len(s) for s in slots] == [count, count]
+    assert not {id(v) for v in slots[0]} & {id(v) for v in slots[1]}
+
+
+def test_keras3_slots_sharing_a_path_without_an_optimizer_index_raise():
+    layer = keras3.layers.Dense(3, name="stem")
+    layer.build((None, 4))
+
+    class Optimizer:
+        variables = [keras3.Variable(np.zeros((4, 3), np.float32), name="stem_kernel_momentum") for _ in range(2)]
+
+    with pytest.raises(ValueError, match=r"Cannot tell the optimizer slots of weight 'stem/kernel' apart .*unique names"):
+        backend.keras3.slot_variables(Optimizer(), layer.kernel)
