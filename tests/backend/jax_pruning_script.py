@@ -45,8 +45,13 @@ def check(condition, message):
         sys.exit(f"FAILED: {message}")
 
 
-class Probe(keras.callbacks.Callback):
-    """The lowest kernel sparsity seen after each batch (`self.model` syncs the JAX state)."""
+class Probe(backend.Callback):
+    """The lowest kernel sparsity seen after each batch.
+
+    edgekeras' callback base, so that reading `self.model` syncs the JAX
+    state as a Keras 3 callback's does: without it the probe, first in the
+    list, would find the variables emptied for the epoch.
+    """
 
     def __init__(self):
         super().__init__()
