@@ -1,11 +1,13 @@
 """The Keras 3 side of the seam: what pruning needs from a Keras 3 model, on any backend.
 
-Everything here goes through Keras 3's public API and `keras.ops`, so it
-works on the TensorFlow, JAX and PyTorch backends alike: layers through
-`model.layers` (`_flatten_layers` only for the sub-layers of a plain layer,
-which have no public list), the optimizer's slots among `optimizer.variables`
-by the names `add_variable_from_reference` gives them, masks as
-`keras.Variable`s applied with `keras.ops`.
+It goes through Keras 3's public API and `keras.ops`, so it works on the
+TensorFlow, JAX and PyTorch backends alike: layers through `model.layers`
+(`_flatten_layers` only for the sub-layers of a plain layer, which have no
+public list), the optimizer's slots among `optimizer.variables` by the names
+`add_variable_from_reference` gives them (the optimizer's own index only
+where two weights share a path), masks as `keras.Variable`s applied with
+`keras.ops`, in one `tf.function` or `jax.jit` per batch where the backend
+has one.
 
 Under JAX, `model.fit` keeps the weights and optimizer state outside the
 variables during an epoch (the variables are emptied until the epoch ends).
@@ -224,7 +226,7 @@ def _compiled_apply(weights, masks):
 
 
 def batch_function(model, weights, masks, slots, graph_masks=None, masks_at=None):
-    """Returns the function run after every training batch, eager and backend-neutral.
+    """Returns the function run after every training batch, on any backend.
 
     Args:
         model: the model being trained.
