@@ -1,4 +1,4 @@
-"""The one place edgekeras gets its Keras API from.
+"""Where edgekeras gets tf_keras from, and the check of code that takes tf_keras models only.
 
 TensorFlow 2.16+ resolves `tf.keras` lazily: to Keras 3 unless
 `TF_USE_LEGACY_KERAS=1` is set before the first access, and TFMOT sets that
@@ -6,6 +6,9 @@ variable as a side effect of being imported. Going through `tf.keras` would
 therefore hand edgekeras a different Keras depending on the user's import
 order. Importing `tf_keras` directly always gives Keras 2, the only Keras that
 TFMOT 0.8 supports, whatever the environment says.
+
+Code that accepts Keras 3 models too asks `edgekeras.backend`, which builds
+on `is_keras3_object`; `check_model` here is for the code that does not yet.
 """
 
 import tf_keras as keras
@@ -14,9 +17,16 @@ __all__ = ["keras", "is_keras3_object", "check_model"]
 
 
 def is_keras3_object(obj):
-    """Returns True if `obj` is an instance of a Keras 3 class."""
-    module = type(obj).__module__ or ""
-    return module == "keras" or module.startswith("keras.")
+    """Returns True if `obj` is an instance of a Keras 3 class, or of a subclass of one.
+
+    The class hierarchy is read, not only the object's own class: a model
+    subclassed in the user's `__main__` is a Keras 3 model all the same.
+    """
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        if module == "keras" or module.startswith("keras."):
+            return True
+    return False
 
 
 def check_model(model, argument="model"):

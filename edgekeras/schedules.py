@@ -11,10 +11,16 @@ returns `(should_prune, sparsity)`: whether the masks are recomputed at this
 step, and the fraction of zeros they get. Any TFMOT `PruningSchedule` works
 with `edgekeras.callbacks.MagnitudePruning`; these classes serialize to the
 same `{"class_name", "config"}` dictionaries as TFMOT's.
+
+`schedule_at(schedule, step)` gives the same answer in plain Python for a
+step number: edgekeras' schedules compute it without TensorFlow (`at_step`,
+in float32 as TFMOT does), which is what the Keras 3 callbacks call after
+every batch, on any backend.
 """
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
@@ -27,6 +33,7 @@ __all__ = [
     "serialize",
     "deserialize",
     "schedule_sparsity",
+    "schedule_at",
 ]
 
 # The base class every schedule derives from, TFMOT's and edgekeras' alike.
@@ -50,6 +57,11 @@ def _check_steps(begin_step, end_step, frequency, allow_endless):
             f"Received: end_step={end_step!r}"
         )
     _check_int(frequency, "frequency", 1)
+
+
+def _should_prune(step, begin_step, end_step, frequency):
+    """TFMOT's `_should_prune_in_step` for a Python int."""
+    return step >= begin_step and (step <= end_step or end_step < 0) and (step - begin_step) % frequency == 0
 
 
 def _check_sparsity(value, argument):
@@ -79,6 +91,13 @@ class ConstantSparsity(tfmot.sparsity.keras.ConstantSparsity):
         _check_sparsity(target_sparsity, "target_sparsity")
         _check_steps(begin_step, end_step, frequency, allow_endless=True)
         super().__init__(float(target_sparsity), int(begin_step), int(end_step), int(frequency))
+
+    def at_step(self, step):
+        """`(should_prune, sparsity)` at an int `step`, as `__call__` gives them, in plain Python."""
+        return (
+            _should_prune(int(step), self.begin_step, self.end_step, self.frequency),
+            float(np.float32(self.target_sparsity)),
+        )
 
 
 class PolynomialDecay(tfmot.sparsity.keras.PolynomialDecay):
@@ -123,6 +142,20 @@ class PolynomialDecay(tfmot.sparsity.keras.PolynomialDecay):
             power=power,
             frequency=int(frequency),
         )
+
+    def at_step(self, step):
+        """`(should_prune, sparsity)` at an int `step`, as `__call__` gives them, in plain Python.
+
+        The arithmetic is TFMOT's, in float32, so both give the same float.
+        """
+        step = int(step)
+        span = np.float32(self.end_step - self.begin_step)
+        progress = np.minimum(np.float32(1.0), np.maximum(np.float32(0.0), np.float32(step - self.begin_step) / span))
+        # A numpy float32 scalar raised to the Python power rounds as TF's
+        # scalar pow does (np.power on arrays does not, by an ulp at times).
+        decay = (np.float32(1.0) - progress) ** self.power
+        value = np.float32(self.initial_sparsity - self.final_sparsity) * decay + np.float32(self.final_sparsity)
+        return _should_prune(step, self.begin_step, self.end_step, self.frequency), float(np.float32(value))
 
 
 class MbyNSparsity(PruningSchedule):
@@ -169,6 +202,13 @@ class MbyNSparsity(PruningSchedule):
     def __call__(self, step):
         should_prune = self._should_prune_in_step(step, self.begin_step, self.end_step, self.frequency)
         return should_prune, tf.constant(self.m_by_n[0] / self.m_by_n[1], tf.float32)
+
+    def at_step(self, step):
+        """`(should_prune, sparsity)` at an int `step`, as `__call__` gives them, in plain Python."""
+        return (
+            _should_prune(int(step), self.begin_step, self.end_step, self.frequency),
+            float(np.float32(self.m_by_n[0] / self.m_by_n[1])),
+        )
 
     def get_config(self):
         return {
@@ -238,6 +278,32 @@ def schedule_sparsity(schedule, step):
         return 0.0
     _, sparsity = schedule(tf.constant(step, tf.int64))
     return float(sparsity)
+
+
+def schedule_at(schedule, step):
+    """Returns `(should_prune, sparsity)` of a schedule at an int step, as Python values.
+
+    edgekeras' schedules answer in plain Python (`at_step`); any other
+    `PruningSchedule` is called eagerly with the step as a tensor.
+
+    Args:
+        schedule: a pruning schedule.
+        step: the global step, an int.
+
+    Returns:
+        A `(bool, float)` pair.
+
+    Example:
+
+    ```python
+    schedule_at(ConstantSparsity(0.5, frequency=10), 20)  # (True, 0.5)
+    ```
+    """
+    at_step = getattr(schedule, "at_step", None)
+    if at_step is not None:
+        return at_step(step)
+    should_prune, sparsity = schedule(tf.constant(int(step), tf.int64))
+    return bool(should_prune), float(sparsity)
 
 
 def polynomial_ramp(

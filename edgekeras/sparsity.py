@@ -18,14 +18,20 @@ Policies choose among them:
 
 Frozen layers (`trainable=False`) are left out unless asked for, since they
 could not recover from the pruning.
+
+Models of either Keras are read through `edgekeras.backend` (tf_keras or
+Keras 3, whichever the model is). Masks come in two forms that select the
+same weights: tensors (`magnitude_masks`, `global_magnitude_masks`,
+`m_by_n_mask`), traced into tf_keras' per-batch `tf.function`, and numpy
+arrays (`*_mask_arrays`), computed eagerly on any Keras 3 backend.
 """
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_utils
 
+from edgekeras import backend
 from edgekeras.choices import ALLOCATIONS, POLICIES
-from edgekeras.compat import keras
 
 __all__ = [
     "POLICIES",
@@ -42,6 +48,9 @@ __all__ = [
     "global_magnitude_masks",
     "global_prune_counts",
     "m_by_n_mask",
+    "magnitude_mask_arrays",
+    "global_magnitude_mask_arrays",
+    "m_by_n_mask_array",
     "weight_sparsity",
     "layer_sparsities",
     "overall_sparsity",
@@ -82,78 +91,30 @@ def check_policy(policy, argument="policy"):
     )
 
 
-def _attribute(layer):
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return "depthwise_kernel"
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        return None
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        return "kernel"
-    return None
-
-
-def _short_name(variable):
-    return variable.name.rsplit("/", 1)[-1].split(":")[0]
-
-
 def prunable_weight(layer, model=None):
     """Returns the variable pruning acts on for `layer`, or None.
 
     Args:
-        layer: a layer.
+        layer: a layer, tf_keras or Keras 3.
         model: the model holding `layer`; needed when `layer` sits inside a
             TFMOT `QuantizeWrapper`, which takes the kernel variable over.
+
+    Returns:
+        The kernel (`depthwise_kernel` for depthwise convolutions), or None
+        if `layer` has no prunable weight.
+
+    Example:
+
+    ```python
+    prunable_weight(model.get_layer("conv"))  # the Conv2D's kernel
+    ```
     """
-    attribute = _attribute(layer)
-    if attribute is None:
-        return None
-    value = getattr(layer, attribute, None)
-    if isinstance(value, tf.Variable):
-        return value
-    if model is not None:
-        return _wrapped_variables(model).get((id(layer), attribute))
-    return None
-
-
-def _wrapped_variables(model):
-    # A QuantizeWrapper moves the kernel out of the wrapped layer's weights
-    # and sets the layer attribute to the fake-quantized tensor of its last
-    # call; the variable is kept in the wrapper's `_weight_vars`.
-    found = {}
-    for layer in _all_layers(model):
-        inner = getattr(layer, "layer", None)
-        for entry in getattr(layer, "_weight_vars", ()) if inner is not None else ():
-            variable = entry[0]
-            if isinstance(variable, tf.Variable):
-                found[(id(inner), _short_name(variable))] = variable
-    return found
-
-
-def _all_layers(model):
-    seen = set()
-    # `_flatten_layers` follows tracking order (the order layers were
-    # assigned or added) and recurses into nested models and wrappers;
-    # `model.submodules` would sort them by attribute name instead.
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in seen:
-            seen.add(id(layer))
-            yield layer
+    return backend.for_model(layer).prunable_weight(layer, model)
 
 
 def prunable_weights(model):
     """Returns `[(layer, variable)]` for every prunable layer of `model`, in order."""
-    wrapped = _wrapped_variables(model)
-    pairs = []
-    for layer in _all_layers(model):
-        attribute = _attribute(layer)
-        if attribute is None:
-            continue
-        value = getattr(layer, attribute, None)
-        if not isinstance(value, tf.Variable):
-            value = wrapped.get((id(layer), attribute))
-        if value is not None:
-            pairs.append((layer, value))
-    return pairs
+    return backend.for_model(model).prunable_weights(model)
 
 
 def prunable_layers(model):
@@ -161,21 +122,17 @@ def prunable_layers(model):
     return [layer for layer, _ in prunable_weights(model)]
 
 
-def _is_pointwise(layer):
-    # _attribute() already excludes Conv2DTranspose.
-    return (
-        isinstance(layer, keras.layers.Conv2D)
-        and tuple(layer.kernel_size) == (1, 1)
-        and getattr(layer, "groups", 1) == 1
-    )
+def _is_pointwise(layer, keras_backend):
+    # Conv2DTranspose has no prunable weight, so never gets here.
+    return keras_backend.is_conv(layer) and tuple(layer.kernel_size) == (1, 1) and getattr(layer, "groups", 1) == 1
 
 
 def select_weights(model, policy="all", include_frozen=False):
     """Returns `[(layer, variable)]` for the prunable layers `policy` selects.
 
     Args:
-        model: a built tf_keras model (functional, Sequential, nested,
-            subclassed or quantization-aware).
+        model: a built model, tf_keras or Keras 3 (functional, Sequential,
+            nested, subclassed or quantization-aware).
         policy: a name from `POLICIES` or a callable `policy(layer) -> bool`.
         include_frozen: also select layers with `trainable=False`.
 
@@ -189,18 +146,19 @@ def select_weights(model, policy="all", include_frozen=False):
     ```
     """
     check_policy(policy)
-    every = prunable_weights(model)
+    keras_backend = backend.for_model(model)
+    every = keras_backend.prunable_weights(model)
     candidates = every if include_frozen else [(layer, w) for layer, w in every if layer.trainable]
     if callable(policy):
         return [(layer, w) for layer, w in candidates if policy(layer)]
     if policy == "all":
         return candidates
     if policy == "pointwise":
-        return [(layer, w) for layer, w in candidates if _is_pointwise(layer)]
+        return [(layer, w) for layer, w in candidates if _is_pointwise(layer, keras_backend)]
     # skip_first_last: decided on all prunable layers, frozen or not, so that
     # freezing the stem does not make the next layer "first".
-    convs = [layer for layer, _ in every if isinstance(layer, keras.layers.Conv2D)]
-    denses = [layer for layer, _ in every if isinstance(layer, keras.layers.Dense)]
+    convs = [layer for layer, _ in every if keras_backend.is_conv(layer)]
+    denses = [layer for layer, _ in every if keras_backend.is_dense(layer)]
     skipped = {id(convs[0])} if convs else set()
     if denses:
         skipped.add(id(denses[-1]))
@@ -364,6 +322,81 @@ def m_by_n_mask(weights, m_by_n=(2, 4)):
     mask = pruning_utils.generate_m_by_n_mask(rearranged, tuple(m_by_n))
     mask = pruning_utils.m_by_n_sparsity_mask_prepare(mask, weights.shape)
     return tf.cast(mask, weights.dtype)
+
+
+def magnitude_mask_arrays(arrays, sparsity):
+    """`magnitude_masks` on numpy arrays, eagerly: the same masks, no TensorFlow.
+
+    Args:
+        arrays: a list of numpy arrays.
+        sparsity: fraction of zeros in [0, 1), applied to each.
+
+    Returns:
+        A list of 0/1 numpy masks with the shapes and dtypes of `arrays`.
+
+    Example:
+
+    ```python
+    magnitude_mask_arrays([np.array([0.1, -2.0, 0.5, 3.0])], 0.5)  # [array([0., 1., 0., 1.])]
+    ```
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    return [(np.abs(a) > t).astype(a.dtype) for a, t in zip(arrays, _thresholds(float(sparsity), *arrays))]
+
+
+def global_magnitude_mask_arrays(arrays, sparsity, max_layer_sparsity=None):
+    """`global_magnitude_masks` on numpy arrays, eagerly: the same masks, no TensorFlow.
+
+    Args:
+        arrays: a list of numpy arrays.
+        sparsity: overall fraction of zeros in [0, 1).
+        max_layer_sparsity: per-array bound in (0, 1), or None.
+
+    Returns:
+        A list of 0/1 numpy masks with the shapes and dtypes of `arrays`.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    bound = -1.0 if max_layer_sparsity is None else float(max_layer_sparsity)
+    thresholds = _global_thresholds(float(sparsity), bound, *arrays)
+    return [(np.abs(a) > t).astype(a.dtype) for a, t in zip(arrays, thresholds)]
+
+
+def m_by_n_mask_array(array, m_by_n=(2, 4)):
+    """`m_by_n_mask` on a numpy array, eagerly: TFMOT's blocks and choice, no TensorFlow.
+
+    Blocks of `n` run along the input channels of the TFLite layout; in each,
+    the `n - m` largest magnitudes are kept, the first one winning a tie (as
+    `tf.math.top_k` does).
+
+    Args:
+        array: a rank 2 (Dense) or rank 4 (convolution) numpy array.
+        m_by_n: `(m, n)`, `m` zeros in every block of `n`.
+
+    Returns:
+        A 0/1 numpy mask with the shape and dtype of `array`.
+
+    Raises:
+        ValueError: if `array` is not of rank 2 or 4.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        rows = array.T
+    elif array.ndim == 4:
+        rows = np.transpose(array, (3, 0, 1, 2)).reshape(-1, array.shape[2])
+    else:
+        raise ValueError(f"m-by-n sparsity needs a rank 2 or 4 weight. Received shape {array.shape}")
+    zeros, size = m_by_n
+    # TFMOT pads a whole block when the row already divides into blocks.
+    padded = np.pad(np.abs(rows), ((0, 0), (0, size - rows.shape[1] % size)))
+    blocks = padded.reshape(-1, size)
+    kept = np.argsort(-blocks, axis=1, kind="stable")[:, : size - zeros]
+    mask = np.zeros(blocks.shape, array.dtype)
+    np.put_along_axis(mask, kept, 1, axis=1)
+    mask = mask.reshape(padded.shape)[:, : rows.shape[1]]
+    if array.ndim == 2:
+        return np.ascontiguousarray(mask.T)
+    out, height, width, inputs = array.shape[3], array.shape[0], array.shape[1], array.shape[2]
+    return np.ascontiguousarray(mask.reshape(out, height, width, inputs).transpose(1, 2, 3, 0))
 
 
 def weight_sparsity(weight):

@@ -213,6 +213,90 @@ def test_the_checker_sees_a_violation(tmp_path):
     assert sum(len(targets) for targets in import_graph().values()) > 50
 
 
+# Which Keras a model uses is asked in one place: the seam (`edgekeras/backend/`),
+# the QAT engines behind it (`edgekeras/qat/`), and `compat.py`, the
+# foundation that imports tf_keras and defines the Keras 3 test the seam uses
+# (it sits below the seam so that tf_keras-only code can refuse Keras 3).
+KERAS_SEAM = ("backend", "qat")
+KERAS_SEAM_MODULES = ("edgekeras.compat",)
+KERAS_QUESTIONS = ("is_keras3", "is_keras3_object")
+KERAS3_MODULE = re.compile(r"^keras(\.|$)")
+KERAS_MODULE_PATH = re.compile(r"^keras\.")
+
+
+def keras_version_tests(path):
+    """`[(line, what)]`: the places where one file asks which Keras it has.
+
+    An import of Keras 3 (`import keras`, `from keras... import`; not
+    `keras_tuner`), a call or import of `is_keras3`/`is_keras3_object`, a
+    read of `__version__` or `__module__` (how a class's Keras is told), a
+    "keras." module-path string, and `tf.keras` (Keras 2 or 3 depending on
+    the environment).
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    parents = _parents(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names if KERAS3_MODULE.match(a.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if KERAS3_MODULE.match(node.module):
+                found.append((node.lineno, f"from {node.module} import"))
+            found += [(node.lineno, f"imports {a.name}") for a in node.names if a.name in KERAS_QUESTIONS]
+        elif isinstance(node, ast.Name) and node.id in KERAS_QUESTIONS:
+            found.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            if node.attr in KERAS_QUESTIONS or node.attr in ("__version__", "__module__"):
+                found.append((node.lineno, f".{node.attr}"))
+            elif node.attr == "keras" and isinstance(node.value, ast.Name) and node.value.id in ("tf", "tensorflow"):
+                found.append((node.lineno, f"{node.value.id}.keras"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and KERAS_MODULE_PATH.match(node.value):
+            # Compared with, or the prefix of a `startswith`: a module name
+            # tested (a message that starts with "keras.utils..." is not).
+            parent = parents.get(node)
+            if isinstance(parent, ast.Compare) or (
+                isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute) and parent.func.attr == "startswith"
+            ):
+                found.append((node.lineno, repr(node.value)))
+    return found
+
+
+def test_only_the_seam_asks_which_keras():
+    wrong = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} {what}"
+        for path in sources()
+        if component(module_name(path)) not in KERAS_SEAM and module_name(path) not in KERAS_SEAM_MODULES
+        for line, what in keras_version_tests(path)
+    ]
+    assert not wrong, (
+        "only edgekeras/backend/ (and the QAT engines) may ask which Keras a model uses; "
+        "call edgekeras.backend.for_model(model) instead:\n" + "\n".join(wrong)
+    )
+
+
+def test_the_keras_checker_sees_a_violation(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        '"""keras.docstring"""\n'
+        "import keras\n"
+        "import keras_tuner\n"
+        "from keras.layers import Dense\n"
+        "from edgekeras.backend import is_keras3\n"
+        "def f(model, tf):\n"
+        "    return is_keras3(model) or backend.is_keras3(model) or tf.keras or type(model).__module__\n"
+        "def g(keras, module):\n"
+        "    return keras.__version__.startswith('3') or module.startswith('keras.src')\n"
+        "def h(module):\n"
+        "    return module == 'keras.models' or print('keras.utils.to_categorical is not a test')\n"
+    )
+    found = keras_version_tests(probe)
+    assert {line for line, _ in found} == {2, 4, 5, 7, 9, 11}
+    assert sorted(what for line, what in found if line == 7) == [".__module__", ".is_keras3", "is_keras3", "tf.keras"]
+    assert sorted(what for line, what in found if line == 9) == ["'keras.src'", ".__version__"]
+    # The seam itself asks, so the rule has something to exempt.
+    assert keras_version_tests(PACKAGE / "backend" / "__init__.py")
+
+
 def test_the_readme_architecture_names_every_module():
     readme = (PACKAGE.parent / "README.md").read_text()
     section = readme[readme.index("## Architecture"):readme.index("## Development")]

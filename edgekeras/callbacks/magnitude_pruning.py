@@ -1,4 +1,4 @@
-"""Magnitude pruning as a Keras callback, on any tf_keras model.
+"""Magnitude pruning as a Keras callback, on any tf_keras or Keras 3 model.
 
 Why the callback masks the weights itself instead of wrapping layers with
 TFMOT's `prune_low_magnitude`:
@@ -16,7 +16,9 @@ TFMOT's `prune_low_magnitude`:
 - The cost is one extra `tf.function` call per training batch that multiplies
   every pruned kernel by its mask (and, every `frequency` steps, recomputes the
   masks); `benchmarks/pruning_overhead.py` measures it against dense training
-  and against TFMOT's wrappers.
+  and against TFMOT's wrappers. On Keras 3 the same work is done with
+  `keras.ops` (any backend, JAX included), the schedule read in plain Python
+  and the masks computed with numpy.
 
 What is reused from TFMOT: the schedules (`ConstantSparsity`,
 `PolynomialDecay`, or any `PruningSchedule`, called with the global step) and
@@ -33,12 +35,10 @@ import numbers
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 from edgekeras import schedules as schedules_module
 from edgekeras import sparsity
 from edgekeras.callbacks.masking import MaskingCallback
-from edgekeras.compat import keras
 
 __all__ = ["MagnitudePruning"]
 
@@ -65,7 +65,9 @@ class MagnitudePruning(MaskingCallback):
         schedule: a pruning schedule, from `edgekeras.schedules`
             (`PolynomialDecay`, `ConstantSparsity`, `MbyNSparsity`) or any
             `tfmot.sparsity.keras.PruningSchedule`. Steps are counted by
-            `model.optimizer.iterations`.
+            `model.optimizer.iterations`. On Keras 3, edgekeras' schedules
+            are read in plain Python after every batch; another
+            `PruningSchedule` is called eagerly with TensorFlow tensors.
         policy: which layers to prune: `"all"`, `"skip_first_last"`,
             `"pointwise"` (1x1 convolutions) or a callable
             `policy(layer) -> bool`. See `edgekeras.sparsity`.
@@ -148,6 +150,16 @@ class MagnitudePruning(MaskingCallback):
             return sparsity.global_magnitude_masks(weights, target, self.max_layer_sparsity)
         return sparsity.magnitude_masks(weights, target)
 
+    def _mask_arrays(self, target):
+        """The masks at sparsity `target` as numpy arrays: the same as `_masks_for`, eagerly."""
+        arrays = [self._backend.to_numpy(weight) for weight in self._weights]
+        m_by_n = getattr(self.schedule, "m_by_n", None)
+        if m_by_n is not None:
+            return [sparsity.m_by_n_mask_array(a, m_by_n) for a in arrays]
+        if self.allocation == "global":
+            return sparsity.global_magnitude_mask_arrays(arrays, target, self.max_layer_sparsity)
+        return sparsity.magnitude_mask_arrays(arrays, target)
+
     def _new_masks_fn(self):
         schedule, weights = self.schedule, self._weights
 
@@ -157,10 +169,12 @@ class MagnitudePruning(MaskingCallback):
 
         return new_masks
 
+    def _masks_at(self, step):
+        should_prune, target = schedules_module.schedule_at(self.schedule, step)
+        return self._mask_arrays(target) if should_prune else None
+
     def _step(self):
-        # get_value reads a MirroredVariable (under a tf.distribute strategy)
-        # as well as a plain one; int() of a MirroredVariable fails.
-        return int(keras.backend.get_value(self.model.optimizer.iterations))
+        return self._backend.step(self.model.optimizer)
 
     def _target_at(self, step):
         return schedules_module.schedule_sparsity(self.schedule, step)
@@ -168,8 +182,7 @@ class MagnitudePruning(MaskingCallback):
     def _set_masks_for_step(self, step):
         if step < self.schedule.begin_step:
             return
-        target = tf.constant(self._target_at(step), tf.float32)
-        for mask, value in zip(self._masks, self._masks_for(self._weights, target)):
+        for mask, value in zip(self._masks, self._mask_arrays(self._target_at(step))):
             mask.assign(value)
 
     def _warn_about_frozen(self):

@@ -2,18 +2,21 @@
 
 `MagnitudePruning` (masks from a schedule) and `PreserveSparsity` (masks from
 the zeros a model already has) differ only in where their masks come from.
-This base class selects the weights (by policy), applies the masks in one
-`tf.function` after each training batch, zeroes the optimizer's slots at the
-pruned positions and publishes per-layer sparsity through `logs`.
+This base class selects the weights (by policy), applies the masks after each
+training batch, zeroes the optimizer's slots at the pruned positions and
+publishes per-layer sparsity through `logs`.
+
+The model's own Keras decides how (`edgekeras.backend`): one traced
+`tf.function` per batch on tf_keras; `keras.ops` on Keras 3, whatever its
+backend (under JAX, the training state is synced into the variables first,
+so the masks reach the next step).
 """
 
 import copy
 
 import numpy as np
-import tensorflow as tf
 
-from edgekeras import sparsity
-from edgekeras.compat import check_model, keras
+from edgekeras import backend, sparsity
 
 __all__ = ["MaskingCallback", "current_learning_rate"]
 
@@ -22,8 +25,8 @@ def current_learning_rate(optimizer):
     """Returns the optimizer's learning rate at its current step, as a float.
 
     Args:
-        optimizer: a tf_keras optimizer, legacy or not; its rate may be a
-            schedule.
+        optimizer: a tf_keras (legacy or not) or Keras 3 optimizer; its rate
+            may be a schedule.
 
     Returns:
         The rate, or NaN when it cannot be read.
@@ -34,48 +37,10 @@ def current_learning_rate(optimizer):
     logs["learning_rate"] = current_learning_rate(model.optimizer)
     ```
     """
-    rate = getattr(optimizer, "learning_rate", None)
-    if rate is None:
-        rate = getattr(optimizer, "lr", None)
-    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-        rate = rate(optimizer.iterations)
-    try:
-        return float(keras.backend.get_value(rate))
-    except (TypeError, ValueError):
-        return float("nan")
+    return backend.for_model(optimizer).learning_rate(optimizer)
 
 
-def _slot_variables(optimizer, weight):
-    """The optimizer variables shadowing `weight` (momentum, m, v, ...)."""
-    if hasattr(optimizer, "get_slot_names"):  # legacy optimizers
-        slots = []
-        for name in optimizer.get_slot_names():
-            try:
-                slots.append(optimizer.get_slot(weight, name))
-            except (KeyError, ValueError):
-                continue
-        return slots
-    index_dict = getattr(optimizer, "_index_dict", None)
-    if not index_dict:
-        return []
-    index = index_dict.get(optimizer._var_key(weight))
-    if index is None:  # frozen weight: the optimizer does not track it
-        return []
-    slots = []
-    # New-style optimizers keep one list per slot kind (`_momentums`,
-    # `_velocities`, `momentums`, ...), aligned with the variable index.
-    for name, value in vars(optimizer).items():
-        if name == "_variables" or not isinstance(value, (list, tuple)):
-            continue
-        if len(value) != len(index_dict):
-            continue
-        candidate = value[index]
-        if isinstance(candidate, tf.Variable) and candidate.shape == weight.shape:
-            slots.append(candidate)
-    return slots
-
-
-class MaskingCallback(keras.callbacks.Callback):
+class MaskingCallback(backend.Callback):
     """Keeps a mask per selected kernel and applies it after every batch."""
 
     def __init__(self, policy="all", include_frozen=False):
@@ -93,6 +58,7 @@ class MaskingCallback(keras.callbacks.Callback):
         self._clear_state()
 
     def _clear_state(self):
+        self._backend = None
         self._layers = []
         self._weights = []
         self._masks = []
@@ -105,7 +71,7 @@ class MaskingCallback(keras.callbacks.Callback):
         # never the model, masks or traced functions.
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
-        runtime = {"model", "_model", "_layers", "_weights", "_masks", "_slots", "_batch_fn", "_cache_key"}
+        runtime = {"model", "_model", "_backend", "_layers", "_weights", "_masks", "_slots", "_batch_fn", "_cache_key"}
         for key, value in self.__dict__.items():
             if key in runtime:
                 continue
@@ -115,7 +81,7 @@ class MaskingCallback(keras.callbacks.Callback):
         return clone
 
     def _select(self):
-        model = check_model(self.model)
+        model = backend.check_model(self.model)
         if getattr(model, "optimizer", None) is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs a compiled model: call model.compile(...) before fit."
@@ -139,93 +105,57 @@ class MaskingCallback(keras.callbacks.Callback):
             # function (its first run costs more than an epoch of small
             # batches), start from fresh masks.
             for mask in self._masks:
-                mask.assign(tf.ones_like(mask))
+                mask.assign(np.ones_like(self._backend.to_numpy(mask)))
             return
         self._clear_state()
+        self._backend = backend.for_model(model)
         self._cache_key = key
         self._layers = [layer for layer, _ in pairs]
         self._weights = [weight for _, weight in pairs]
-        with tf.init_scope():
-            self._masks = [
-                tf.Variable(tf.ones_like(w), trainable=False, name="edgekeras_mask") for w in self._weights
-            ]
+        self._masks = [self._backend.mask_variable(w) for w in self._weights]
 
     def _resolve_slots(self):
         optimizer = self.model.optimizer
-        self._slots = [_slot_variables(optimizer, w) for w in self._weights]
+        self._slots = [self._backend.slot_variables(optimizer, w) for w in self._weights]
 
     def _prepare_step(self):
-        """Creates the optimizer's slots now and traces the per-batch function.
+        """Creates the optimizer's slots now and makes the per-batch function.
 
-        Building the optimizer early is what `apply_gradients` does on the
-        first step anyway (it is idempotent); doing it here lets the mask
-        updates reach the slots and keeps tracing out of the first batch.
+        With the slots there from the start, mask updates reach them. The
+        function is run once here: on tf_keras, its tracing and graph
+        optimization cost more than an epoch of small batches, better paid
+        before the first epoch; running it only does what the next batch
+        would do.
         """
         if self._batch_fn is not None:
             return
-        optimizer = self.model.optimizer
-        variables = self.model.trainable_variables
-        try:
-            if isinstance(optimizer, keras.optimizers.legacy.Optimizer):
-                optimizer._create_all_weights(variables)
-            elif isinstance(optimizer, keras.optimizers.Optimizer):
-                with tf.init_scope():
-                    optimizer.build(variables)
-            else:
-                return
-        except (AttributeError, NotImplementedError, TypeError, ValueError):
-            return  # unusual optimizer: fall back to tracing on the first batch
+        if not self._backend.build_optimizer(self.model.optimizer, self.model.trainable_variables):
+            return  # unusual optimizer: the function is made on the first batch
         self._resolve_slots()
         self._batch_fn = self._make_batch_fn()
-        # The first run of a traced function is slow (graph optimization);
-        # pay it here rather than in the first epoch. Running it now only
-        # does what the next batch would do.
         self._batch_fn()
 
     def _new_masks_fn(self):
-        """Returns a graph function `(step) -> (should_update, [masks])`, or None."""
+        """Returns a graph function `(step) -> (should_update, thunk of [masks])`, or None (tf_keras)."""
         return None
 
+    # Keras 3: `_masks_at(step)` -> the new masks at an int step as numpy
+    # arrays, or None when they do not change then; None here: never.
+    _masks_at = None
+
     def _make_batch_fn(self):
-        weights, masks, slots = self._weights, self._masks, self._slots or [[] for _ in self._weights]
-        new_masks = self._new_masks_fn()
-        iterations = self.model.optimizer.iterations
-
-        def update_masks():
-            step = tf.identity(iterations)
-            should_update, computed = new_masks(step)
-
-            def assign():
-                ops = []
-                for mask, value, weight_slots in zip(masks, computed(), slots):
-                    ops.append(mask.assign(value, read_value=False))
-                    ops.extend(slot.assign(slot * value, read_value=False) for slot in weight_slots)
-                with tf.control_dependencies(ops):
-                    return tf.constant(True)
-
-            return tf.cond(should_update, assign, lambda: tf.constant(False))
-
-        @tf.function(autograph=False)
-        def batch_fn():
-            deps = [update_masks()] if new_masks is not None else []
-            with tf.control_dependencies(deps):
-                for w, m in zip(weights, masks):
-                    w.assign(w * m, read_value=False)
-
-        return batch_fn
+        slots = self._slots or [[] for _ in self._weights]
+        return self._backend.batch_function(
+            self.model, self._weights, self._masks, slots, graph_masks=self._new_masks_fn(), masks_at=self._masks_at
+        )
 
     def _apply_now(self, zero_slots):
-        for weight, mask in zip(self._weights, self._masks):
-            weight.assign(weight * mask)
-        if zero_slots and self._slots:
-            for mask, weight_slots in zip(self._masks, self._slots):
-                for slot in weight_slots:
-                    slot.assign(slot * mask)
+        self._backend.apply_masks(self._weights, self._masks, self._slots if zero_slots else None)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._batch_fn is None:
-            # The optimizer creates its slots on the first step; trace once
-            # they exist so that mask updates can zero them.
+            # The optimizer creates its slots on the first step; make the
+            # function once they exist so that mask updates can zero them.
             self._resolve_slots()
             self._batch_fn = self._make_batch_fn()
         self._batch_fn()
@@ -234,7 +164,7 @@ class MaskingCallback(keras.callbacks.Callback):
         names = {}
         total = zeros = 0
         for layer, weight in zip(self._layers, self._weights):
-            values = weight.numpy()
+            values = self._backend.to_numpy(weight)
             total += values.size
             layer_zeros = int(np.count_nonzero(values == 0))
             zeros += layer_zeros

@@ -1,7 +1,5 @@
 """`PreserveSparsity`: keep a pruned model's zeros through further training."""
 
-import tensorflow as tf
-
 from edgekeras.callbacks.masking import MaskingCallback
 
 __all__ = ["PreserveSparsity"]
@@ -47,7 +45,8 @@ class PreserveSparsity(MaskingCallback):
     def on_train_begin(self, logs=None):
         self._select()
         for weight, mask in zip(self._weights, self._masks):
-            mask.assign(tf.cast(tf.not_equal(weight, 0), weight.dtype))
+            values = self._backend.to_numpy(weight)
+            mask.assign((values != 0).astype(values.dtype))
         self._prepare_step()
         self._apply_now(zero_slots=True)
 
