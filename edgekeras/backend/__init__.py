@@ -25,7 +25,10 @@ Nothing outside this package and `edgekeras.qat` asks which Keras it has
 from edgekeras.backend import keras3, tf_keras
 from edgekeras.compat import is_keras3_object
 
-__all__ = ["Callback", "is_keras3", "for_model", "check_model", "tf_keras", "keras3"]
+__all__ = ["Callback", "KERAS_MODULES", "is_keras3", "for_model", "check_model", "tf_keras", "keras3"]
+
+# The Keras modules a model may come from: tf_keras, then Keras 3's `keras`.
+KERAS_MODULES = (tf_keras.keras, keras3.keras)
 
 
 def is_keras3(obj):

@@ -19,6 +19,8 @@ masks assigned after a sync reach that step.
 import keras
 import numpy as np
 
+from edgekeras.backend.keras3_graph import clone_model, flatten, is_graph_model, is_nested
+
 __all__ = [
     "name",
     "keras",
@@ -37,6 +39,10 @@ __all__ = [
     "mask_variable",
     "apply_masks",
     "batch_function",
+    "is_graph_model",
+    "is_nested",
+    "flatten",
+    "clone_model",
 ]
 
 name = "keras3"

@@ -1,12 +1,12 @@
-"""Graph surgery on Keras 3 models: nested sub-models inlined, copies with weights.
+"""Graph surgery on Keras 3 models: nested sub-models inlined, clones made.
 
-The Keras 3 counterparts of `edgekeras.models.graph`'s tf_keras functions,
-written against Keras 3's functional graph (`Functional._run_through_graph`).
+The Keras 3 counterparts of `edgekeras.backend.tf_keras_graph`, written
+against Keras 3's functional graph (`Functional._run_through_graph`).
 """
 
 import keras
 
-__all__ = ["is_graph_model", "is_nested", "flatten", "clone_with_weights"]
+__all__ = ["is_graph_model", "is_nested", "flatten", "clone_model"]
 
 
 def is_graph_model(layer):
@@ -83,23 +83,7 @@ def flatten(model, name=None):
     return keras.Model(structure, _replay(model, inputs), name=name or model.name)
 
 
-def clone_with_weights(model):
-    """A new Keras 3 model with `model`'s graph, weights and `trainable` flags, sharing nothing.
-
-    Args:
-        model: a Keras 3 functional or Sequential model.
-
-    Returns:
-        The copy.
-
-    Example:
-
-    ```python
-    snapshot = clone_with_weights(model)
-    ```
-    """
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for source, target in zip(model.layers, copy.layers):
-        target.trainable = source.trainable
-    return copy
+def clone_model(model, custom_objects=None):
+    """`keras.models.clone_model` with `custom_objects` in scope (weights are not copied)."""
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        return keras.models.clone_model(model)

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from edgekeras.backend.tf_keras_graph import clone_model, flatten, is_graph_model, is_nested
+
 __all__ = [
     "name",
     "keras",
@@ -31,6 +33,10 @@ __all__ = [
     "mask_variable",
     "apply_masks",
     "batch_function",
+    "is_graph_model",
+    "is_nested",
+    "flatten",
+    "clone_model",
 ]
 
 name = "tf_keras"

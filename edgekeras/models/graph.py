@@ -10,14 +10,13 @@ cached), `assemble_with_weights` puts a trained part back into a copy of the
 whole. `custom_objects` names the TFMOT classes models of every phase may hold.
 """
 
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
     prune_preserve_quantize_registry as prune_preserve,
 )
-from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import check_model, for_model
+from edgekeras.compat import keras
 from edgekeras.depthwise_quantizer import DepthwiseQuantizeConfig, DepthwiseWeightsQuantizer
 
 __all__ = [
@@ -33,14 +32,14 @@ __all__ = [
 
 
 def _is_graph_model(layer):
-    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+    return for_model(layer).is_graph_model(layer)
 
 
 def is_nested(model):
     """Returns True if a model holds other functional/Sequential models as layers.
 
     Args:
-        model: a tf_keras model.
+        model: a tf_keras or Keras 3 model.
 
     Returns:
         Whether any layer of `model` is itself a functional or Sequential model.
@@ -51,43 +50,7 @@ def is_nested(model):
     model = flatten(model) if is_nested(model) else model
     ```
     """
-    return any(_is_graph_model(layer) for layer in model.layers)
-
-
-def _replay(model, inputs, training=None):
-    """Calls the layers of `model`'s graph on `inputs`, recursing into sub-models."""
-    tensor_dict = {}
-    usage = model._tensor_usage_count
-    for reference, tensor in zip(model.inputs, tf.nest.flatten(inputs)):
-        key = str(id(reference))
-        tensor_dict[key] = [tensor] * usage[key]
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input:
-                continue
-            args, kwargs = node.map_arguments(tensor_dict)
-            if training is not None and "training" in kwargs:
-                kwargs["training"] = training
-            elif training is not None and getattr(node.layer, "_expects_training_arg", False):
-                kwargs["training"] = training
-            if _is_graph_model(node.layer):
-                # A nested call like `base(x, training=False)` keeps its meaning
-                # for every inner layer once flattened.
-                inner_training = kwargs.pop("training", training)
-                kwargs.pop("mask", None)
-                if kwargs:
-                    raise ValueError(
-                        f"Cannot flatten sub-model {node.layer.name!r}: it is "
-                        f"called with arguments {sorted(kwargs)}, which a flat "
-                        "graph cannot express."
-                    )
-                outputs = _replay(node.layer, args[0] if len(args) == 1 else args, inner_training)
-            else:
-                outputs = node.layer(*args, **kwargs)
-            for key, tensor in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-                tensor_dict[key] = [tensor] * usage[key]
-    outputs = [tensor_dict[str(id(reference))].pop() for reference in model.outputs]
-    return tf.nest.pack_sequence_as(model._nested_outputs, outputs)
+    return for_model(model).is_nested(model)
 
 
 def flatten(model, name=None):
@@ -96,18 +59,19 @@ def flatten(model, name=None):
     Functional and Sequential sub-models are inlined: their layers become
     layers of the returned model. The layers are shared, not copied, so the
     flat model has the same weights and computes the same outputs. A
-    sub-model called with `training=False` keeps that for all of its layers.
-    Subclassed sub-models cannot be inlined and stay single layers.
+    sub-model called with `training=False` keeps what that means in the
+    model's Keras for all of its layers. Subclassed sub-models cannot be
+    inlined and stay single layers.
 
     Args:
-        model: a tf_keras functional or Sequential model.
+        model: a tf_keras or Keras 3 functional or Sequential model.
         name: name of the flat model (default: the model's name).
 
     Returns:
         A flat functional model, or `model` itself if it is already flat.
 
     Raises:
-        TypeError: `model` is not a tf_keras model (e.g. Keras 3).
+        TypeError: `model` is not a Keras model.
         ValueError: `model` is subclassed, so it has no graph to flatten.
 
     Example:
@@ -120,34 +84,20 @@ def flatten(model, name=None):
     ```
     """
     check_model(model)
-    if not _is_graph_model(model):
-        raise ValueError(
-            f"Argument `model` must be a functional or Sequential model to be "
-            f"flattened. Received: model={model.name!r} of subclassed type "
-            f"{type(model).__name__}."
-        )
-    if not is_nested(model):
-        return model
-    inputs = [
-        keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=layer.name)
-        for tensor, layer in zip(model.inputs, model._input_layers)
-    ]
-    nested_inputs = tf.nest.pack_sequence_as(model._nested_inputs, inputs)
-    outputs = _replay(model, inputs)
-    return keras.Model(nested_inputs, outputs, name=name or model.name)
+    return for_model(model).flatten(model, name)
 
 
 def clone_with_weights(model):
     """A new model with `model`'s graph, weights and `trainable` flags, sharing nothing.
 
-    Works on quantization-aware models (TFMOT's classes are in scope) and on
-    the user's in-memory Lambda layers. The clone's variables belong to the
-    `tf.distribute` strategy whose scope is current, so calling this outside
-    any scope gives a plain copy of a distributed model (what the TFLite
-    converter and file writers need).
+    Works on quantization-aware models of either engine (TFMOT's classes are
+    in scope) and on the user's in-memory Lambda layers. The clone's
+    variables belong to the `tf.distribute` strategy whose scope is current,
+    so calling this outside any scope gives a plain copy of a distributed
+    model (what the TFLite converter and file writers need).
 
     Args:
-        model: a tf_keras functional or Sequential model.
+        model: a tf_keras or Keras 3 functional or Sequential model.
 
     Returns:
         The copy.
@@ -158,8 +108,7 @@ def clone_with_weights(model):
     snapshot = clone_with_weights(model)  # later training of `model` leaves it alone
     ```
     """
-    with keras.utils.custom_object_scope(custom_objects()), SafeModeScope(safe_mode=False):
-        copy = keras.models.clone_model(model)
+    copy = for_model(model).clone_model(model, custom_objects())
     copy.set_weights(model.get_weights())
     for source, target in zip(model.layers, copy.layers):
         target.trainable = source.trainable

@@ -13,12 +13,10 @@ taking two arguments gets that Keras module as its second.
 
 import inspect
 
-import keras as keras3
-
+from edgekeras.backend import KERAS_MODULES
 from edgekeras.compat import keras
 
 __all__ = ["OPTIMIZERS", "check_optimizer", "make_optimizer", "phase_optimizer"]
-
 
 
 def _optimizer_types(library):
@@ -26,8 +24,6 @@ def _optimizer_types(library):
     legacy = getattr(getattr(library.optimizers, "legacy", None), "Optimizer", None)
     return tuple(kind for kind in (library.optimizers.Optimizer, legacy) if isinstance(kind, type))
 
-
-_KERASES = (keras, keras3)
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -144,7 +140,7 @@ def check_optimizer(optimizer):
     """
     if isinstance(optimizer, (str, dict)):
         _from_identifier(optimizer)
-    elif not callable(optimizer) and not any(isinstance(optimizer, _optimizer_types(library)) for library in _KERASES):
+    elif not callable(optimizer) and not any(isinstance(optimizer, _optimizer_types(library)) for library in KERAS_MODULES):
         raise _unknown_kind(optimizer)
 
 
@@ -178,7 +174,7 @@ def make_optimizer(optimizer, phase, keras_module=keras):
         return type(optimizer).from_config(optimizer.get_config())
     if isinstance(optimizer, (str, dict)):
         return _from_identifier(optimizer, keras_module)
-    if any(isinstance(optimizer, _optimizer_types(library)) for library in _KERASES):
+    if any(isinstance(optimizer, _optimizer_types(library)) for library in KERAS_MODULES):
         raise TypeError(
             f"Argument `optimizer` must be an optimizer of the model's Keras ({keras_module.__name__}). "
             f"Received: optimizer={optimizer!r}; pass its name (e.g. 'adam') or a function making one."

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edgekeras.backend import keras3_graph
+from edgekeras.models import clone_with_weights, flatten, is_nested
 
 
 def base_model():
@@ -56,7 +57,8 @@ def test_a_subclassed_model_cannot_be_flattened():
         def call(self, x):
             return x
 
-    with pytest.raises(ValueError, match=r"Argument `model` must be a functional or Sequential model .* Received: model='net' of subclassed type Net"):
+    with pytest.raises(ValueError, match=r"Argument `model` must be a functional or Sequential model .* "
+                                         r"Received: model='net' of subclassed type Net"):
         keras3_graph.flatten(Net(name="net"))
 
 
@@ -72,10 +74,16 @@ def test_flattening_keeps_what_training_means_for_a_sub_model():
     assert not np.allclose(flat(images(), training=True), flat(images(), training=False), atol=1e-3)
 
 
+def test_the_models_functions_take_keras3_models():
+    model = nested_model()
+    assert is_nested(model) and not is_nested(flatten(model))
+    assert [layer.name for layer in flatten(model).layers] == [layer.name for layer in keras3_graph.flatten(model).layers]
+
+
 def test_clone_with_weights_copies_weights_and_trainable_flags_sharing_nothing():
     model = keras3_graph.flatten(nested_model())
     model.get_layer("conv").trainable = False
-    copy = keras3_graph.clone_with_weights(model)
+    copy = clone_with_weights(model)
     np.testing.assert_array_equal(copy(images()), model(images()))
     assert not copy.get_layer("conv").trainable and copy.get_layer("dense").trainable
     copy.get_layer("dense").kernel.assign(np.zeros((4, 3), np.float32))
