@@ -37,7 +37,11 @@ class _Builder:
 
     def clone(self, layer, **changes):
         config = {**layer.get_config(), **changes, "name": self.unique(layer.name)}
-        copy = type(layer).from_config(config)
+        if isinstance(layer, keras.layers.Lambda):
+            # The user's own function, copied in memory: nothing untrusted is deserialized.
+            copy = type(layer).from_config(config, safe_mode=False)
+        else:
+            copy = type(layer).from_config(config)
         self.copies.append((copy, layer))
         return copy
 
@@ -65,10 +69,11 @@ class _Builder:
                 activation = "relu6" if absorbed.info.get("max_value") == 6.0 else "relu"
         wrapper = QuantizedWeighted(
             self.clone(layer, activation="linear"), batch_norm=batch_norm, steps=steps, activation=activation,
+            input_steps=[[before.info["op"], before.info["value"]] for before in step.pre_chain],
             preserve_sparsity=self.preserve_sparsity, enabled=self.enabled, name=self.unique(f"{layer.name}_qat"),
         )
         self.wrappers.append(wrapper)
-        return wrapper(self.tensors[step.inputs[0]])
+        return wrapper(self.tensors[(step.pre_chain[0] if step.pre_chain else step).inputs[0]])
 
     def batch_norm(self, step):
         """A BatchNormalization no convolution absorbed: MUL and ADD by its frozen statistics."""
@@ -113,7 +118,8 @@ class _Builder:
                 outputs = self.quantizer(step.name)(outputs)
             self.tensors[final.output] = outputs
         outputs = [self.tensors[key] for key in self.graph.outputs]
-        model = keras.Model(self.new_inputs, outputs[0] if len(outputs) == 1 else outputs, name=name)
+        inputs = self.new_inputs[0] if len(self.new_inputs) == 1 else self.new_inputs
+        model = keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=name)
         for copy, original in self.copies:
             copy.set_weights(original.get_weights())
         for wrapper in self.wrappers:

@@ -23,7 +23,9 @@ representative data (post-training int8) and reading the op list:
 
 A convolution absorbs the chain after it that the converter folds into its
 kernel and bias (one BatchNormalization, constant add/sub/mul per channel),
-then a ReLU/ReLU6 (the fused activation). A ReLU after an ADD, SUB or MUL is
+then a ReLU/ReLU6 (the fused activation), and the scalar constants before it
+that the converter folds (`x * c` always, `x + c` and `x - c` when the
+convolution pads nothing: a padded border would not see the constant). A ReLU after an ADD, SUB or MUL is
 fused too, so the op before it gets no range. The inputs of a Concatenate
 share its range (the int8 kernel needs one scale), so they get none of their
 own: the converter gives them the concatenation's.
@@ -67,14 +69,15 @@ class Step:
         info: kind-specific values (`op`/`value` of a const, `max_value` of a relu, ...).
         quantized: whether a range follows the output.
         absorbed: whether a weighted step before it took it in.
-        chain: of a weighted step, the steps it absorbed, in order.
+        chain: of a weighted step, the steps after it that it absorbed, in order.
+        pre_chain: of a weighted step, the scalar constant steps before it that it absorbed, in order.
     """
 
     def __init__(self, kind, layer, node, inputs, output, **info):
         self.kind, self.layer, self.node, self.inputs, self.output, self.info = kind, layer, node, inputs, output, info
         self.quantized = kind not in ("pass", "fixed")
         self.absorbed = False
-        self.chain = []
+        self.chain, self.pre_chain = [], []
 
     @property
     def name(self):
@@ -285,6 +288,22 @@ def _absorb(graph, consumers, weighted):
     _fuse_relu(consumers, current, weighted)
 
 
+def _absorb_before(graph, consumers, weighted):
+    """Folds the scalar `x * c` (any padding) and `x + c` (no padding) before `weighted` into it."""
+    producers = {step.output: step for step in graph.steps}
+    pads = getattr(weighted.layer, "padding", "valid") != "valid"
+    current = weighted
+    while current.inputs and current.inputs[0] in producers:
+        producer = producers[current.inputs[0]]
+        if producer.kind != "const" or producer.absorbed or consumers[producer.output] != [current]:
+            break
+        if np.size(producer.info["value"]) != 1 or (pads and producer.info["op"] != "mul"):
+            break
+        producer.absorbed = True
+        weighted.pre_chain.insert(0, producer)
+        current = producer
+
+
 def _fuse_relu(consumers, producer, owner=None):
     """Marks the ReLU that a TFLite op with a fused activation takes in; its producer gets no range."""
     followers = consumers[producer.output]
@@ -322,6 +341,8 @@ def plan(model, overrides=None):
         graph.add("input", None, None, [], id(tensor), name=tensor.name)
     _walk(graph, model, overrides or {})
     graph.outputs = [graph.key(t) for t in functional.outputs]
+    if graph.unsupported:  # the steps have gaps; nothing will be built
+        return graph
     consumers = {step.output: [] for step in graph.steps}
     for step in graph.steps:
         for key in step.inputs:
@@ -329,7 +350,8 @@ def plan(model, overrides=None):
     for key in graph.outputs:
         consumers[key].append(None)
     for step in graph.steps:
-        if step.kind == "weighted" and not step.absorbed:
+        if step.kind == "weighted":
+            _absorb_before(graph, consumers, step)
             _absorb(graph, consumers, step)
         elif step.kind in _FUSES_RELU and not step.absorbed:
             _fuse_relu(consumers, step)

@@ -163,6 +163,9 @@ class QuantizedWeighted(keras.layers.Layer):
         layer: the Conv1D/Conv2D, DepthwiseConv2D or Dense (a built copy whose
             weights it uses; its `activation` must be linear).
         batch_norm: the BatchNormalization after it, or None.
+        input_steps: the scalar `[op, value]` constants applied to the input
+            before the layer, folded into its kernel (`mul`) and bias (`add`,
+            `sub`: only for a layer that pads nothing).
         steps: the folded chain after the layer, in order: `["bn", None]`
             for `batch_norm`, or `[op, value]` with op in `CONSTANT_OPS` and
             value a number or one number per output channel.
@@ -182,7 +185,10 @@ class QuantizedWeighted(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, layer, batch_norm=None, steps=(), activation="linear", preserve_sparsity=False, enabled=True, **kwargs):
+    def __init__(
+        self, layer, batch_norm=None, steps=(), activation="linear", input_steps=(), preserve_sparsity=False, enabled=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"Argument `activation` must be one of {FUSED_ACTIVATIONS}. Received: activation={activation!r}")
@@ -190,10 +196,14 @@ class QuantizedWeighted(keras.layers.Layer):
         for op, _ in steps:
             if op != "bn" and op not in CONSTANT_OPS:
                 raise ValueError(f"Argument `steps` holds an unknown op. Received: steps={steps!r}")
+        for op, value in input_steps:
+            if op not in CONSTANT_OPS or np.size(value) != 1:
+                raise ValueError(f"Argument `input_steps` must hold scalar constant ops. Received: input_steps={input_steps!r}")
         self.layer = layer
         self.batch_norm = batch_norm
         self.steps = [[op, None if value is None else np.asarray(value, "float32").tolist()] for op, value in steps]
         self.activation = activation
+        self.input_steps = [[op, float(np.reshape(value, ()))] for op, value in input_steps]
         self.preserve_sparsity = bool(preserve_sparsity)
         self.enabled = enabled
         self.depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
@@ -211,10 +221,9 @@ class QuantizedWeighted(keras.layers.Layer):
         if self.preserve_sparsity:
             self.mask.assign(ops.cast(ops.not_equal(self.layer.kernel, 0.0), "float32"))
 
-    def _fold(self, channels):
+    def _fold(self, channels, shift):
         """Returns the per-channel `(scale, shift)` of `layer output * scale + shift` after the steps."""
         scale = ops.ones((channels,))
-        shift = self.layer.bias if self.layer.use_bias else ops.zeros((channels,))
         for op, value in self.steps:
             if op == "bn":
                 bn = self.batch_norm
@@ -236,7 +245,20 @@ class QuantizedWeighted(keras.layers.Layer):
             kernel = kernel * self.mask
         shape = tuple(kernel.shape)
         channels = shape[-2] * shape[-1] if self.depthwise else shape[-1]
-        scale, shift = self._fold(channels)
+        bias = self.layer.bias if self.layer.use_bias else ops.zeros((channels,))
+        # layer(x * a + b) = layer(x) with kernel a * k, plus b * (the kernel's sum per output channel):
+        # exact when no padding reads the border, which the plan checks for a nonzero b.
+        input_scale, input_shift = 1.0, 0.0
+        for op, value in self.input_steps:
+            if op == "mul":
+                input_scale, input_shift = input_scale * value, input_shift * value
+            else:
+                input_shift += value if op == "add" else -value
+        if input_shift:
+            sums = ops.sum(kernel, axis=(0, 1) if self.depthwise else tuple(range(len(shape) - 1)))
+            bias = bias + input_shift * ops.reshape(sums, (channels,))
+        kernel = kernel * input_scale
+        scale, shift = self._fold(channels, bias)
         return kernel * ops.reshape(scale, shape[-2:] if self.depthwise else (channels,)), shift
 
     def _quantize(self, kernel):
@@ -287,6 +309,7 @@ class QuantizedWeighted(keras.layers.Layer):
             "batch_norm": None if self.batch_norm is None else serialize(self.batch_norm),
             "steps": self.steps,
             "activation": self.activation,
+            "input_steps": self.input_steps,
             "preserve_sparsity": self.preserve_sparsity,
             "enabled": self.enabled,
         }
