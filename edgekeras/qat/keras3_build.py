@@ -82,9 +82,15 @@ class _Builder:
         beta = keras.ops.convert_to_numpy(bn.beta) if bn.center else 0.0
         factor = gamma / np.sqrt(keras.ops.convert_to_numpy(bn.moving_variance) + bn.epsilon)
         shift = beta - keras.ops.convert_to_numpy(bn.moving_mean) * factor
-        scaled = ConstantOp("mul", factor, name=self.unique(f"{bn.name}_mul"))(self.tensors[step.inputs[0]])
-        scaled = self.quantizer(f"{bn.name}_mul")(scaled)
-        return ConstantOp("add", shift, name=self.unique(f"{bn.name}_add"))(scaled)
+        outputs = self.tensors[step.inputs[0]]
+        # The converter drops a multiplication by ones and an addition of zeros (a fresh layer's shift).
+        if np.any(factor != 1.0):
+            outputs = ConstantOp("mul", factor, name=self.unique(f"{bn.name}_mul"))(outputs)
+            if np.any(shift != 0.0):
+                outputs = self.quantizer(f"{bn.name}_mul")(outputs)
+        if np.any(shift != 0.0):
+            outputs = ConstantOp("add", shift, name=self.unique(f"{bn.name}_add"))(outputs)
+        return outputs
 
     def step(self, step):
         if step.kind == "input":
