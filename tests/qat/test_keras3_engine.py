@@ -158,11 +158,11 @@ def test_mobilenet_v3_small_qat_file_has_the_post_training_int8_ops(minimalistic
 
 
 def _toy_task(count, seed):
-    """Images whose class is the dominant colour channel."""
+    """Images whose class is the dominant colour channel, by a small margin: predictions near the boundary."""
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % 3
     images = rng.uniform(0.0, 0.5, (count, SIDE, SIDE, 3)).astype("float32")
-    images[np.arange(count), :, :, labels] += rng.uniform(0.1, 0.5, (count, 1, 1)).astype("float32")
+    images[np.arange(count), :, :, labels] += rng.uniform(0.0, 0.12, (count, 1, 1)).astype("float32")
     return images, labels
 
 
@@ -194,7 +194,7 @@ def test_trained_qat_model_and_its_int8_file_agree(tmp_path):
     assert before != after  # the moving average follows training
     keras_predictions = keras.ops.convert_to_numpy(qat_model.predict(test_images, verbose=0)).argmax(-1)
     file_predictions = TFLiteModel(_convert(engine.strip(qat_model), tmp_path / "qat")).predict(test_images).argmax(-1)
-    assert np.mean(keras_predictions == test_labels) >= 0.9
+    assert np.mean(keras_predictions == test_labels) >= 0.8
     assert np.mean(file_predictions == keras_predictions) >= 0.95
 
 
