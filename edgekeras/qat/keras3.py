@@ -176,6 +176,11 @@ class Keras3QAT:
     def _plan(self, model, quantize_skip, quantize_configs):
         _check_model(model)
         _check_backend()
+        if self.is_quantization_aware(model):
+            raise ValueError(
+                f"Argument `model` must be a float model. Received: model={model.name!r}, which is already "
+                "quantization-aware (train it, or quantize its float original)."
+            )
         graph = plan(model, _overrides(model, quantize_skip, quantize_configs))
         if graph.unsupported:
             raise Keras3UnquantizableLayersError(graph.unsupported)
@@ -192,7 +197,7 @@ class Keras3QAT:
 
         Raises:
             TypeError: not a Keras 3 model.
-            ValueError: a subclassed or unbuilt model, a bad argument.
+            ValueError: a subclassed, unbuilt or already quantization-aware model, a bad argument.
             BackendError: Keras 3 runs on another backend than TensorFlow.
             Keras3UnquantizableLayersError: every layer it cannot quantize, in one error.
 

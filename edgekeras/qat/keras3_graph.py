@@ -97,13 +97,17 @@ class Plan:
     def __init__(self):
         self.steps, self.inputs, self.outputs, self.unsupported = [], [], [], []
         self._alias, self._next = {}, 0
-        self._seen_weighted = set()
+        self.seen_weighted = set()
 
     def key(self, tensor):
         key = id(tensor)
         while key in self._alias:
             key = self._alias[key]
         return key
+
+    def alias(self, tensor, key):
+        """Makes `tensor` (a nested model's input or output) another name of `key`."""
+        self._alias[id(tensor)] = key
 
     def synthetic(self):
         self._next -= 1
@@ -197,40 +201,52 @@ def _add_preprocessing(graph, layer, source, output):
     return True
 
 
+def _simple_kind(layer, node):
+    """The step kind of a layer that is one step as it is, or None."""
+    if isinstance(layer, _L.BatchNormalization):
+        return "bn" if layer.axis in (-1, len(node.outputs[0].shape) - 1) else None
+    if type(layer) is _L.ReLU:
+        return "relu" if _relu_max(layer) is not None else "output"
+    if type(layer) is _L.Softmax:
+        return "fixed"
+    for kind, classes in (("pass", _PASS), ("output", _OUTPUT), ("binary", _BINARY), ("concat", (_L.Concatenate,))):
+        if type(layer) in classes:
+            return kind
+    return None
+
+
+def _add_weighted(graph, layer, node, inputs, output):
+    if getattr(layer, "groups", 1) != 1 or getattr(layer, "data_format", "channels_last") != "channels_last":
+        return False
+    if id(layer) in graph.seen_weighted:  # a shared layer would be trained as two copies
+        return False
+    graph.seen_weighted.add(id(layer))
+    name = _activation_name(layer)
+    if name == "linear":
+        graph.add("weighted", layer, node, inputs, output)
+        return True
+    middle = graph.add("weighted", layer, node, inputs, graph.synthetic())
+    return _add_activation(graph, name, None, None, middle, output, f"{layer.name}_{name}")
+
+
 def _add_layer(graph, layer, node, inputs, output, overrides):
     """The steps of one layer node; False when no step kind covers it."""
     if layer.name in overrides:
-        return bool(graph.add(overrides[layer.name], layer, node, inputs, output))
+        graph.add(overrides[layer.name], layer, node, inputs, output)
+        return True
     if len(node.outputs) != 1:
         return False
     if isinstance(layer, _WEIGHTED):
-        if getattr(layer, "groups", 1) != 1 or getattr(layer, "data_format", "channels_last") != "channels_last":
-            return False
-        if id(layer) in graph._seen_weighted:  # a shared layer would be trained as two copies
-            return False
-        graph._seen_weighted.add(id(layer))
-        name = _activation_name(layer)
-        if name == "linear":
-            graph.add("weighted", layer, node, inputs, output)
-            return True
-        middle = graph.add("weighted", layer, node, inputs, graph.synthetic())
-        return _add_activation(graph, name, None, None, middle, output, f"{layer.name}_{name}")
-    if isinstance(layer, _L.BatchNormalization):
-        return bool(graph.add("bn", layer, node, inputs, output)) if layer.axis in (-1, len(node.outputs[0].shape) - 1) else False
+        return _add_weighted(graph, layer, node, inputs, output)
     if isinstance(layer, (_L.Rescaling, _L.Normalization)):
         return _add_preprocessing(graph, layer, inputs[0], output)
     if type(layer) is _L.Activation:
         return _add_activation(graph, _activation_name(layer), layer, node, inputs[0], output, layer.name)
-    if type(layer) is _L.ReLU:
-        max_value = _relu_max(layer)
-        kind = "relu" if max_value is not None else "output"
-        return bool(graph.add(kind, layer, node, inputs, output, max_value=max_value))
-    if type(layer) is _L.Softmax:
-        return bool(graph.add("fixed", layer, node, inputs, output))
-    for kind, classes in (("pass", _PASS), ("output", _OUTPUT), ("binary", _BINARY), ("concat", (_L.Concatenate,))):
-        if type(layer) in classes:
-            return bool(graph.add(kind, layer, node, inputs, output))
-    return False
+    kind = _simple_kind(layer, node)
+    if kind is None:
+        return False
+    graph.add(kind, layer, node, inputs, output, max_value=_relu_max(layer) if kind == "relu" else None)
+    return True
 
 
 def _is_model(op):
@@ -248,10 +264,10 @@ def _walk(graph, model, overrides):
             if _is_model(op):
                 inner = op._functional if isinstance(op, keras.Sequential) else op
                 for inner_input, key in zip(inner.inputs, inputs):
-                    graph._alias[id(inner_input)] = key
+                    graph.alias(inner_input, key)
                 _walk(graph, op, overrides)
                 for outer, inner_output in zip(node.outputs, inner.outputs):
-                    graph._alias[id(outer)] = graph.key(inner_output)
+                    graph.alias(outer, graph.key(inner_output))
                 continue
             output = id(node.outputs[0])
             if isinstance(op, _L.Layer):

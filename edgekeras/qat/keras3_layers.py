@@ -163,13 +163,13 @@ class QuantizedWeighted(keras.layers.Layer):
         layer: the Conv1D/Conv2D, DepthwiseConv2D or Dense (a built copy whose
             weights it uses; its `activation` must be linear).
         batch_norm: the BatchNormalization after it, or None.
-        input_steps: the scalar `[op, value]` constants applied to the input
-            before the layer, folded into its kernel (`mul`) and bias (`add`,
-            `sub`: only for a layer that pads nothing).
         steps: the folded chain after the layer, in order: `["bn", None]`
             for `batch_norm`, or `[op, value]` with op in `CONSTANT_OPS` and
             value a number or one number per output channel.
         activation: "linear", "relu" or "relu6", applied after the fold.
+        input_steps: the scalar `[op, value]` constants applied to the input
+            before the layer, folded into its kernel (`mul`) and bias (`add`,
+            `sub`: only for a layer that pads nothing).
         preserve_sparsity: multiply the kernel by a mask of its nonzero
             entries (set with `set_mask`), so that pruned weights stay zero.
         enabled: False leaves the folded kernel unquantized.

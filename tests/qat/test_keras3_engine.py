@@ -331,6 +331,8 @@ def test_errors(monkeypatch):
         engine.check(_Subclassed())
     with pytest.raises(ValueError, match="not built"):
         engine.check(keras.Sequential([L.Dense(2)]))
+    with pytest.raises(ValueError, match="already quantization-aware"):
+        engine.check(engine.quantize(model)[0])
     with pytest.raises(ValueError, match="Argument `scheme` must be one of"):
         engine.quantize(model, scheme="sparse")
     with pytest.raises(ValueError, match="must name layers of the model. Received unknown names: \\['nope'\\]"):
