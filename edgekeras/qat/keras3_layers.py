@@ -83,7 +83,10 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def build(self, input_shape):
         def bound(name, value):
-            return self.add_weight(name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False)
+            # Replicas of a distributed fit each see their own batch: their ranges are averaged (as TFMOT does).
+            return self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False, aggregation="mean",
+            )
 
         self.min_var = bound("min", -_INITIAL_RANGE)
         self.max_var = bound("max", _INITIAL_RANGE)
