@@ -6,7 +6,9 @@ flattened) Keras 3 model itself, with Keras 3's public API and TensorFlow's
 fake-quant ops, which the TFLite converter turns into int8 kernels:
 
 - weights fake-quantized per output channel, symmetric, narrow range
-  (depthwise kernels per depthwise output channel), after the
+  (depthwise kernels per depthwise output channel; Dense and Conv1D kernels
+  per tensor, as TFMOT has them: the converter refuses a per-channel range
+  across the transpose or reshape it puts before their kernels), after the
   BatchNormalization and constant arithmetic that follow are folded in as the
   converter folds them, with ReLU/ReLU6 fused (`keras3_layers`);
 - activations per tensor, asymmetric, with ranges moved by a moving average
@@ -305,6 +307,8 @@ class Keras3QAT:
         if not observed[0]:
             raise ValueError("Argument `data` must yield at least one batch. Received: an empty dataset")
         for quantizer, ranges in zip(quantizers, observed):
+            if not ranges:  # only applied, never observed: a range the graph shares with a later op
+                continue
             low, high = np.mean(np.asarray(ranges, "float64"), axis=0)
             quantizer.min_var.assign(low)
             quantizer.max_var.assign(high)

@@ -26,6 +26,7 @@ class _Builder:
     def __init__(self, graph, preserve_sparsity, enabled, ema_decay):
         self.graph, self.preserve_sparsity, self.enabled, self.ema_decay = graph, preserve_sparsity, enabled, ema_decay
         self.tensors, self.names, self.copies, self.wrappers = {}, set(), [], []
+        self.shared = {}
 
     def unique(self, name):
         candidate, index = name, 0
@@ -47,6 +48,19 @@ class _Builder:
 
     def quantizer(self, name):
         return ActivationQuantizer(ema_decay=self.ema_decay, enabled=self.enabled, name=self.unique(f"{name}_quant"))
+
+    def shared_quantizer(self, step):
+        """The output quantizer of a same-scale step, which its inputs' ranges are too."""
+        if id(step) not in self.shared:
+            self.shared[id(step)] = self.quantizer(step.name)
+        return self.shared[id(step)]
+
+    def quantize_output(self, step, final, outputs):
+        if final.share is not None:
+            return self.shared_quantizer(final.share)(outputs, observe=False)
+        if step.kind == "concat":
+            return self.shared_quantizer(step)(outputs)
+        return self.quantizer(step.name)(outputs)
 
     def call(self, step, operation):
         """Calls `operation` with the step's inputs in the float node's argument structure."""
@@ -121,7 +135,7 @@ class _Builder:
             outputs = self.step(step)
             final = step.chain[-1] if step.chain else step
             if final.quantized:
-                outputs = self.quantizer(step.name)(outputs)
+                outputs = self.quantize_output(step, final, outputs)
             self.tensors[final.output] = outputs
         outputs = [self.tensors[key] for key in self.graph.outputs]
         inputs = self.new_inputs[0] if len(self.new_inputs) == 1 else self.new_inputs

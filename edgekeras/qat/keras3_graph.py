@@ -14,8 +14,8 @@ representative data (post-training int8) and reading the op list:
 | `const`    | `x + c`, `x * c` (ops, Rescaling,             | yes, unless absorbed (folded   |
 |            | Normalization, hard-sigmoid's `+3` and `/6`)  | into the convolution before)   |
 | `relu`     | ReLU, ReLU6                                   | yes, unless fused              |
-| `binary`   | Add, Subtract, Multiply, Maximum, Minimum     | yes, unless a ReLU is fused    |
-| `concat`   | Concatenate                                   | yes; its inputs get none       |
+| `binary`   | Add, Subtract, Multiply                       | yes, unless a ReLU is fused    |
+| `concat`   | Concatenate, Maximum, Minimum                 | yes, shared with its inputs    |
 | `output`   | pooling means, hard-swish, swish, leaky ReLU  | yes                            |
 | `fixed`    | sigmoid, tanh, softmax (fixed output scale)   | no                             |
 | `pass`     | pooling max and average, reshaping, dropout,  | no: the op keeps its input's   |
@@ -26,9 +26,10 @@ kernel and bias (one BatchNormalization, constant add/sub/mul per channel),
 then a ReLU/ReLU6 (the fused activation), and the scalar constants before it
 that the converter folds (`x * c` always, `x + c` and `x - c` when the
 convolution pads nothing: a padded border would not see the constant). A ReLU after an ADD, SUB or MUL is
-fused too, so the op before it gets no range. The inputs of a Concatenate
-share its range (the int8 kernel needs one scale), so they get none of their
-own: the converter gives them the concatenation's.
+fused too, so the op before it gets no range. The inputs of a Concatenate,
+Maximum or Minimum take its range (their int8 kernels need one scale: with
+ranges of their own, the converter would requantize them), read from the
+op's output quantizer without moving it.
 """
 
 import keras
@@ -45,10 +46,11 @@ _PASS = (
     _L.UpSampling2D, _L.Permute, _L.Identity, _L.ActivityRegularization,
 )
 _OUTPUT = (_L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.LeakyReLU)
-_BINARY = (_L.Add, _L.Subtract, _L.Multiply, _L.Maximum, _L.Minimum)
+_BINARY = (_L.Add, _L.Subtract, _L.Multiply)
+_SAME_SCALE = (_L.Concatenate, _L.Maximum, _L.Minimum)
 # keras.ops calls recorded in a functional graph (`x + 3.0`), by class name.
 _OP_CONSTANT = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Divide": "div", "TrueDivide": "div"}
-_OP_BINARY = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
+_OP_BINARY = {"Add": "binary", "Subtract": "binary", "Multiply": "binary", "Maximum": "concat", "Minimum": "concat"}
 # Activation function name -> step kind; hard_sigmoid is written as its three ops.
 _ACTIVATIONS = {
     "linear": "pass", "relu": "relu", "relu6": "relu", "hard_silu": "output", "silu": "output",
@@ -68,6 +70,8 @@ class Step:
         inputs / output: tensor keys.
         info: kind-specific values (`op`/`value` of a const, `max_value` of a relu, ...).
         quantized: whether a range follows the output.
+        share: the same-scale step (Concatenate, Maximum, Minimum) after it whose range
+            its output takes, or None.
         absorbed: whether a weighted step before it took it in.
         chain: of a weighted step, the steps after it that it absorbed, in order.
         pre_chain: of a weighted step, the scalar constant steps before it that it absorbed, in order.
@@ -76,6 +80,7 @@ class Step:
     def __init__(self, kind, layer, node, inputs, output, **info):
         self.kind, self.layer, self.node, self.inputs, self.output, self.info = kind, layer, node, inputs, output, info
         self.quantized = kind not in ("pass", "fixed")
+        self.share = None
         self.absorbed = False
         self.chain, self.pre_chain = [], []
 
@@ -172,7 +177,7 @@ def _add_op(graph, op, node, inputs, output):
         graph.add("const", op, node, [graph.key(tensor)], output, op=kind, value=value, name=op.name)
         return True
     if name in _OP_BINARY and len(inputs) == 2:
-        graph.add("binary", op, node, inputs, output)
+        graph.add(_OP_BINARY[name], op, node, inputs, output)
         return True
     if name in ("Relu", "Relu6"):
         graph.add("relu", op, node, inputs, output, max_value=6.0 if name == "Relu6" else 0)
@@ -209,7 +214,7 @@ def _simple_kind(layer, node):
         return "relu" if _relu_max(layer) is not None else "output"
     if type(layer) is _L.Softmax:
         return "fixed"
-    for kind, classes in (("pass", _PASS), ("output", _OUTPUT), ("binary", _BINARY), ("concat", (_L.Concatenate,))):
+    for kind, classes in (("pass", _PASS), ("output", _OUTPUT), ("binary", _BINARY), ("concat", _SAME_SCALE)):
         if type(layer) in classes:
             return kind
     return None
@@ -371,8 +376,8 @@ def plan(model, overrides=None):
             _absorb(graph, consumers, step)
         elif step.kind in _FUSES_RELU and not step.absorbed:
             _fuse_relu(consumers, step)
-    for step in graph.steps:
-        followers = consumers[step.output]
-        if step.kind != "input" and followers and all(f is not None and f.kind == "concat" for f in followers):
-            step.quantized = False
+    for step in reversed(graph.steps):  # a same-scale op feeding another takes the range of the last
+        same_scale = [f for f in consumers[step.output] if f is not None and f.kind == "concat"]
+        if step.kind != "input" and same_scale:
+            step.share = same_scale[0].share or same_scale[0]
     return graph

@@ -13,7 +13,7 @@ converter turns into the ranges of the int8 tensors:
   BatchNormalization and constant arithmetic after it folded into its kernel
   and bias the way the converter folds them (the moving statistics: BN is
   frozen during QAT, its gamma and beta still train), the folded kernel
-  fake-quantized per output channel (Dense: per tensor), symmetric, narrow range, and a ReLU or
+  fake-quantized per output channel (Dense, Conv1D: per tensor), symmetric, narrow range, and a ReLU or
   ReLU6 applied last, as the int8 kernel's fused activation. With
   `preserve_sparsity` the kernel is multiplied by its zero mask first; the
   fold scales whole output channels, so zeros stay zeros in the file.
@@ -53,6 +53,9 @@ def _check_enabled(enabled):
 class ActivationQuantizer(keras.layers.Layer):
     """Per-tensor asymmetric 8-bit fake quantization with a moving-average range.
 
+    Called with `observe=False` it applies its range without moving it: the
+    inputs of a concatenation take the concatenation's range that way.
+
     Args:
         ema_decay: the decay of the moving average of the batch min and max in
             training, in [0, 1).
@@ -91,9 +94,9 @@ class ActivationQuantizer(keras.layers.Layer):
         self.min_var = bound("min", -_INITIAL_RANGE)
         self.max_var = bound("max", _INITIAL_RANGE)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, observe=True):
         low, high = self.min_var, self.max_var
-        if self.observed is not None or training:
+        if observe and (self.observed is not None or training):
             # The range always holds zero, so that zero is exact (padding, ReLU).
             batch_low = ops.minimum(ops.min(inputs), 0.0)
             batch_high = ops.maximum(ops.max(inputs), 0.0)
@@ -266,9 +269,10 @@ class QuantizedWeighted(keras.layers.Layer):
 
     def _quantize(self, kernel):
         shape = tuple(kernel.shape)
-        if isinstance(self.layer, keras.layers.Dense):
+        if isinstance(self.layer, (keras.layers.Dense, keras.layers.Conv1D)):
             # One range for the whole kernel, as TFMOT quantizes Dense: the converter transposes a Dense
-            # kernel into FULLY_CONNECTED's (units, inputs) and refuses a per-channel range across that.
+            # kernel into FULLY_CONNECTED's (units, inputs), and expands a Conv1D kernel to 2-D, and
+            # refuses a per-channel range across either.
             bound = ops.stop_gradient(ops.max(ops.abs(kernel)))
             bound = ops.where(bound > 0, bound, 1.0)
             return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=8, narrow_range=True)

@@ -58,6 +58,7 @@ def concatenate():
     left = L.Conv2D(4, 1)(inputs * 0.5 + 0.25)  # folded into the kernel and bias, as the converter folds them
     right = L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inputs))
     x = L.Concatenate()([left, L.ReLU(6.0)(right)])
+    x = L.Maximum()([x, L.Conv2D(8, 1)(x)])  # same-scale like the concatenation
     x = L.MaxPooling2D(2)(L.Conv2D(4, 1, activation="relu")(x))
     return keras.Model(inputs, L.Dense(3)(L.Dropout(0.2)(L.Flatten()(x))), name="concatenate")
 
@@ -283,8 +284,9 @@ def test_calibration_sets_each_range_from_the_data():
     assert engine.calibrate(model, [images], steps=1) == 0
 
 
-def test_save_and_load_round_trip(tmp_path):
-    model = _prune(_randomize_batch_norms(squeeze_excite()))
+@pytest.mark.parametrize("builder", [squeeze_excite, concatenate], ids=lambda b: b.__name__)
+def test_save_and_load_round_trip(builder, tmp_path):
+    model = _prune(_randomize_batch_norms(builder()))
     engine = Keras3QAT()
     qat_model, scheme = engine.quantize(model)
     assert scheme == "prune_preserve"
@@ -297,7 +299,8 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(images), qat_model(images), atol=1e-6)
     for (low, high), (loaded_low, loaded_high) in zip(engine.activation_ranges(qat_model), engine.activation_ranges(loaded)):
         assert (float(low), float(high)) == (float(loaded_low), float(loaded_high))
-    assert any(isinstance(layer, ConstantOp) for layer in loaded.layers)
+    kinds = {type(layer) for layer in loaded.layers}
+    assert {QuantizedWeighted, ActivationQuantizer} <= kinds and (ConstantOp in kinds) == (builder is squeeze_excite)
 
 
 def test_skipped_and_placed_layers(tmp_path):
