@@ -25,8 +25,9 @@ A convolution absorbs the chain after it that the converter folds into its
 kernel and bias (one BatchNormalization, constant add/sub/mul per channel),
 then a ReLU/ReLU6 (the fused activation), and the scalar constants before it
 that the converter folds (`x * c` always, `x + c` and `x - c` when the
-convolution pads nothing: a padded border would not see the constant). A ReLU after an ADD, SUB or MUL is
-fused too, so the op before it gets no range. The inputs of a Concatenate,
+convolution pads nothing: a padded border would not see the constant). A
+ReLU after an ADD, SUB or MUL is fused too, so the op before it gets no
+range. The inputs of a Concatenate,
 Maximum or Minimum take its range (their int8 kernels need one scale: with
 ranges of their own, the converter would requantize them), read from the
 op's output quantizer without moving it.
@@ -293,6 +294,12 @@ def _describe(op):
     return kind if isinstance(op, _L.Layer) else f"keras.ops {kind}"
 
 
+def _per_channel(value, channels):
+    """Whether a constant is one number, or one per channel along the last axis (what a bias can hold)."""
+    shape = np.shape(value)
+    return np.size(value) == 1 or (shape[-1] == channels and np.size(value) == channels)
+
+
 def _absorb(graph, consumers, weighted):
     """Folds the BN/constant chain and the ReLU after `weighted` into it, as the converter does."""
     current, has_bn = weighted, False
@@ -301,7 +308,7 @@ def _absorb(graph, consumers, weighted):
         follower = consumers[current.output][0]
         if follower.kind == "bn" and not has_bn:
             has_bn = True
-        elif not (follower.kind == "const" and np.size(follower.info["value"]) in (1, channels)):
+        elif not (follower.kind == "const" and _per_channel(follower.info["value"], channels)):
             break
         follower.absorbed = True
         weighted.chain.append(follower)

@@ -209,10 +209,12 @@ def _prune(model, fraction=0.5):
 
 
 def _file_conv_kernels(content):
+    """`(int8 kernel, its scales)` of each convolution of the file, in file order."""
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
     return [
-        interpreter.get_tensor(d["index"]) for d in interpreter.get_tensor_details()
+        (interpreter.get_tensor(d["index"]), d["quantization_parameters"]["scales"])
+        for d in interpreter.get_tensor_details()
         if d["dtype"] == np.int8 and len(d["shape"]) == 4 and d["name"].endswith("PerChannel")
     ]
 
@@ -232,7 +234,8 @@ def test_prune_preserve_keeps_the_zeros_through_training_and_in_the_file(tmp_pat
     folded, _ = wrapper.folded_kernel()
     assert np.array_equal(keras.ops.convert_to_numpy(folded) == 0, before == 0)
     kernels = _file_conv_kernels(_convert(qat_model, tmp_path / "qat"))
-    assert len(kernels) == 2 and all(np.mean(kernel == 0) >= 0.5 for kernel in kernels)  # the conv and the depthwise
+    assert len(kernels) == 2  # the conv and the depthwise, one int8 scale per output channel
+    assert all(np.mean(kernel == 0) >= 0.5 and len(scales) == 4 for kernel, scales in kernels)
 
 
 def test_default_scheme_trains_the_zeros():
@@ -282,6 +285,24 @@ def test_calibration_sets_each_range_from_the_data():
     expected_high = np.mean([images[:4].max(), images[4:].max()])
     assert float(low) == 0.0 and float(high) == pytest.approx(expected_high, rel=1e-6)
     assert engine.calibrate(model, [images], steps=1) == 0
+
+
+def test_activation_ranges_move_by_the_moving_average_in_training_only():
+    quantizer = ActivationQuantizer(ema_decay=0.9)
+    values = np.array([[-1.0, 3.0]], "float32")
+    quantizer(values)
+    assert (float(quantizer.min_var.numpy()), float(quantizer.max_var.numpy())) == (-6.0, 6.0)
+    quantizer(values, training=True)
+    assert float(quantizer.min_var.numpy()) == pytest.approx(0.9 * -6.0 + 0.1 * -1.0)
+    assert float(quantizer.max_var.numpy()) == pytest.approx(0.9 * 6.0 + 0.1 * 3.0)
+    quantizer(np.array([[5.0, 9.0]], "float32"), training=True, observe=False)
+    assert float(quantizer.max_var.numpy()) == pytest.approx(0.9 * 6.0 + 0.1 * 3.0)
+    # Ranges hold zero; values outside clip to the range's ends.
+    quantizer(np.array([[2.0, 3.0]], "float32"), training=True)
+    assert float(quantizer.min_var.numpy()) < 0.0
+    clipped = keras.ops.convert_to_numpy(quantizer(np.array([[-100.0, 100.0]], "float32")))
+    assert clipped[0, 0] == pytest.approx(float(quantizer.min_var.numpy()), abs=0.05)
+    assert clipped[0, 1] == pytest.approx(float(quantizer.max_var.numpy()), abs=0.05)
 
 
 @pytest.mark.parametrize("builder", [squeeze_excite, concatenate], ids=lambda b: b.__name__)
