@@ -17,9 +17,13 @@ qat_model = build(plan(model), preserve_sparsity=False, enabled=True, ema_decay=
 import keras
 import numpy as np
 
-from edgekeras.qat.keras3_layers import ActivationQuantizer, ConstantOp, QuantizedWeighted
+from edgekeras.qat.keras3_layers import ActivationQuantizer, ConstantOp, FixedQuantizer, QuantizedWeighted
 
 __all__ = ["build"]
+
+# The int8 output ranges TFLite fixes for these ops (scale 1/256 or 1/128): the Keras
+# model rounds to the same levels as the file, ties between classes included.
+_FIXED_RANGES = {"sigmoid": (0.0, 255 / 256), "softmax": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
 
 
 class _Builder:
@@ -61,6 +65,11 @@ class _Builder:
         if step.kind == "concat":
             return self.shared_quantizer(step)(outputs)
         return self.quantizer(step.name)(outputs)
+
+    def fixed_range(self, step, outputs):
+        name = "softmax" if isinstance(step.layer, keras.layers.Softmax) else step.info.get("activation")
+        low, high = _FIXED_RANGES[name]
+        return FixedQuantizer(low, high, enabled=self.enabled, name=self.unique(f"{step.name}_quant"))(outputs)
 
     def call(self, step, operation):
         """Calls `operation` with the step's inputs in the float node's argument structure."""
@@ -125,6 +134,8 @@ class _Builder:
             return self.call(step, step.layer)
         if step.kind == "relu":
             return self.call(step, keras.layers.ReLU(max_value=step.info["max_value"] or None, name=self.unique(step.name)))
+        if step.kind == "binary":  # swish's product
+            return keras.layers.Multiply(name=self.unique(step.name))([self.tensors[key] for key in step.inputs])
         return self.call(step, keras.layers.Activation(step.info["activation"], name=self.unique(step.name)))
 
     def run(self, name):
@@ -136,6 +147,8 @@ class _Builder:
             final = step.chain[-1] if step.chain else step
             if final.quantized:
                 outputs = self.quantize_output(step, final, outputs)
+            elif step.kind == "fixed":
+                outputs = self.fixed_range(step, outputs)
             self.tensors[final.output] = outputs
         outputs = [self.tensors[key] for key in self.graph.outputs]
         inputs = self.new_inputs[0] if len(self.new_inputs) == 1 else self.new_inputs

@@ -16,8 +16,8 @@ representative data (post-training int8) and reading the op list:
 | `relu`     | ReLU, ReLU6                                   | yes, unless fused              |
 | `binary`   | Add, Subtract, Multiply                       | yes, unless a ReLU is fused    |
 | `concat`   | Concatenate, Maximum, Minimum                 | yes, shared with its inputs    |
-| `output`   | pooling means, hard-swish, swish, leaky ReLU  | yes                            |
-| `fixed`    | sigmoid, tanh, softmax (fixed output scale)   | no                             |
+| `output`   | pooling means, hard-swish, leaky ReLU         | yes                            |
+| `fixed`    | sigmoid, tanh, softmax (and swish's sigmoid)  | the op's fixed int8 range      |
 | `pass`     | pooling max and average, reshaping, dropout,  | no: the op keeps its input's   |
 |            | padding (same-scale ops)                      | scale                          |
 
@@ -52,9 +52,9 @@ _SAME_SCALE = (_L.Concatenate, _L.Maximum, _L.Minimum)
 # keras.ops calls recorded in a functional graph (`x + 3.0`), by class name.
 _OP_CONSTANT = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Divide": "div", "TrueDivide": "div"}
 _OP_BINARY = {"Add": "binary", "Subtract": "binary", "Multiply": "binary", "Maximum": "concat", "Minimum": "concat"}
-# Activation function name -> step kind; hard_sigmoid is written as its three ops.
+# Activation function name -> step kind; hard_sigmoid and silu (swish) are written as their ops.
 _ACTIVATIONS = {
-    "linear": "pass", "relu": "relu", "relu6": "relu", "hard_silu": "output", "silu": "output",
+    "linear": "pass", "relu": "relu", "relu6": "relu", "hard_silu": "output",
     "leaky_relu": "output", "sigmoid": "fixed", "tanh": "fixed", "softmax": "fixed",
 }
 # Ops with a fused-activation field in TFLite.
@@ -155,6 +155,10 @@ def _add_activation(graph, name, layer, node, source, output, label):
         added = graph.add("const", None, None, [source], graph.synthetic(), op="add", value=3.0, name=f"{label}_add")
         relu = graph.add("relu", None, None, [added], graph.synthetic(), max_value=6.0, name=f"{label}_relu6")
         graph.add("const", None, None, [relu], output, op="mul", value=1.0 / 6.0, name=f"{label}_mul")
+        return True
+    if name == "silu":  # x * sigmoid(x): the file's LOGISTIC (a fixed range) and MUL
+        gate = graph.add("fixed", None, None, [source], graph.synthetic(), activation="sigmoid", name=f"{label}_sigmoid")
+        graph.add("binary", None, None, [source, gate], output, name=f"{label}_mul")
         return True
     kind = _ACTIVATIONS.get(name)
     if kind is None:

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["ActivationQuantizer", "QuantizedWeighted", "ConstantOp", "CONSTANT_OPS", "FUSED_ACTIVATIONS"]
+__all__ = ["ActivationQuantizer", "FixedQuantizer", "QuantizedWeighted", "ConstantOp", "CONSTANT_OPS", "FUSED_ACTIVATIONS"]
 
 CONSTANT_OPS = ("add", "sub", "mul")
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -120,6 +120,45 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "ema_decay": self.ema_decay, "enabled": self.enabled}
+
+
+@keras.saving.register_keras_serializable(package="edgekeras")
+class FixedQuantizer(keras.layers.Layer):
+    """8-bit fake quantization to a constant range: the fixed output scale of TFLite's int8 sigmoid, softmax, tanh.
+
+    Args:
+        low: the range's minimum.
+        high: the range's maximum (> low).
+        enabled: False passes values through unchanged.
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Raises:
+        ValueError: `high <= low`, `enabled` not a boolean.
+
+    Example:
+
+    ```python
+    FixedQuantizer(0.0, 255 / 256)(keras.ops.sigmoid(x))  # LOGISTIC's int8 output: scale 1/256
+    ```
+    """
+
+    def __init__(self, low, high, enabled=True, **kwargs):
+        super().__init__(**kwargs)
+        if not float(high) > float(low):
+            raise ValueError(f"Argument `high` must be greater than `low`. Received: low={low!r}, high={high!r}")
+        _check_enabled(enabled)
+        self.low, self.high, self.enabled = float(low), float(high), enabled
+
+    def call(self, inputs):
+        if not self.enabled:
+            return inputs
+        return tf.quantization.fake_quant_with_min_max_args(inputs, min=self.low, max=self.high, num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high, "enabled": self.enabled}
 
 
 @keras.saving.register_keras_serializable(package="edgekeras")

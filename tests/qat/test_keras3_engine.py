@@ -80,7 +80,7 @@ def rescaling_normalization():
     x = L.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     x = L.Normalization(mean=[0.1, 0.2, 0.3], variance=[1.0, 2.0, 3.0])(x)
     x = L.Conv2D(4, 3, activation="relu6")(x)
-    x = L.AveragePooling2D(2, padding="same")(x)
+    x = L.Activation("swish")(L.AveragePooling2D(2, padding="same")(x))
     return keras.Model(inputs, L.Dense(3, activation="softmax")(L.Flatten()(x)), name="rescaling_normalization")
 
 
