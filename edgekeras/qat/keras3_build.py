@@ -4,7 +4,8 @@ Every step becomes a layer of the new model: a `QuantizedWeighted` for a
 convolution or Dense and the chain it absorbed, a `ConstantOp` for constant
 arithmetic, a copy of the float layer (same config, same weights, same
 `trainable`) for the rest, and an `ActivationQuantizer` after each step whose
-output the plan quantizes. The float model is left untouched: nothing of it
+output the plan quantizes (one shared by a Concatenate and its inputs), or a
+`FixedQuantizer` after a sigmoid, softmax or tanh. The float model is left untouched: nothing of it
 is reused but the stateless keras ops of its graph.
 
 Example:
@@ -74,7 +75,7 @@ class _Builder:
     def call(self, step, operation):
         """Calls `operation` with the step's inputs in the float node's argument structure."""
         node = step.node
-        if node is None or node.arguments._single_positional_tensor is not None:
+        if node is None:
             return operation(self.tensors[step.inputs[0]])
         values = {id(t): self.tensors[self.graph.key(t)] for t in node.input_tensors}
         args, kwargs = node.arguments.fill_in(values)

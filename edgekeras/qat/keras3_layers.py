@@ -1,6 +1,6 @@
 """The layers of a Keras 3 quantization-aware model (`edgekeras.qat.keras3`).
 
-Three layers carry everything the TFLite converter needs to write an int8
+Four layers carry everything the TFLite converter needs to write an int8
 file without representative data, all through TensorFlow's fake-quant ops
 (`tf.quantization.fake_quant_with_min_max_vars[_per_channel]`), which the
 converter turns into the ranges of the int8 tensors:
@@ -9,14 +9,17 @@ converter turns into the ranges of the int8 tensors:
   non-trainable variables, moved during training by an exponential moving
   average of each batch's min and max (TFMOT's `MovingAverageQuantizer`:
   decay 0.999, ranges always hold zero), or set by calibration.
-- `QuantizedWeighted`: a Conv2D, DepthwiseConv2D or Dense with the
-  BatchNormalization and constant arithmetic after it folded into its kernel
-  and bias the way the converter folds them (the moving statistics: BN is
-  frozen during QAT, its gamma and beta still train), the folded kernel
-  fake-quantized per output channel (Dense, Conv1D: per tensor), symmetric, narrow range, and a ReLU or
-  ReLU6 applied last, as the int8 kernel's fused activation. With
+- `QuantizedWeighted`: a Conv2D, DepthwiseConv2D, Conv1D or Dense with the
+  BatchNormalization and constant arithmetic around it folded into its
+  kernel and bias the way the converter folds them (the moving statistics:
+  BN is frozen during QAT, its gamma and beta still train), the folded kernel
+  fake-quantized per output channel (Dense, Conv1D: per tensor), symmetric,
+  narrow range, and a ReLU or ReLU6 applied last, as the int8 kernel's
+  fused activation. With
   `preserve_sparsity` the kernel is multiplied by its zero mask first; the
   fold scales whole output channels, so zeros stay zeros in the file.
+- `FixedQuantizer`: the constant int8 range TFLite gives a sigmoid, softmax
+  or tanh output (scale 1/256 or 1/128).
 - `ConstantOp`: `x + c`, `x - c` or `x * c` with a constant (Rescaling,
   Normalization, hard-sigmoid and a standalone BatchNormalization are
   written as these, so each op of the file gets its own range).
