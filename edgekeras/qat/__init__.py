@@ -10,10 +10,10 @@ Keras they hold.
 
 from edgekeras.backend import is_keras3
 from edgekeras.qat.engine import QATEngine
-from edgekeras.qat.keras3 import Keras3QAT
+from edgekeras.qat.keras3 import Keras3QAT, Keras3UnquantizableLayersError
 from edgekeras.qat.tfmot import TFMOTEngine
 
-__all__ = ["QATEngine", "TFMOTEngine", "Keras3QAT", "engine_for"]
+__all__ = ["QATEngine", "TFMOTEngine", "Keras3QAT", "Keras3UnquantizableLayersError", "engine_for"]
 
 _TFMOT = TFMOTEngine()
 _KERAS3 = Keras3QAT()
