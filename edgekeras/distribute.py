@@ -36,6 +36,7 @@ import os
 
 import tensorflow as tf
 
+from edgekeras.backend import for_model
 from edgekeras.choices import STRATEGIES
 
 __all__ = [
@@ -160,7 +161,7 @@ def worker_id(strategy=None):
 
 def strategy_of(model):
     """The strategy `model`'s variables were created under (the current one if none)."""
-    for variable in model.weights:
+    for variable in for_model(model).tf_variables(model):
         strategy = getattr(variable, "_distribute_strategy", None)
         if strategy is not None:
             return strategy
@@ -173,7 +174,7 @@ def check_model_in_scope(model, strategy, argument="model"):
     Keras would otherwise either refuse at `compile` with a long message, or
     (for a model built under no strategy) train on one device only.
     """
-    outside = [v.name for v in model.weights if not strategy.extended.variable_created_in_scope(v)]
+    outside = [v.name for v in for_model(model).tf_variables(model) if not strategy.extended.variable_created_in_scope(v)]
     if outside:
         raise ValueError(
             f"Argument `{argument}` was built outside the scope of the {type(strategy).__name__} it is "

@@ -19,6 +19,8 @@ masks assigned after a sync reach that step.
 import keras
 import numpy as np
 
+from edgekeras.errors import EdgekerasError
+
 from edgekeras.backend.keras3_graph import clone_model, flatten, is_graph_model, is_nested
 
 __all__ = [
@@ -43,9 +45,30 @@ __all__ = [
     "is_nested",
     "flatten",
     "clone_model",
+    "tf_variables",
+    "input_names",
+    "input_shapes",
+    "BackendError",
+    "check_tensorflow",
 ]
 
 name = "keras3"
+
+
+class BackendError(EdgekerasError, ValueError):
+    """Keras 3 runs on a backend that quantization-aware training and export cannot use."""
+
+
+def check_tensorflow():
+    """Raises `BackendError` unless Keras 3 runs on the TensorFlow backend (QAT and TFLite export need it)."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise BackendError(
+            f"Quantization-aware training and TFLite export of Keras 3 models need the TensorFlow backend. "
+            f"Received: Keras 3 running on the {backend!r} backend. Fix: set KERAS_BACKEND=tensorflow before "
+            "importing keras (pruning with edgekeras.callbacks.MagnitudePruning works on any backend; save the "
+            "pruned model and load it under TensorFlow for QAT and export)."
+        )
 ops = keras.ops
 
 
@@ -259,3 +282,24 @@ def batch_function(model, weights, masks, slots, graph_masks=None, masks_at=None
         apply()
 
     return run
+
+
+def tf_variables(model):
+    """The TensorFlow variables under `model`'s Keras 3 variables (TensorFlow backend).
+
+    `tf.distribute` asks them, not Keras 3's wrappers, which strategy made them.
+    """
+    return [variable.value for variable in model.weights]
+
+
+def input_names(model):
+    """The names `fit` matches data to `model`'s inputs by, in `model.inputs` order (dict inputs by key)."""
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, dict):
+        return sorted(structure)
+    return [tensor._keras_history.operation.name for tensor in model.inputs]
+
+
+def input_shapes(model):
+    """The shape of each of `model.inputs` as a tuple (None for a free dimension)."""
+    return [tuple(tensor.shape) for tensor in model.inputs]

@@ -37,6 +37,10 @@ __all__ = [
     "is_nested",
     "flatten",
     "clone_model",
+    "tf_variables",
+    "input_names",
+    "input_shapes",
+    "check_tensorflow",
 ]
 
 name = "tf_keras"
@@ -264,3 +268,25 @@ def batch_function(model, weights, masks, slots, graph_masks=None, masks_at=None
                 weight.assign(weight * mask, read_value=False)
 
     return run
+
+
+def tf_variables(model):
+    """`model`'s variables, which are TensorFlow variables already."""
+    return list(model.weights)
+
+
+def input_names(model):
+    """The names `fit` matches data to `model`'s inputs by, in `model.inputs` order (dict inputs by key)."""
+    nested = getattr(model, "_nested_inputs", None)
+    if isinstance(nested, dict):  # Keras matches a dict of data to a dict of inputs by key, in sorted order
+        return sorted(nested)
+    return list(model.input_names)
+
+
+def input_shapes(model):
+    """The shape of each of `model.inputs` as a tuple (None for a free dimension)."""
+    return [tuple(tensor.shape.as_list()) for tensor in model.inputs]
+
+
+def check_tensorflow():
+    """tf_keras always runs on TensorFlow: nothing to check."""

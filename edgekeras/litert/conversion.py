@@ -45,7 +45,7 @@ import warnings
 import tensorflow as tf
 
 from edgekeras.choices import CONVERSIONS, IO_DTYPES
-from edgekeras.backend import check_model
+from edgekeras.backend import check_model, for_model
 from edgekeras.errors import EdgekerasError
 from edgekeras.litert.diagnosis import ConversionError, ExportError, captured_output, conversion_error
 from edgekeras.litert.signature import input_batches, model_inputs
@@ -85,6 +85,7 @@ def prepare_for_export(model):
 
     Raises:
         TypeError: `model` is not a Keras model.
+        BackendError: a Keras 3 model on another backend than TensorFlow.
 
     Example:
 
@@ -93,6 +94,7 @@ def prepare_for_export(model):
     ```
     """
     check_model(model)
+    for_model(model).check_tensorflow()
     return engine_for(model).strip(model)
 
 

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.backend.keras3 import BackendError, check_tensorflow
 from edgekeras.errors import EdgekerasError
 from edgekeras.qat.engine import QATEngine
 from edgekeras.qat.keras3_build import build
@@ -72,21 +73,6 @@ class Keras3UnquantizableLayersError(EdgekerasError, ValueError):
             "them in float between DEQUANTIZE and QUANTIZE ops), or, where TFLite has an int8 kernel for what they "
             "compute, place each with `quantize_configs={name: 'output'}` (a range on its output) or "
             "`{name: 'pass_through'}` (an op that keeps its input's scale)."
-        )
-
-
-class BackendError(EdgekerasError, ValueError):
-    """Keras 3 runs on a backend that quantization-aware training and export cannot use."""
-
-
-def _check_backend():
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise BackendError(
-            f"Quantization-aware training and TFLite export of Keras 3 models need the TensorFlow backend. "
-            f"Received: Keras 3 running on the {backend!r} backend. Fix: set KERAS_BACKEND=tensorflow before "
-            "importing keras (pruning with edgekeras.callbacks.MagnitudePruning works on any backend; save the "
-            "pruned model and load it under TensorFlow for QAT and export)."
         )
 
 
@@ -178,7 +164,7 @@ class Keras3QAT(QATEngine):
 
     def _plan(self, model, quantize_skip, quantize_configs):
         _check_model(model)
-        _check_backend()
+        check_tensorflow()
         if self.is_quantization_aware(model):
             raise ValueError(
                 f"Argument `model` must be a float model. Received: model={model.name!r}, which is already "
@@ -289,7 +275,7 @@ class Keras3QAT(QATEngine):
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"Argument `steps` must be an integer >= 1. Received: steps={steps!r}")
-        _check_backend()
+        check_tensorflow()
         quantizers = _quantizers(model)
         if not quantizers:
             return 0

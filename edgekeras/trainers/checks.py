@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from edgekeras import distribute, quantization, sparsity
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import KERAS_MODULES, check_model, for_model
 from edgekeras.schedules import PruningSchedule
 from edgekeras.trainers.data_checks import check_inputs
 
@@ -25,7 +25,9 @@ _PHASE_KEYWORDS = ("epochs", "initial_epoch", "callbacks")
 
 def _check_phase_model(model):
     check_model(model)
-    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+    # The phases end in QAT and TFLite files, which need TensorFlow.
+    for_model(model).check_tensorflow()
+    if not for_model(model).is_graph_model(model):
         raise ValueError(
             "Argument `model` must be a functional or Sequential model: EdgeTrainer's QAT "
             "phase rebuilds it layer by layer. Received: "
@@ -42,7 +44,8 @@ def check_trainer_arguments(model, loss, prune_policy, quantize_scheme, compile_
             calibration_steps, backup_dir: as for `EdgeTrainer`.
 
     Raises:
-        TypeError: `model` is not a tf_keras model.
+        TypeError: `model` is not a Keras model.
+        BackendError: a Keras 3 model on another backend than TensorFlow.
         ValueError: an argument is out of range (named in the message).
 
     Example:
@@ -156,10 +159,9 @@ def _check_prune(prune, prune_epochs):
 def _check_callbacks(callbacks):
     if callbacks is None:
         return []
-    if isinstance(callbacks, keras.callbacks.Callback) or not all(
-        isinstance(c, keras.callbacks.Callback) for c in callbacks
-    ):
-        raise ValueError(f"Argument `callbacks` must be a list of tf_keras callbacks. Received: callbacks={callbacks!r}")
+    kinds = tuple(library.callbacks.Callback for library in KERAS_MODULES)
+    if isinstance(callbacks, kinds) or not all(isinstance(c, kinds) for c in callbacks):
+        raise ValueError(f"Argument `callbacks` must be a list of Keras callbacks. Received: callbacks={callbacks!r}")
     return callbacks
 
 

@@ -14,6 +14,7 @@ be missing from training.
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.backend import for_model
 from edgekeras.compat import keras
 from edgekeras.data import check_class_ids
 
@@ -108,16 +109,9 @@ def _sample(argument, x, y, label_argument):
     return _Sample(argument, x, x, y, False, label_argument)
 
 
-def _input_names(model):
-    nested = getattr(model, "_nested_inputs", None)
-    if isinstance(nested, dict):  # Keras matches a dict of data to a dict of inputs by key, in sorted order
-        return sorted(nested)
-    return list(model.input_names)
-
-
 def _matched_inputs(model, sample):
     """`[(input name, model input shape, data)]`, the data matched to the model's inputs as Keras matches them."""
-    names = _input_names(model)
+    names = for_model(model).input_names(model)
     inputs = sample.inputs
     if isinstance(inputs, dict):
         missing = [name for name in names if name not in inputs]
@@ -136,7 +130,7 @@ def _matched_inputs(model, sample):
                 f"{len(names)} inputs {names}. Received: {sample.received()}. Give one array per input: a tuple "
                 "in the model's input order or a dict keyed by input name."
             )
-    return [(name, tuple(ref.shape.as_list()), item) for name, ref, item in zip(names, model.inputs, data)]
+    return list(zip(names, for_model(model).input_shapes(model), data))
 
 
 def _fits(data, ref):

@@ -83,6 +83,7 @@ import os
 import tensorflow as tf
 
 from edgekeras import quantization, sparsity
+from edgekeras.backend import for_model
 from edgekeras.qat import engine_for
 from edgekeras.callbacks import MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
@@ -269,7 +270,7 @@ class EdgeTrainer:
 
     def _compile(self, model, phase):
         loss, metrics = phase_compile_arguments(self.distillation, phase, self.loss, self.metrics)
-        model.compile(optimizer=make_optimizer(self.optimizer, phase), loss=loss, metrics=metrics, **self.compile_kwargs)
+        model.compile(optimizer=make_optimizer(self.optimizer, phase, for_model(model).keras), loss=loss, metrics=metrics, **self.compile_kwargs)
 
     def _distilled(self, phase, student, teacher, x, fit_kwargs):
         if self.distillation is None or phase not in self.distillation.phases:
@@ -288,7 +289,7 @@ class EdgeTrainer:
         # First in the list: it restores weights and optimizer before the
         # other callbacks (pruning masks, frozen-weight snapshots) read them.
         backup = [] if self.backup_dir is None else [
-            keras.callbacks.BackupAndRestore(os.path.join(self.backup_dir, phase), delete_checkpoint=False)
+            for_model(model).keras.callbacks.BackupAndRestore(os.path.join(self.backup_dir, phase), delete_checkpoint=False)
         ]
         history = model.fit(
             x,

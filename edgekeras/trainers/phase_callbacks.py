@@ -7,13 +7,13 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras.callbacks import current_learning_rate
-from edgekeras.compat import keras
+from edgekeras.backend import Callback
 from edgekeras.qat import engine_for
 
 __all__ = ["PhaseLogs", "KeepFrozen", "QuantizerRanges"]
 
 
-class PhaseLogs(keras.callbacks.Callback):
+class PhaseLogs(Callback):
     """Adds the phase number and learning rate to each epoch's logs."""
 
     def __init__(self, phase, phases):
@@ -27,7 +27,7 @@ class PhaseLogs(keras.callbacks.Callback):
             logs.setdefault("learning_rate", current_learning_rate(self.model.optimizer))
 
 
-class KeepFrozen(keras.callbacks.Callback):
+class KeepFrozen(Callback):
     """Holds given variables at their start-of-fit values after every batch.
 
     For the kernels of frozen layers that TFMOT's QuantizeWrapperV2 makes
@@ -61,7 +61,7 @@ class KeepFrozen(keras.callbacks.Callback):
         self._saved, self._restore = [], None
 
 
-class QuantizerRanges(keras.callbacks.Callback):
+class QuantizerRanges(Callback):
     """Adds the QAT activation ranges to each epoch's logs, so TensorBoard shows them move.
 
     The ranges decide the int8 model's accuracy, yet move only 0.1 % per step
