@@ -69,6 +69,8 @@ def check_tensorflow():
             "importing keras (pruning with edgekeras.callbacks.MagnitudePruning works on any backend; save the "
             "pruned model and load it under TensorFlow for QAT and export)."
         )
+
+
 ops = keras.ops
 
 

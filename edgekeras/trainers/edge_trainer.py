@@ -270,7 +270,8 @@ class EdgeTrainer:
 
     def _compile(self, model, phase):
         loss, metrics = phase_compile_arguments(self.distillation, phase, self.loss, self.metrics)
-        model.compile(optimizer=make_optimizer(self.optimizer, phase, for_model(model).keras), loss=loss, metrics=metrics, **self.compile_kwargs)
+        optimizer = make_optimizer(self.optimizer, phase, for_model(model).keras)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, **self.compile_kwargs)
 
     def _distilled(self, phase, student, teacher, x, fit_kwargs):
         if self.distillation is None or phase not in self.distillation.phases:
