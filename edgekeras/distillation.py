@@ -20,10 +20,14 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import KERAS_MODULES, check_model
+from edgekeras.compat import keras
 from edgekeras.memory import release_mapped_pages
 
-__all__ = ["PHASES", "pack_labels", "teacher_outputs", "with_teacher", "is_packed", "DistillationLoss", "LabelAccuracy", "Distillation"]
+__all__ = [
+    "PHASES", "pack_labels", "teacher_outputs", "with_teacher", "is_packed", "DistillationLoss", "LabelAccuracy",
+    "Keras3DistillationLoss", "Keras3LabelAccuracy", "Distillation",
+]
 
 # The training phases distillation can take part in.
 PHASES = ("prune", "qat")
@@ -94,7 +98,7 @@ def teacher_outputs(teacher, x, batch_size=256):
     """Runs the teacher once over `x` and returns its probabilities, for `pack_labels`.
 
     Args:
-        teacher: a tf_keras model that outputs softmax probabilities.
+        teacher: a tf_keras or Keras 3 model that outputs softmax probabilities.
         x: the inputs, an array, or a finite batched `tf.data.Dataset` of `x`
             or `(x, y)` elements, in the order of the labels they will be
             packed with (shuffle after packing, not before).
@@ -153,7 +157,7 @@ def with_teacher(dataset, teacher):
         dataset: a batched `tf.data.Dataset` of `(x, y)` or
             `(x, y, sample_weight)`, `y` holding class ids of shape `(batch,)`
             or `(batch, 1)`.
-        teacher: a tf_keras model that outputs softmax probabilities.
+        teacher: a tf_keras or Keras 3 model that outputs softmax probabilities.
 
     Returns:
         A `tf.data.Dataset` of `(x, packed_y)` or `(x, packed_y,
@@ -203,8 +207,7 @@ def is_packed(y, num_classes):
     return shape.rank is not None and shape.rank >= 2 and shape[-1] == num_classes + 1
 
 
-@keras.saving.register_keras_serializable(package="edgekeras")
-class DistillationLoss(keras.losses.Loss):
+class _DistillationLossBase:
     """Cross-entropy on the labels plus the KL divergence from the teacher.
 
     With packed `y_true`, the loss per example is `(1 - weight) * CE(label, p)
@@ -212,12 +215,15 @@ class DistillationLoss(keras.losses.Loss):
     student's and `q` the teacher's probabilities, `T` the temperature (`T**2`
     keeps the gradients of both terms alike, Hinton et al. 2015). With plain
     labels (rank 1 or last dimension 1) it is sparse categorical cross-entropy.
+    `DistillationLoss` is the tf_keras class, `Keras3DistillationLoss` the
+    Keras 3 one (TensorFlow backend); `Distillation.loss(keras_module)` picks.
 
     Args:
         temperature: softens both distributions before comparing them, > 0.
         weight: the share of the teacher term, in [0, 1].
         name: the loss name.
-        reduction: how the per-example losses are reduced.
+        reduction: how the per-example losses are reduced (default: the
+            Keras' own mean over the batch).
 
     Example:
 
@@ -229,16 +235,19 @@ class DistillationLoss(keras.losses.Loss):
     ```
     """
 
-    def __init__(self, temperature=4.0, weight=0.5, name="distillation", reduction=keras.losses.Reduction.AUTO):
-        super().__init__(reduction=reduction, name=name)
+    _keras = None  # the Keras module of the subclass
+
+    def __init__(self, temperature=4.0, weight=0.5, name="distillation", reduction=None):
+        super().__init__(reduction=reduction if reduction is not None else _default_reduction(self._keras), name=name)
         self.temperature = _check_temperature(temperature)
         self.weight = _check_weight(weight)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
         columns = y_true.shape[-1] if y_true.shape.rank else None
+        crossentropy = self._keras.losses.sparse_categorical_crossentropy
         if y_true.shape.rank == 1 or columns == 1:
-            return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+            return crossentropy(y_true, y_pred)
         classes = y_pred.shape[-1]
         if columns is not None and classes is not None and columns != classes + 1:
             raise ValueError(
@@ -246,12 +255,11 @@ class DistillationLoss(keras.losses.Loss):
                 f"{classes} classes, or plain labels. Received: y_true with {columns} columns; use `pack_labels` or `with_teacher`."
             )
         if columns is None:
-            plain = keras.losses.sparse_categorical_crossentropy
-            return tf.cond(tf.shape(y_true)[-1] > 1, lambda: self._distill(y_true, y_pred), lambda: plain(y_true[..., :1], y_pred))
+            return tf.cond(tf.shape(y_true)[-1] > 1, lambda: self._distill(y_true, y_pred), lambda: crossentropy(y_true[..., :1], y_pred))
         return self._distill(y_true, y_pred)
 
     def _distill(self, y_true, y_pred):
-        hard = keras.losses.sparse_categorical_crossentropy(y_true[..., :1], y_pred)
+        hard = self._keras.losses.sparse_categorical_crossentropy(y_true[..., :1], y_pred)
         log_teacher = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(y_true[..., 1:], _EPSILON, 1.0)) / self.temperature)
         log_student = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(y_pred, _EPSILON, 1.0)) / self.temperature)
         soft = tf.reduce_sum(tf.exp(log_teacher) * (log_teacher - log_student), axis=-1)
@@ -261,16 +269,18 @@ class DistillationLoss(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature, "weight": self.weight}
 
 
-def _label_accuracy(y_true, y_pred):
-    return keras.metrics.sparse_categorical_accuracy(y_true[..., :1] if (y_true.shape.rank or 0) >= 2 else y_true, y_pred)
+def _default_reduction(library):
+    # tf_keras reduces with Reduction.AUTO, Keras 3 with "sum_over_batch_size": the same mean.
+    reduction = getattr(library.losses, "Reduction", None)
+    return reduction.AUTO if reduction is not None else "sum_over_batch_size"
 
 
-@keras.saving.register_keras_serializable(package="edgekeras")
-class LabelAccuracy(keras.metrics.MeanMetricWrapper):
+class _LabelAccuracyBase:
     """Sparse categorical accuracy on the label column of packed labels.
 
     Plain labels are read as they are. Named `"accuracy"` by default, so
-    `History` keeps its `accuracy` and `val_accuracy` keys.
+    `History` keeps its `accuracy` and `val_accuracy` keys. `LabelAccuracy`
+    is the tf_keras class, `Keras3LabelAccuracy` the Keras 3 one.
 
     Args:
         name: the metric name.
@@ -285,8 +295,35 @@ class LabelAccuracy(keras.metrics.MeanMetricWrapper):
     ```
     """
 
+    _keras = None
+
     def __init__(self, name="accuracy", dtype=None):
-        super().__init__(_label_accuracy, name=name, dtype=dtype)
+        accuracy = self._keras.metrics.sparse_categorical_accuracy
+
+        def label_accuracy(y_true, y_pred):
+            rank = len(y_true.shape) if isinstance(y_true.shape, tuple) else y_true.shape.rank  # Keras 3 shapes are tuples
+            return accuracy(y_true[..., :1] if (rank or 0) >= 2 else y_true, y_pred)
+
+        super().__init__(label_accuracy, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _classes_for(library, prefix):
+    """The loss and metric classes of one Keras, registered for saving under package "edgekeras"."""
+    register = library.saving.register_keras_serializable(package="edgekeras")
+    loss = register(type(f"{prefix}DistillationLoss", (_DistillationLossBase, library.losses.Loss),
+                         {"_keras": library, "__doc__": _DistillationLossBase.__doc__, "__module__": __name__}))
+    metric = register(type(f"{prefix}LabelAccuracy", (_LabelAccuracyBase, library.metrics.MeanMetricWrapper),
+                           {"_keras": library, "__doc__": _LabelAccuracyBase.__doc__, "__module__": __name__}))
+    return loss, metric
+
+
+# One pair per Keras a model may come from; each is that Keras' own Loss and Metric.
+_CLASSES = {library: _classes_for(library, prefix) for library, prefix in zip(KERAS_MODULES, ("", "Keras3"))}
+DistillationLoss, LabelAccuracy = _CLASSES[KERAS_MODULES[0]]
+Keras3DistillationLoss, Keras3LabelAccuracy = _CLASSES[KERAS_MODULES[1]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +355,10 @@ class Distillation:
             raise ValueError(f"Argument `phases` must be a non-empty tuple of distinct phases from {PHASES}. Received: phases={phases!r}")
         object.__setattr__(self, "phases", tuple(phases))
 
-    def loss(self):
-        """Returns the `DistillationLoss` of these settings."""
-        return DistillationLoss(temperature=self.temperature, weight=self.weight)
+    def loss(self, keras_module=keras):
+        """Returns the distillation loss of these settings for a model of `keras_module` (tf_keras by default)."""
+        return _CLASSES[keras_module][0](temperature=self.temperature, weight=self.weight)
+
+    def metrics(self, keras_module=keras):
+        """Returns `[LabelAccuracy()]` for a model of `keras_module`: the phase's `accuracy`."""
+        return [_CLASSES[keras_module][1]()]

@@ -253,7 +253,7 @@ def test_teacher_outputs_errors():
     two = keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(inputs), keras.layers.Dense(2)(inputs)])
     with pytest.raises(ValueError, match=re.escape("must have one (batch, num_classes) output of probabilities. Received: 2 outputs")):
         teacher_outputs(two, x)
-    with pytest.raises(TypeError, match="Argument `teacher` must be a tf_keras `keras.Model`"):
+    with pytest.raises(TypeError, match=r"Argument `teacher` must be a Keras model \(tf_keras or Keras 3 `keras.Model`\)"):
         teacher_outputs(lambda batch: batch, x)
 
 

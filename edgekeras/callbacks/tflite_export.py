@@ -23,7 +23,7 @@ rather than copied, since tf.data pipelines are immutable descriptions.
 import copy
 import os
 
-from edgekeras.compat import keras
+from edgekeras.backend import Callback
 from edgekeras.litert import (
     CONVERSIONS,
     IO_DTYPES,
@@ -58,7 +58,7 @@ def _check_conversions(conversions):
     return conversions
 
 
-class TFLiteExport(keras.callbacks.Callback):
+class TFLiteExport(Callback):
     """Exports the trained model to .tflite at the end of training.
 
     Files are named `<prefix><conversion>.tflite` in `directory`. After

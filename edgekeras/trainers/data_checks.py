@@ -14,7 +14,7 @@ be missing from training.
 import numpy as np
 import tensorflow as tf
 
-from edgekeras.backend import for_model
+from edgekeras.backend import KERAS_MODULES, for_model
 from edgekeras.compat import keras
 from edgekeras.data import check_class_ids
 
@@ -24,10 +24,16 @@ _LABELS_FIX = (
     "Build the model with the data's number of classes (e.g. build_transfer_model(data.num_classes, ...)) "
     "or train it on the data it was built for."
 )
-_SPARSE_LOSSES = (keras.losses.SparseCategoricalCrossentropy,)
-_SPARSE_FUNCTIONS = (keras.losses.sparse_categorical_crossentropy,)
-_CATEGORICAL_LOSSES = (keras.losses.CategoricalCrossentropy, keras.losses.CategoricalFocalCrossentropy)
-_CATEGORICAL_FUNCTIONS = (keras.losses.categorical_crossentropy, keras.losses.categorical_focal_crossentropy)
+# The losses of both Kerases a model may come from (tf_keras, Keras 3).
+_SPARSE_LOSSES = tuple(library.losses.SparseCategoricalCrossentropy for library in KERAS_MODULES)
+_SPARSE_FUNCTIONS = tuple(library.losses.sparse_categorical_crossentropy for library in KERAS_MODULES)
+_CATEGORICAL_LOSSES = tuple(
+    kind for library in KERAS_MODULES for kind in (library.losses.CategoricalCrossentropy, library.losses.CategoricalFocalCrossentropy)
+)
+_CATEGORICAL_FUNCTIONS = tuple(
+    function for library in KERAS_MODULES
+    for function in (library.losses.categorical_crossentropy, library.losses.categorical_focal_crossentropy)
+)
 
 
 class _Sample:
@@ -210,7 +216,7 @@ def _loss_kind(loss):
 def _loss_name(loss):
     if isinstance(loss, str):
         return repr(loss)
-    if isinstance(loss, keras.losses.Loss):
+    if isinstance(loss, tuple(library.losses.Loss for library in KERAS_MODULES)):
         return f"{type(loss).__name__}()"
     return getattr(loss, "__name__", type(loss).__name__)
 

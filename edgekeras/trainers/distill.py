@@ -16,13 +16,14 @@ from edgekeras import distillation
 __all__ = ["phase_compile_arguments", "teacher_data"]
 
 
-def phase_compile_arguments(settings, phase, loss, metrics):
+def phase_compile_arguments(settings, phase, loss, metrics, keras_module=None):
     """`(loss, metrics)` of a phase: the user's, or the distillation loss and label accuracy.
 
     Args:
         settings: a `distillation.Distillation`, or None.
         phase: "float", "prune" or "qat".
         loss, metrics: what the user compiles with.
+        keras_module: the Keras of the phase's model (None: tf_keras).
 
     Returns:
         `(loss, metrics)` for `model.compile`. A distilling phase reports its
@@ -36,7 +37,9 @@ def phase_compile_arguments(settings, phase, loss, metrics):
     """
     if settings is None or phase not in settings.phases:
         return loss, metrics
-    return settings.loss(), [distillation.LabelAccuracy()]
+    if keras_module is None:
+        return settings.loss(), settings.metrics()
+    return settings.loss(keras_module), settings.metrics(keras_module)
 
 
 def teacher_data(student, teacher, x, fit_kwargs):

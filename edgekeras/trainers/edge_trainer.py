@@ -269,8 +269,9 @@ class EdgeTrainer:
         self._initial_epoch = 0
 
     def _compile(self, model, phase):
-        loss, metrics = phase_compile_arguments(self.distillation, phase, self.loss, self.metrics)
-        optimizer = make_optimizer(self.optimizer, phase, for_model(model).keras)
+        library = for_model(model).keras
+        loss, metrics = phase_compile_arguments(self.distillation, phase, self.loss, self.metrics, library)
+        optimizer = make_optimizer(self.optimizer, phase, library)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, **self.compile_kwargs)
 
     def _distilled(self, phase, student, teacher, x, fit_kwargs):

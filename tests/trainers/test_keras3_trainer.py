@@ -8,8 +8,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from edgekeras import distillation
+from edgekeras.distillation import Distillation
 from edgekeras.litert import convert, tflite_sparsity
 from edgekeras.qat import Keras3QAT, engine_for
 from edgekeras.runtime import TFLiteModel
@@ -128,3 +131,36 @@ for name, call in [
     expected = "BackendError Quantization-aware training and TFLite export of Keras 3 models need the TensorFlow backend True"
     assert lines == [f"qat {expected}", f"export {expected}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_distillation_packs_the_float_models_outputs_into_a_keras3_loss(monkeypatch):
+    x, y = data()
+    seen = []
+    call = distillation.Keras3DistillationLoss.call
+
+    def spy(self, y_true, y_pred):
+        seen.append(np.array(y_true))
+        return call(self, y_true, y_pred)
+
+    monkeypatch.setattr(distillation.Keras3DistillationLoss, "call", spy)
+    trainer = EdgeTrainer(net(), "adam", "sparse_categorical_crossentropy", ["accuracy"], compile_kwargs={"run_eagerly": True},
+                          distillation=Distillation(temperature=2.0, weight=0.7, phases=("prune",)))
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+    histories = trainer.fit(batches, float_epochs=1, prune=0.5, prune_epochs=1, verbose=0)
+    assert isinstance(trainer.model.loss, distillation.Keras3DistillationLoss) and trainer.model.loss.weight == 0.7
+    assert "accuracy" in histories["prune"] and len(seen) == SAMPLES // BATCH
+    expected = distillation.pack_labels(y, trainer.float_model.predict(x, verbose=0))
+    np.testing.assert_allclose(np.concatenate(seen), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_keras3_distillation_loss_and_metric_compute_what_the_tf_keras_ones_do():
+    labels, teacher = np.array([0, 2, 1]), np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]], np.float32)
+    student = np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.6, 0.2, 0.2]], np.float32)
+    packed = distillation.pack_labels(labels, teacher)
+    settings = Distillation(temperature=3.0, weight=0.4)
+    tf_keras_loss = float(settings.loss()(packed, student))
+    keras3_loss = float(settings.loss(keras)(packed, student))
+    assert keras3_loss == pytest.approx(tf_keras_loss, rel=1e-6) and keras3_loss > 0
+    metric = settings.metrics(keras)[0]
+    metric.update_state(packed, student)
+    assert float(metric.result()) == pytest.approx(2 / 3) and metric.name == "accuracy"
