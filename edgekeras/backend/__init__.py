@@ -22,10 +22,13 @@ Nothing outside this package and `edgekeras.qat` asks which Keras it has
 (`tests/test_layout.py` checks it).
 """
 
+import json
+import zipfile
+
 from edgekeras.backend import keras3, tf_keras
 from edgekeras.compat import is_keras3_object
 
-__all__ = ["Callback", "KERAS_MODULES", "is_keras3", "for_model", "check_model", "tf_keras", "keras3"]
+__all__ = ["Callback", "KERAS_MODULES", "is_keras3", "for_model", "for_file", "check_model", "tf_keras", "keras3"]
 
 # The Keras modules a model may come from: tf_keras, then Keras 3's `keras`.
 KERAS_MODULES = (tf_keras.keras, keras3.keras)
@@ -64,6 +67,40 @@ def for_model(model):
     ```
     """
     return keras3 if is_keras3(model) else tf_keras
+
+
+def for_file(path, kind):
+    """Returns the backend module of the Keras that wrote a model file.
+
+    Args:
+        path: a model file or SavedModel directory.
+        kind: `"h5"`, `"keras"` or `"tf"` (a SavedModel directory).
+
+    Returns:
+        `edgekeras.backend.keras3` for a file Keras 3 wrote (its stored
+        `keras_version` is 3.x), else `edgekeras.backend.tf_keras`.
+
+    Raises:
+        OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError: the file
+            cannot be read.
+
+    Example:
+
+    ```python
+    model = for_file("model.keras", "keras").load_file("model.keras", compile=False, custom_objects={}, safe_mode=True)
+    ```
+    """
+    version = ""
+    if kind == "keras":
+        with zipfile.ZipFile(path) as archive:
+            version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+    elif kind == "h5":
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            version = handle.attrs.get("keras_version", "")
+        version = version.decode("utf-8") if isinstance(version, bytes) else str(version)
+    return keras3 if version.startswith("3.") else tf_keras
 
 
 def check_model(model, argument="model"):

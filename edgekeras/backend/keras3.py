@@ -16,6 +16,8 @@ after it the trainer reads the variables again before its next step, so
 masks assigned after a sync reach that step.
 """
 
+import os
+
 import keras
 import numpy as np
 
@@ -50,6 +52,8 @@ __all__ = [
     "input_shapes",
     "BackendError",
     "check_tensorflow",
+    "save_file",
+    "load_file",
 ]
 
 name = "keras3"
@@ -305,3 +309,26 @@ def input_names(model):
 def input_shapes(model):
     """The shape of each of `model.inputs` as a tuple (None for a free dimension)."""
     return [tuple(tensor.shape) for tensor in model.inputs]
+
+
+def save_file(model, path, kind, include_optimizer=False, custom_objects=None):
+    """Writes `model` to `path` (`kind` "keras" or "h5"; Keras 3 has no SavedModel format to reload).
+
+    A `.keras` file always holds the compiled optimizer; `.h5` one only with
+    `include_optimizer`.
+    """
+    if kind == "tf":
+        raise ValueError(
+            "Argument `path` has no extension (a SavedModel directory), which Keras 3 cannot load a model from. "
+            f"Received: path={os.fspath(path)!r}. Save a Keras 3 model as .keras (or .h5)."
+        )
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        if kind == "keras":
+            model.save(path)
+        else:
+            keras.src.legacy.saving.legacy_h5_format.save_model_to_hdf5(model, path, include_optimizer=include_optimizer)
+
+
+def load_file(path, compile, custom_objects, safe_mode):  # noqa: A002 - Keras' own keyword
+    """Loads a model file Keras 3 wrote; `safe_mode` refuses `Lambda` bytecode (Keras 3's own check)."""
+    return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -8,9 +8,13 @@ no public mapping from a weight to its slots. The masks are applied by one
 traced `tf.function` per batch.
 """
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from tf_keras.src.saving.serialization_lib import SafeModeScope
 
 from edgekeras.backend.tf_keras_graph import clone_model, flatten, is_graph_model, is_nested
 
@@ -41,6 +45,8 @@ __all__ = [
     "input_names",
     "input_shapes",
     "check_tensorflow",
+    "save_file",
+    "load_file",
 ]
 
 name = "tf_keras"
@@ -290,3 +296,22 @@ def input_shapes(model):
 
 def check_tensorflow():
     """tf_keras always runs on TensorFlow: nothing to check."""
+
+
+def save_file(model, path, kind, include_optimizer=False, custom_objects=None):
+    """Writes `model` to `path` (`kind` "keras", "h5" or "tf") with `custom_objects` (TFMOT's) in scope."""
+    with tfmot.quantization.keras.quantize_scope(custom_objects or {}):
+        if kind == "keras":  # the .keras format always stores the compiled optimizer
+            model.save(path)
+            return
+        with warnings.catch_warnings():
+            # Keras calls .h5 "legacy"; for QAT models it is one of
+            # the two formats that reload, and it was asked for.
+            warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")
+            model.save(path, include_optimizer=include_optimizer)
+
+
+def load_file(path, compile, custom_objects, safe_mode):  # noqa: A002 - Keras' own keyword
+    """Loads a tf_keras model file with `custom_objects` (TFMOT's) in scope and Keras' safe mode set."""
+    with tfmot.quantization.keras.quantize_scope(custom_objects or {}), SafeModeScope(safe_mode):
+        return keras.models.load_model(path, compile=compile, safe_mode=safe_mode)

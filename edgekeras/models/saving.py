@@ -13,6 +13,10 @@ not for quantization-aware ones (TFMOT's `QuantizeLayer` variables do not
 match on reload), so `save_model` refuses that combination with the fix,
 instead of writing a file that cannot be read back.
 
+Keras 3 models (`import keras`) save as `.keras` (every phase, QAT included:
+edgekeras' Keras 3 QAT layers are registered serializable) or `.h5`;
+`load_model` reads which Keras wrote a file from the file itself.
+
 Safe loading: a `Lambda` layer stores its Python function as marshalled
 bytecode, and loading the layer runs that code. tf_keras refuses it only for
 `.keras` files (`safe_mode=True`); `.h5` files and SavedModel directories
@@ -22,13 +26,9 @@ the caller passes `safe_mode=False` for a file they trust.
 
 import json
 import os
-import warnings
 import zipfile
 
-import tensorflow_model_optimization as tfmot
-from tf_keras.src.saving.serialization_lib import SafeModeScope
-
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import check_model, for_file, for_model
 from edgekeras.errors import EdgekerasError
 from edgekeras.io import atomic_path
 from edgekeras.models.graph import custom_objects, is_quantization_aware
@@ -75,9 +75,10 @@ def save_model(model, path, include_optimizer=False):
     """Saves `model` atomically: the file appears whole or not at all.
 
     Args:
-        model: a tf_keras model from any phase.
-        path: `.h5`, `.keras` (not for quantization-aware models) or a
-            directory path without extension (SavedModel).
+        model: a tf_keras or Keras 3 model from any phase.
+        path: `.h5`, `.keras` (not for tf_keras quantization-aware models)
+            or, for tf_keras models, a directory path without extension
+            (SavedModel).
         include_optimizer: also save the optimizer state (.h5 and SavedModel;
             `.keras` files always hold the compiled optimizer).
 
@@ -100,15 +101,7 @@ def save_model(model, path, include_optimizer=False):
             f"path={os.fspath(path)!r}. Save it as .h5 or as a SavedModel directory (no extension)."
         )
     with atomic_path(path, directory=kind == "tf") as temporary:
-        with tfmot.quantization.keras.quantize_scope(custom_objects()):
-            if kind == "keras":  # the .keras format always stores the compiled optimizer
-                model.save(temporary)
-            else:
-                with warnings.catch_warnings():
-                    # Keras calls .h5 "legacy"; for QAT models it is one of
-                    # the two formats that reload, and it was asked for.
-                    warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`")
-                    model.save(temporary, include_optimizer=include_optimizer)
+        for_model(model).save_file(model, temporary, kind, include_optimizer, custom_objects())
     return path
 
 
@@ -148,7 +141,10 @@ def _lambda_layers(config, found=None):
     if isinstance(config, dict):
         inner = config.get("config")
         if config.get("class_name") == "Lambda" and isinstance(inner, dict):
-            if "lambda" in (inner.get("function_type"), inner.get("output_shape_type"), inner.get("mask_type")):
+            # tf_keras marks bytecode with "*_type": "lambda", Keras 3 with a "__lambda__" object.
+            stored = [inner.get(key) for key in ("function", "output_shape", "mask")]
+            keras3_bytecode = any(isinstance(value, dict) and value.get("class_name") == "__lambda__" for value in stored)
+            if keras3_bytecode or "lambda" in (inner.get("function_type"), inner.get("output_shape_type"), inner.get("mask_type")):
                 name = inner.get("name", "?")
                 if name not in found:
                     found.append(name)
@@ -206,7 +202,7 @@ def load_model(path, compile=False, custom_objects=None, safe_mode=True):  # noq
             above). False loads them, running their code.
 
     Returns:
-        The tf_keras model.
+        The model, of the Keras that wrote the file (tf_keras or Keras 3).
 
     Raises:
         FileNotFoundError: nothing exists at `path`.
@@ -242,13 +238,12 @@ def load_model(path, compile=False, custom_objects=None, safe_mode=True):  # noq
             raise _unsafe_error(path, layers)
     objects = _all_objects()
     objects.update(custom_objects or {})
-    with tfmot.quantization.keras.quantize_scope(objects), SafeModeScope(safe_mode):
-        try:
-            return keras.models.load_model(path, compile=compile, safe_mode=safe_mode)
-        except _FILE_ERRORS as error:
-            raise _file_error(path, kind, error) from error
-        except ValueError as error:
-            # Keras' own refusal, for a Lambda layer the scan above cannot see.
-            if "deserialization of a Lambda layer" in str(error):
-                raise _unsafe_error(path, []) from error
-            raise
+    try:
+        return for_file(path, kind).load_file(path, compile, objects, safe_mode)
+    except _FILE_ERRORS as error:
+        raise _file_error(path, kind, error) from error
+    except ValueError as error:
+        # Keras' own refusal, for a Lambda layer the scan above cannot see.
+        if "deserialization of a Lambda layer" in str(error) or "Lambda" in str(error) and "safe_mode" in str(error):
+            raise _unsafe_error(path, []) from error
+        raise

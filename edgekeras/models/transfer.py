@@ -10,7 +10,8 @@ model of your own.
 
 import os
 
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import check_model, for_model
+from edgekeras.compat import keras
 from edgekeras.errors import EdgekerasError
 from edgekeras.models.architectures import get_architecture
 
@@ -107,10 +108,10 @@ def _base(spec, inputs, weights, alpha):
         raise
 
 
-def _set_trainable(layers, first, train_batchnorm):
+def _set_trainable(layers, first, train_batchnorm, library=keras):
     for index, layer in enumerate(layers):
         trainable = index >= first
-        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
+        if isinstance(layer, library.layers.BatchNormalization) and not train_batchnorm:
             # Frozen BatchNorm stays in inference mode: the stable choice for
             # fine-tuning with small batches.
             trainable = False
@@ -133,7 +134,8 @@ def freeze_before(model, trainable_from, *, train_batchnorm=False):
     train only with `train_batchnorm`.
 
     Args:
-        model: a flat tf_keras functional model.
+        model: a flat tf_keras or Keras 3 functional model (`flatten` a
+            nested one first).
         trainable_from: name or index (among the layers after the input) of
             the first trainable layer.
         train_batchnorm: whether BatchNormalization layers from there on train.
@@ -151,11 +153,12 @@ def freeze_before(model, trainable_from, *, train_batchnorm=False):
     ```
     """
     check_model(model)
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    library = for_model(model).keras
+    layers = [layer for layer in model.layers if not isinstance(layer, library.layers.InputLayer)]
     names = [layer.name for layer in layers]
     hint = ", ".join(repr(n) for n in names[-3:])
     first = _first_trainable_index(layers, trainable_from, f"{hint} (the last ones)", base=False)
-    _set_trainable(layers, first, train_batchnorm)
+    _set_trainable(layers, first, train_batchnorm, library)
     return model
 
 

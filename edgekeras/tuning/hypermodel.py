@@ -28,7 +28,7 @@ model = hypermodel.build(hp)
 
 import keras_tuner
 
-from edgekeras.compat import check_model
+from edgekeras.backend import check_model
 from edgekeras.tuning.search_space import SearchSpace
 
 __all__ = ["EdgeHyperModel"]
@@ -84,6 +84,6 @@ class EdgeHyperModel(keras_tuner.HyperModel):
             self.inner.declare_hyperparameters(hp)
 
     def build(self, hp):
-        """Builds the user's model for `hp`; refuses anything but a tf_keras model."""
+        """Builds the user's model for `hp`; refuses anything but a Keras model (tf_keras or Keras 3)."""
         model = self.inner.build(hp) if self.inner is not None else self.build_function(hp)
         return check_model(model, "the model returned by `hypermodel`")

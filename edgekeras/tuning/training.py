@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from edgekeras import sparsity
 from edgekeras.choices import CACHE_ENGINES
+from edgekeras.backend import KERAS_MODULES, for_model
 from edgekeras.compat import keras
 from edgekeras.data import batches_per_epoch
 from edgekeras.features import array_dataset, cache_features
@@ -84,16 +85,18 @@ def _batches_per_epoch(x, batch_size, steps_per_epoch):
     return batches
 
 
-def trial_callbacks(callbacks, log_dir):
+def trial_callbacks(callbacks, log_dir, keras_module=keras):
     """Copies of the user's callbacks for one trial, logging to `log_dir`.
 
     Each trial gets its own copies, so no state (early-stopping counters,
-    best weights) leaks from one trial into the next. A tf_keras TensorBoard
-    callback is pointed at `log_dir`; one is added when there is none.
+    best weights) leaks from one trial into the next. A TensorBoard
+    callback is pointed at `log_dir`; one of `keras_module` (the Keras of the
+    trial's model) is added when there is none.
 
     Args:
-        callbacks: the user's tf_keras callbacks, or None.
+        callbacks: the user's callbacks, or None.
         log_dir: the trial's TensorBoard folder.
+        keras_module: the Keras of the model the callbacks will watch.
 
     Returns:
         A new list of callbacks.
@@ -116,11 +119,11 @@ def trial_callbacks(callbacks, log_dir):
             "Argument `callbacks` must hold deep-copyable callbacks (each trial gets its own "
             f"copies). Received: callbacks={callbacks!r} ({type(error).__name__}: {error})"
         ) from error
-    boards = [c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)]
+    boards = [c for c in callbacks if isinstance(c, tuple(library.callbacks.TensorBoard for library in KERAS_MODULES))]
     for board in boards:
         board.log_dir = log_dir
     if not boards:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
+        callbacks.append(keras_module.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     return callbacks
 
 
@@ -243,8 +246,9 @@ class TrialTraining:
         if float_epochs + prune_epochs + qat_epochs_on_trained:
             trainer.fit(
                 train_x, train_y, validation_data=train_validation, float_epochs=float_epochs, prune=schedule,
-                prune_epochs=prune_epochs, qat_epochs=qat_epochs_on_trained, callbacks=trial_callbacks(callbacks, log_dir),
-                steps_per_epoch=train_steps, verbose=verbose, **fit_kwargs,
+                prune_epochs=prune_epochs, qat_epochs=qat_epochs_on_trained,
+                callbacks=trial_callbacks(callbacks, log_dir, for_model(trained).keras), steps_per_epoch=train_steps,
+                verbose=verbose, **fit_kwargs,
             )
             histories.update(trainer.histories)
             if keep_float_weights:
@@ -285,7 +289,7 @@ class TrialTraining:
             x.repeat() if qat_steps else x,
             y,
             qat_epochs=qat_epochs,
-            callbacks=trial_callbacks(callbacks, os.path.join(log_dir, "qat")),
+            callbacks=trial_callbacks(callbacks, os.path.join(log_dir, "qat"), for_model(model).keras),
             steps_per_epoch=qat_steps,
             verbose=verbose,
             **fit_kwargs,

@@ -410,15 +410,29 @@ def test_search_refuses_epochs_which_the_tuner_sets(tmp_path):
         tuner.search(_dataset(16, 1), validation_data=_dataset(16, 2), epochs=3)
 
 
-def test_keras3_models_are_refused_with_a_clear_error(tmp_path):
+def build_keras3(hp):
     import keras as keras3
 
-    def build_keras3(hp):
-        inputs = keras3.Input((SIDE, SIDE, 3))
-        return keras3.Model(inputs, keras3.layers.Dense(2)(keras3.layers.Flatten()(inputs)))
+    inputs = keras3.Input((SIDE, SIDE, 3))
+    x = keras3.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
+    x = keras3.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras3.Model(inputs, keras3.layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x))
 
-    with pytest.raises(TypeError, match="Keras 3 model"):
-        _tuner(tmp_path, make_oracle("random", max_trials=1), build_keras3)
+
+def test_a_keras3_hypermodel_is_searched_pruned_quantized_and_scored_on_its_int8_file(tmp_path):
+    train, validation = _dataset(48, 1), _dataset(24, 2)
+    space = SearchSpace(**dict(FAST_SPACE, qat_epochs=1))
+    tuner = _tuner(tmp_path, make_oracle("random", max_trials=2, seed=3), build_keras3, space=space, conversion="int8")
+    tuner.search(train, validation_data=validation)
+    results = tuner.results()
+    assert len(results) == 2
+    for result in results:
+        assert result.conversion == "int8" and result.epochs["qat"] == 1
+        accuracy = evaluate_accuracy(result.tflite_path, validation, progress=False).accuracy
+        assert result.metrics["val_tflite_accuracy"] == pytest.approx(accuracy)
+        assert result.metrics["sparsity"] >= 0.9 * result.hyperparameters["final_sparsity"] * 0.9  # the classifier's bias stays
+    model, _ = tuner.best_model()
+    assert type(model).__module__.startswith("keras.")
 
 
 class DiesAfterTheFirstResult(EdgeTuner):
