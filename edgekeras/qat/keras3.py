@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras.backend.keras3 import BackendError, check_tensorflow
-from edgekeras.errors import EdgekerasError
+from edgekeras.quantization import UnquantizableLayersError
 from edgekeras.qat.engine import QATEngine
 from edgekeras.qat.keras3_build import build
 from edgekeras.qat.keras3_graph import plan
@@ -56,8 +56,11 @@ SPARSE_THRESHOLD = 0.05
 _KINDS = {"output": "output", "pass_through": "pass"}
 
 
-class Keras3UnquantizableLayersError(EdgekerasError, ValueError):
+class Keras3UnquantizableLayersError(UnquantizableLayersError):
     """Layers of a Keras 3 model that `Keras3QAT` cannot quantize.
+
+    An `edgekeras.quantization.UnquantizableLayersError`, so one `except`
+    catches the refusal of either engine.
 
     Attributes:
         layers: list of `(layer name, description)` pairs.
@@ -67,7 +70,8 @@ class Keras3UnquantizableLayersError(EdgekerasError, ValueError):
         self.layers = list(layers)
         names = ", ".join(f"{name!r} ({kind})" for name, kind in self.layers)
         listed = ", ".join(repr(name) for name, _ in self.layers)
-        super().__init__(
+        # The base class words its message for TFMOT; this one names the Keras 3 engine's fixes.
+        super(UnquantizableLayersError, self).__init__(
             f"Argument `model` has layers that edgekeras' Keras 3 quantization-aware training cannot quantize. "
             f"Received: {names}. Fix: keep them in float with `quantize_skip=[{listed}]` (the int8 file computes "
             "them in float between DEQUANTIZE and QUANTIZE ops), or, where TFLite has an int8 kernel for what they "
