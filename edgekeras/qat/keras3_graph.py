@@ -30,7 +30,8 @@ ReLU after an ADD, SUB or MUL is fused too, so the op before it gets no
 range. The inputs of a Concatenate,
 Maximum or Minimum take its range (their int8 kernels need one scale: with
 ranges of their own, the converter would requantize them), read from the
-op's output quantizer without moving it.
+op's output quantizer without moving it; through a pooling or reshape in
+between, the op that produces its input takes it.
 """
 
 import keras
@@ -388,7 +389,10 @@ def plan(model, overrides=None):
         elif step.kind in _FUSES_RELU and not step.absorbed:
             _fuse_relu(consumers, step)
     for step in reversed(graph.steps):  # a same-scale op feeding another takes the range of the last
-        same_scale = [f for f in consumers[step.output] if f is not None and f.kind == "concat"]
-        if step.kind != "input" and same_scale:
-            step.share = same_scale[0].share or same_scale[0]
+        shared = [f.share or f for f in consumers[step.output] if f is not None and f.kind == "concat"]
+        # A pooling or reshape between a producer and the same-scale op keeps its input's scale, so
+        # the producer takes the range (the converter would otherwise requantize).
+        shared += [f.share for f in consumers[step.output] if f is not None and f.kind == "pass" and f.share is not None]
+        if step.kind != "input" and shared:
+            step.share = shared[0]
     return graph

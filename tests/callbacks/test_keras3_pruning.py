@@ -29,6 +29,7 @@ LAYERS = ("stem", "depthwise", "pointwise", "hidden", "logits")
 
 
 def conv_net(name="tiny"):
+    keras.utils.set_random_seed(0)  # the same weights every run: a test's figures do not move with the draw
     inputs = keras.Input((8, 8, 4))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
@@ -147,8 +148,8 @@ def test_preserve_sparsity_keeps_the_zeros_through_further_training():
         assert np.all(values[zeros[name]] == 0), name
     assert history.history["sparsity"][-1] == pytest.approx(0.6, abs=0.01)
     # Without the callback, training revives them: the check above can fail.
-    fit(model, [], epochs=1)
-    assert sparsity.overall_sparsity(model) < 0.5
+    fit(model, [], epochs=2)
+    assert sparsity.overall_sparsity(model) < 0.3
 
 
 def test_callbacks_survive_deepcopy_before_and_after_fit():
