@@ -1,8 +1,10 @@
 """edgekeras: pruning, quantization-aware training and TFLite export inside `model.fit`.
 
-edgekeras always uses tf_keras (Keras 2), because TensorFlow Model
-Optimization supports nothing else; `edgekeras.keras` is that module, so users
-can build models with it whatever `TF_USE_LEGACY_KERAS` says.
+Models of both Kerases are taken: tf_keras (Keras 2, quantization-aware
+training by TensorFlow Model Optimization) and Keras 3 (`import keras`,
+edgekeras' own QAT engine); the model's own Keras picks the implementation
+(`edgekeras.backend`, `edgekeras.qat`). `edgekeras.keras` is tf_keras, so
+code written for it builds Keras 2 models whatever `TF_USE_LEGACY_KERAS` says.
 
 The names a user needs first are here; each is loaded on first use (PEP 562),
 so `import edgekeras`, reading a config and `edgekeras --help` do not import
@@ -12,7 +14,7 @@ TensorFlow. Everything else lives in the subpackages:
 |---|---|
 | data | `edgekeras.data` (TFDS image data), `edgekeras.folders` (image directories), `edgekeras.features` (cached activations) |
 | model | `edgekeras.models` (transfer models of several architectures, flatten/clone/split, save/load) |
-| fit with callbacks | `edgekeras.callbacks`, `edgekeras.schedules`, `edgekeras.sparsity`, `edgekeras.quantization` |
+| fit with callbacks | `edgekeras.callbacks`, `edgekeras.schedules`, `edgekeras.sparsity`, `edgekeras.quantization`, `edgekeras.qat` |
 | phases | `edgekeras.trainers` (`EdgeTrainer`: float -> prune -> QAT) |
 | export and evaluate | `edgekeras.litert` (convert, verify, run, evaluate .tflite files) |
 | search | `edgekeras.tuning` (`EdgeTuner` on keras-tuner) |
