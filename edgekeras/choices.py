@@ -7,7 +7,7 @@ so reading and checking a config never has to import TensorFlow.
 
 __all__ = [
     "ARCHITECTURES", "ARCHITECTURE_NORMALIZATION", "CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "NORMALIZATIONS",
-    "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES",
+    "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES", "KERASES",
 ]
 
 # .tflite conversions (edgekeras.litert.convert). No sparse int8: LiteRT 2.3's
@@ -26,6 +26,8 @@ ALLOCATIONS = ("uniform", "global")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # How a frozen prefix is run to cache its activations (edgekeras.features).
 CACHE_ENGINES = ("litert", "keras")
+# The Kerases a model can be built with (edgekeras.backend.by_name): Keras 2 and Keras 3.
+KERASES = ("tf_keras", "keras3")
 # keras-tuner oracles (edgekeras.tuning.make_oracle).
 ORACLES = ("random", "bayesian", "hyperband")
 # How pixels in [0, 255] are scaled before they enter the model

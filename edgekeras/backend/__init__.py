@@ -26,9 +26,10 @@ import json
 import zipfile
 
 from edgekeras.backend import keras3, tf_keras
+from edgekeras.choices import KERASES
 from edgekeras.compat import is_keras3_object
 
-__all__ = ["Callback", "KERAS_MODULES", "is_keras3", "for_model", "for_file", "check_model", "tf_keras", "keras3"]
+__all__ = ["Callback", "KERAS_MODULES", "is_keras3", "for_model", "for_file", "by_name", "check_model", "tf_keras", "keras3"]
 
 # The Keras modules a model may come from: tf_keras, then Keras 3's `keras`.
 KERAS_MODULES = (tf_keras.keras, keras3.keras)
@@ -101,6 +102,24 @@ def for_file(path, kind):
             version = handle.attrs.get("keras_version", "")
         version = version.decode("utf-8") if isinstance(version, bytes) else str(version)
     return keras3 if version.startswith("3.") else tf_keras
+
+
+def by_name(name, argument="keras"):
+    """Returns the backend module named `name`: `"tf_keras"` or `"keras3"` (`edgekeras.choices.KERASES`).
+
+    Raises:
+        ValueError: another name; the message names `argument`.
+
+    Example:
+
+    ```python
+    keras = by_name("keras3").keras  # Keras 3's `keras` module
+    ```
+    """
+    backends = {"tf_keras": tf_keras, "keras3": keras3}
+    if name not in backends:
+        raise ValueError(f"Argument `{argument}` must be one of {', '.join(map(repr, KERASES))}. Received: {argument}={name!r}")
+    return backends[name]
 
 
 def check_model(model, argument="model"):

@@ -52,13 +52,13 @@ class Architecture:
         """How input pixels are scaled for this backbone (see `edgekeras.images.normalize`)."""
         return ARCHITECTURE_NORMALIZATION[self.name]
 
-    def build(self, inputs, weights, alpha):
-        """The backbone without its top on `inputs` (its layers join the caller's graph)."""
-        builder = getattr(keras.applications, self.title)
+    def build(self, inputs, weights, alpha, library=keras):
+        """The backbone without its top on `inputs` (its layers join the caller's graph), from `library`'s applications."""
+        builder = getattr(library.applications, self.title)
         options = {"alpha": alpha} if self.width_multiplier else {}
         base = builder(input_tensor=inputs, include_top=False, weights=weights, **options)
         if weights is None:
-            _fast_batchnorm_statistics(base)
+            _fast_batchnorm_statistics(base, library)
         return base
 
 
@@ -70,9 +70,9 @@ class Architecture:
 RANDOM_INIT_BATCHNORM_MOMENTUM = 0.9
 
 
-def _fast_batchnorm_statistics(base):
+def _fast_batchnorm_statistics(base, library):
     for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, library.layers.BatchNormalization):
             layer.momentum = min(layer.momentum, RANDOM_INIT_BATCHNORM_MOMENTUM)
 
 

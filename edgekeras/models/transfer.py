@@ -10,7 +10,7 @@ model of your own.
 
 import os
 
-from edgekeras.backend import check_model, for_model
+from edgekeras.backend import by_name, check_model, for_model
 from edgekeras.compat import keras
 from edgekeras.errors import EdgekerasError
 from edgekeras.models.architectures import get_architecture
@@ -58,11 +58,20 @@ def _first_trainable_index(layers, trainable_from, valid_names, base=True):
         return trainable_from % len(layers)
     names = [layer.name for layer in layers]
     if trainable_from not in names:
+        # Keras 3's applications spell tf_keras' "expanded_conv_8/expand" and "Conv_1" as
+        # "expanded_conv_8_expand" and "conv_1": the one name that differs only so is meant.
+        spelled = [name for name in names if _spelling(name) == _spelling(trainable_from)]
+        if len(spelled) == 1:
+            return names.index(spelled[0])
         raise ValueError(
             f"Argument `trainable_from` must name a layer of the {'base ' if base else ''}model. "
             f"Received: trainable_from={trainable_from!r}. Valid names include {valid_names}."
         )
     return names.index(trainable_from)
+
+
+def _spelling(name):
+    return name.replace("/", "_").lower()
 
 
 def _check_arguments(num_classes, image_size, dropout, spec, alpha):
@@ -85,11 +94,11 @@ def _check_arguments(num_classes, image_size, dropout, spec, alpha):
         )
 
 
-def _base(spec, inputs, weights, alpha):
+def _base(spec, inputs, weights, alpha, library):
     """The backbone without top on `inputs`; a weights file that does not fit raises `WeightsError`."""
     built = f"{spec.title}({f'alpha={alpha}, ' if spec.width_multiplier else ''}include_top=False)"
     try:
-        return spec.build(inputs, weights, alpha)
+        return spec.build(inputs, weights, alpha, library)
     except ValueError as error:
         if weights not in (None, "imagenet"):
             raise WeightsError(
@@ -173,6 +182,7 @@ def build_transfer_model(
     train_batchnorm=False,
     dropout=0.0,
     name=None,
+    keras="tf_keras",
 ):
     """Builds a backbone (MobileNetV2 by default) + global average pooling + softmax Dense, flat.
 
@@ -202,9 +212,12 @@ def build_transfer_model(
         dropout: dropout rate before the classifier.
         name: model name (default: the architecture's, e.g.
             "mobilenetv2_transfer").
+        keras: the Keras to build it with: `"tf_keras"` (Keras 2) or
+            `"keras3"` (`import keras`); every edgekeras phase then follows
+            the model's Keras.
 
     Returns:
-        A compiled-free tf_keras functional model with input
+        A compiled-free functional model of that Keras with input
         `(image_size, image_size, 3)` and softmax output.
 
     Raises:
@@ -217,20 +230,22 @@ def build_transfer_model(
     model = build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand")
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     small = build_transfer_model(10, 64, architecture="mobilenet_v3_small", weights=None, trainable_from="auto")
+    keras3_model = build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand", keras="keras3")
     ```
     """
+    library = by_name(keras).keras
     spec = get_architecture(architecture)
     _check_arguments(num_classes, image_size, dropout, spec, alpha)
     weights = _check_weights(weights, spec)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    base = _base(spec, inputs, weights, alpha)
+    inputs = library.Input((image_size, image_size, 3), name="image")
+    base = _base(spec, inputs, weights, alpha, library)
     # Layer 0 is the shared Input; the base's real layers follow it.
-    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layers = [layer for layer in base.layers if not isinstance(layer, library.layers.InputLayer)]
     valid = f"{', '.join(spec.cut_points)} (or \"auto\": {spec.trainable_from})"
     first = _first_trainable_index(layers, _resolve_trainable_from(trainable_from, spec, weights), valid)
-    _set_trainable(layers, first, train_batchnorm)
-    x = keras.layers.GlobalAveragePooling2D(name="global_average_pooling")(base.output)
+    _set_trainable(layers, first, train_batchnorm, library)
+    x = library.layers.GlobalAveragePooling2D(name="global_average_pooling")(base.output)
     if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
-    return keras.Model(inputs, outputs, name=name or spec.model_name)
+        x = library.layers.Dropout(dropout, name="dropout")(x)
+    outputs = library.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return library.Model(inputs, outputs, name=name or spec.model_name)
