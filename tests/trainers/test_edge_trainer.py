@@ -265,7 +265,7 @@ FIT_ARGUMENTS = [
     (dict(prune=0.5), r"Argument `prune_epochs` must be a positive integer when `prune` is set\. Received: prune_epochs=0"),
     (dict(prune_epochs=2), r"Argument `prune` must be set to prune for prune_epochs=2 epochs"),
     (dict(), r"Arguments `float_epochs`, `prune_epochs` and `qat_epochs` are all 0"),
-    (dict(float_epochs=1, callbacks=keras.callbacks.History()), r"Argument `callbacks` must be a list of tf_keras callbacks"),
+    (dict(float_epochs=1, callbacks=keras.callbacks.History()), r"Argument `callbacks` must be a list of Keras callbacks"),
     (dict(float_epochs=1, epochs=3), r"Argument `epochs` is set by EdgeTrainer per phase"),
 ]
 
