@@ -22,9 +22,8 @@ The prune-preserving scheme multiplies each kernel by the mask of its zeros
 before quantization, so a pruned model's zeros stay zeros through QAT and in
 the file. Frozen layers stay frozen; the float model is not changed.
 
-Convert a QAT model with `model.export(dir, format="tf_saved_model")` and
-`tf.lite.TFLiteConverter.from_saved_model(dir)` with
-`optimizations=[tf.lite.Optimize.DEFAULT]` (no representative data needed).
+Convert a QAT model like any other: `edgekeras.litert.convert(qat_model,
+"int8")` or `export_tflite` (no representative data needed).
 
 Example:
 
@@ -42,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras.backend.keras3 import BackendError, check_tensorflow
-from edgekeras.quantization import UnquantizableLayersError
+from edgekeras.quantization import SCHEMES, SPARSE_THRESHOLD, UnquantizableLayersError
 from edgekeras.qat.engine import QATEngine
 from edgekeras.qat.keras3_build import build
 from edgekeras.qat.keras3_graph import plan
@@ -50,9 +49,6 @@ from edgekeras.qat.keras3_layers import ActivationQuantizer, QuantizedWeighted
 
 __all__ = ["Keras3QAT", "Keras3UnquantizableLayersError", "BackendError", "SCHEMES", "SPARSE_THRESHOLD"]
 
-SCHEMES = ("auto", "default", "prune_preserve")
-# A kernel with this many exact zeros was pruned: dense training never produces exact zeros at this rate.
-SPARSE_THRESHOLD = 0.05
 _KINDS = {"output": "output", "pass_through": "pass"}
 
 
