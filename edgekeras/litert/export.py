@@ -126,7 +126,7 @@ def verify(tflite, model, images, *, num_threads=None, input_signature=None):
 
     Args:
         tflite: a .tflite path, its bytes or a `TFLiteModel`.
-        model: the tf_keras model it was converted from.
+        model: the Keras model it was converted from.
         images: the inputs to compare on, as the model is called with them:
             a float array, or a list or dict of arrays for several inputs.
         num_threads: interpreter threads.
@@ -236,7 +236,7 @@ def export_tflite(
     """Converts `model`, verifies the file in LiteRT and writes it atomically.
 
     Args:
-        model: a tf_keras model (pruning-wrapped and QAT models accepted):
+        model: a tf_keras or Keras 3 model (pruning-wrapped and QAT models accepted):
             functional, Sequential or subclassed, single-, multi- or
             dict-input.
         path: destination .tflite path; its directory is created.

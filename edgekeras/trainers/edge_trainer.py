@@ -11,7 +11,7 @@ API (what `edgekeras.app.pipeline` / the CLI call):
 
 ```python
 trainer = EdgeTrainer(
-    model,                      # tf_keras functional/Sequential model (nested ones are flattened)
+    model,                      # tf_keras or Keras 3 functional/Sequential model (nested ones are flattened)
     optimizer="adam",           # identifier, config dict, Optimizer (re-created per phase from its
                                 # config) or callable `(phase) -> Optimizer` / `() -> Optimizer`
     loss="sparse_categorical_crossentropy",
@@ -145,7 +145,9 @@ class EdgeTrainer:
     See the module docstring for the whole API.
 
     Args:
-        model: a tf_keras functional or Sequential model; nested sub-models
+        model: a tf_keras or Keras 3 (TensorFlow backend) functional or
+            Sequential model; its Keras picks the QAT engine
+            (`edgekeras.qat.engine_for`); nested sub-models
             are flattened (layers and weights are shared with `model`).
         optimizer: the optimizer for every phase: a Keras identifier
             (`"adam"`), a config dict, an `Optimizer` instance (re-created from
