@@ -31,7 +31,7 @@ LAYERS = (
     ("quantization",),
     ("qat",),
     ("litert",),
-    ("features",),
+    ("features", "channels"),
     ("callbacks",),
     ("trainers",),
     ("tuning",),
