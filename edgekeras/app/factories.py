@@ -23,7 +23,7 @@ import sys
 
 from edgekeras.app.inputs import ModelSection, input_normalization
 from edgekeras.app.sections import ConfigError
-from edgekeras.compat import check_model, keras
+from edgekeras.backend import check_model, for_model
 from edgekeras.data import load_image_data
 from edgekeras.distillation import Distillation
 from edgekeras.folders import load_image_folders
@@ -122,7 +122,7 @@ def build_model(section, num_classes, image_size, *, hp=None):
             takes `hp` (None: fresh ones, so it builds with its defaults).
 
     Returns:
-        A flat tf_keras functional model: a transfer model
+        A flat functional model of `section.keras`: a transfer model
         (`edgekeras.models.build_transfer_model`), the factory's model or
         the file's, flattened if it was nested.
 
@@ -143,6 +143,7 @@ def build_model(section, num_classes, image_size, *, hp=None):
                 trainable_from=section.trainable_from or None,
                 train_batchnorm=section.train_batchnorm,
                 dropout=section.dropout,
+                keras=section.keras,
             )
         except ValueError as error:
             if not str(error).startswith("Argument `trainable_from`"):
@@ -228,10 +229,17 @@ def _check_user_model(model, section, num_classes, image_size):
     """The factory's or file's model, flat, checked against the data; ConfigError if it does not fit."""
     key, value = _where(section)
     check_model(model, f"the model of `{key}`")
-    if not getattr(model, "_is_graph_network", False):
+    backend = for_model(model)
+    if backend.name != section.keras:
         raise ConfigError(
-            f"Config key `{key}` must give a functional or Sequential tf_keras model with a known input shape "
-            f"(edgekeras run splits, clones and quantizes its graph). Received: {key}={value!r}, a "
+            f"Config key `{key}` gives a {backend.name} model, but `model.keras` says the run uses "
+            f"{section.keras}. Received: {key}={value!r}, model.keras={section.keras!r}. Set "
+            f'model.keras = "{backend.name}", or build the model with {section.keras}.'
+        )
+    if not backend.is_graph_model(model):
+        raise ConfigError(
+            f"Config key `{key}` must give a functional or Sequential {backend.name} model with a known input "
+            f"shape (edgekeras run splits, clones and quantizes its graph). Received: {key}={value!r}, a "
             f"{type(model).__name__} model. Build it with keras.Input(...) and the functional API."
         )
     model = flatten(model) if is_nested(model) else model
@@ -249,7 +257,7 @@ def _check_user_model(model, section, num_classes, image_size):
             f"data have {num_classes} classes. Received: {key}={value!r}. Give it one softmax output per class "
             "(a factory gets `num_classes`)."
         )
-    if getattr(model.layers[-1], "activation", None) is keras.activations.linear:
+    if getattr(model.layers[-1], "activation", None) is backend.keras.activations.linear:
         raise ConfigError(
             f"Config key `{key}` gives a model whose last layer {model.layers[-1].name!r} has no activation, but "
             f"edgekeras trains with sparse categorical cross-entropy on probabilities. Received: {key}={value!r}. "
@@ -335,9 +343,9 @@ def prune_schedule(section, steps_per_epoch):
     )
 
 
-def tensorboard_callbacks(log_dir, name, chief):
-    """`[TensorBoard]` logging to `log_dir/name` on the chief, `[]` elsewhere.
+def tensorboard_callbacks(log_dir, name, chief, model):
+    """`[TensorBoard]` of `model`'s Keras logging to `log_dir/name` on the chief, `[]` elsewhere.
 
     Only the chief writes logs: workers would write the same event files.
     """
-    return [keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, name))] if chief else []
+    return [for_model(model).keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, name))] if chief else []

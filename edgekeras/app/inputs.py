@@ -24,7 +24,7 @@ import math
 import re
 
 from edgekeras.app.sections import ConfigError, _at_least, _fail
-from edgekeras.choices import ARCHITECTURE_NORMALIZATION, ARCHITECTURES, NORMALIZATIONS
+from edgekeras.choices import ARCHITECTURE_NORMALIZATION, ARCHITECTURES, KERASES, NORMALIZATIONS
 
 __all__ = ["DEFAULT_ARCHITECTURE", "DEFAULT_DATASET", "DataSection", "ModelSection", "check_inputs", "input_normalization"]
 
@@ -159,6 +159,10 @@ class ModelSection:
         train_batchnorm: train BatchNormalization layers of the fine-tuned
             part (do, with weights = "none").
         dropout: dropout before the classifier (architectures only).
+        keras: the Keras the whole run uses: "tf_keras" (Keras 2, QAT by
+            TFMOT) or "keras3" (`import keras` on the TensorFlow backend,
+            edgekeras' own QAT). An architecture is built with it; a factory
+            or file model must be of it.
     """
 
     architecture: str = ""
@@ -170,6 +174,7 @@ class ModelSection:
     trainable_from: str = "auto"
     train_batchnorm: bool = False
     dropout: float = 0.0
+    keras: str = "tf_keras"
 
     @property
     def kind(self):
@@ -196,6 +201,7 @@ class ModelSection:
         _requires(self, section, "alpha", self.alpha > 0, "> 0")
         _requires(self, section, "weights", self.weights, '"imagenet", "none" or a .h5 path')
         _requires(self, section, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        _requires(self, section, "keras", self.keras in KERASES, "one of " + ", ".join(repr(k) for k in KERASES))
         if self.kind == "architecture":
             _requires(self, section, "alpha", self.alpha == 1.0 or self.resolved_architecture.startswith("mobilenet"),
                       f"1.0 for {self.resolved_architecture!r} (only the MobileNets have a width multiplier)")

@@ -7,7 +7,7 @@ all into one run directory:
 ```
 runs/<name>/
   config.toml          the resolved config (every key, defaults included)
-  models/              float.h5, pruned.h5, qat.h5, pqat.h5 (Keras models)
+  models/              float, pruned, qat, pqat (Keras models: .h5 on tf_keras, .keras on Keras 3)
   tflite/              one verified .tflite per variant
   logs/                TensorBoard: training curves per phase, report scalars + plot
   report.json, report.md, pareto.png
@@ -68,7 +68,7 @@ from edgekeras.app.report import format_table
 from edgekeras.app.roles import recorded_choices
 from edgekeras.app.stages import CHIEF_ONLY, STAGES, RunContext
 from edgekeras.app.state import RunDirectoryError, RunState, log, verify_run_dir
-from edgekeras.compat import keras
+from edgekeras.backend import by_name
 from edgekeras.distribute import get_strategy, is_chief, worker_id
 from edgekeras.io import atomic_write_text, read_json
 from edgekeras.memory import return_freed_heap
@@ -235,7 +235,7 @@ def run(config, *, progress=None, overwrite=False):
         return finished
     existing = _existing_ancestor(config.run_dir)
     _prepare_run_dir(context)
-    keras.utils.set_random_seed(config.run.seed)
+    by_name(config.model.keras, "model.keras").keras.utils.set_random_seed(config.run.seed)
     state, timings = context.state, context.timings
     for name, stage in STAGES:
         if name in CHIEF_ONLY and not context.chief:

@@ -34,7 +34,7 @@ from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
 from edgekeras.memory import return_freed_heap
-from edgekeras.models import assemble_with_weights, clone_with_weights, save_model
+from edgekeras.models import assemble_with_weights, clone_with_weights, model_file_name, save_model
 
 __all__ = ["RunContext", "STAGES", "CHIEF_ONLY"]
 
@@ -197,7 +197,7 @@ def train_and_prune(context):
         warn_if_pruning_little(context)
     float_model, trainer = model, None
     fit = dict(steps_per_epoch=config.train.steps_per_epoch or None, verbose=2,
-               callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief))
+               callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief, model))
     schedule = prune_schedule(config.prune, steps_per_epoch) if pruning else None
     if config.train.epochs or (pruning and not separate):
         trainer = make_trainer(
@@ -247,7 +247,7 @@ def _quantization_aware(context, name, model):
         _repeat_if_bounded(context.data.train, config.qat.steps_per_epoch),
         qat_epochs=config.qat.epochs,
         steps_per_epoch=config.qat.steps_per_epoch or None,
-        callbacks=tensorboard_callbacks(context.path("logs"), name, context.chief),
+        callbacks=tensorboard_callbacks(context.path("logs"), name, context.chief, model),
         # The trial_conversion stage already converted this QAT copy before any training.
         conversions=(),
         verbose=2,
@@ -270,10 +270,10 @@ def qat(context):
 
 
 def save_models(context):
-    """Stage: models/float.h5, pruned.h5, qat.h5, pqat.h5 (those that exist)."""
+    """Stage: models/float, pruned, qat, pqat (those that exist), .h5 on tf_keras and .keras on Keras 3."""
     for name, model in context.models.items():
         if model is not None:
-            save_model(model, context.path("models", f"{name}.h5"))
+            save_model(model, model_file_name(model, context.path("models", name)))
 
 
 def _export_jobs(context):

@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 name = "keras3"
+# The file a model of this Keras is saved to when the caller picks no format
+# (Keras 3's own format; its .h5 is a legacy one).
+model_file_extension = ".keras"
 
 
 class BackendError(EdgekerasError, ValueError):

@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 name = "tf_keras"
+# The file a model of this Keras is saved to when the caller picks no format
+# (`.keras` cannot reload TFMOT's quantization-aware models).
+model_file_extension = ".h5"
 
 # tf_keras' CallbackList calls private hooks (`_implements_train_batch_hooks`,
 # `_supports_tf_logs`) on every callback; Keras 3's only calls the public

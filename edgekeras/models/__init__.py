@@ -18,7 +18,7 @@ from edgekeras.models.graph import (
     is_quantization_aware,
     split_model,
 )
-from edgekeras.models.saving import FORMATS, ModelFileError, UnsafeModelError, load_model, save_model
+from edgekeras.models.saving import FORMATS, ModelFileError, UnsafeModelError, load_model, model_file_name, save_model
 from edgekeras.models.architectures import ARCHITECTURE_SPECS, Architecture, get_architecture
 from edgekeras.models.transfer import WeightsError, build_transfer_model, freeze_before
 
@@ -40,6 +40,7 @@ __all__ = [
     "is_pruning_wrapped",
     "is_quantization_aware",
     "load_model",
+    "model_file_name",
     "save_model",
     "split_model",
 ]

@@ -16,7 +16,6 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.pr
 )
 
 from edgekeras.backend import check_model, for_model
-from edgekeras.compat import keras
 from edgekeras.depthwise_quantizer import DepthwiseQuantizeConfig, DepthwiseWeightsQuantizer
 
 __all__ = [
@@ -126,7 +125,7 @@ def split_model(model):
     `(None, model, None)` when the first layer is already trainable.
 
     Args:
-        model: a flat tf_keras functional model.
+        model: a flat tf_keras or Keras 3 functional model.
 
     Returns:
         `(prefix, top, cut_name)`.
@@ -141,18 +140,23 @@ def split_model(model):
     prefix, top, cut = split_model(build_transfer_model(10, 96, weights=None, trainable_from="block_16_expand"))
     ```
     """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    keras_module = for_model(model).keras
+    layers = [layer for layer in model.layers if not isinstance(layer, keras_module.layers.InputLayer)]
     index = next((i for i, layer in enumerate(layers) if layer.trainable_weights), None)
     if index is None:
         raise ValueError(f"Model {model.name!r} has no trainable weights: nothing to train.")
-    while index > 0 and isinstance(layers[index - 1], keras.layers.Dropout):
+    while index > 0 and isinstance(layers[index - 1], keras_module.layers.Dropout):
         index -= 1
     if index == 0:
         return None, model, None
     cut = layers[index]
+    # One input or output is passed as a tensor, not a one-element list:
+    # Keras 3 warns on every call whose structure differs from the model's.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
     try:
-        prefix = keras.Model(model.inputs, cut.input, name=f"{model.name}_frozen_prefix")
-        top = keras.Model(cut.input, model.outputs, name=f"{model.name}_top")
+        prefix = keras_module.Model(inputs, cut.input, name=f"{model.name}_frozen_prefix")
+        top = keras_module.Model(cut.input, outputs, name=f"{model.name}_top")
     except ValueError as error:
         raise ValueError(
             f"Cannot cache the frozen part of {model.name!r} before layer {cut.name!r}: a skip "

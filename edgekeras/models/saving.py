@@ -33,7 +33,7 @@ from edgekeras.errors import EdgekerasError
 from edgekeras.io import atomic_path
 from edgekeras.models.graph import custom_objects, is_quantization_aware
 
-__all__ = ["load_model", "save_model", "FORMATS", "ModelFileError", "UnsafeModelError"]
+__all__ = ["load_model", "save_model", "model_file_name", "FORMATS", "ModelFileError", "UnsafeModelError"]
 
 FORMATS = (".h5", ".keras", "SavedModel directory (no extension)")
 
@@ -69,6 +69,18 @@ def _format_of(path):
         f"Argument `path` must end in .h5 or .keras, or have no extension (SavedModel "
         f"directory). Received: path={os.fspath(path)!r}"
     )
+
+
+def model_file_name(model, stem):
+    """`stem` plus the file extension `model`'s Keras saves best: ".h5" (tf_keras) or ".keras" (Keras 3).
+
+    Example:
+
+    ```python
+    save_model(model, model_file_name(model, "runs/demo/models/float"))
+    ```
+    """
+    return os.fspath(stem) + for_model(model).model_file_extension
 
 
 def save_model(model, path, include_optimizer=False):
