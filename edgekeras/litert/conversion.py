@@ -40,6 +40,7 @@ flatbuffer = convert(model, "int8", representative_data=data.train)
 ```
 """
 
+import re
 import warnings
 
 import tensorflow as tf
@@ -427,7 +428,7 @@ def _run_converter(model, inputs, conversion, calibration, io_dtype, float_layer
             converter = _converter(model, inputs)
             _configure(converter, conversion, calibration, io_dtype, float_layers)
             if float_layers:
-                return _selectively_quantize(converter, calibration, float_layers)
+                return _selectively_quantize(converter, calibration, float_layers, {layer.name for layer in model.layers})
             return converter.convert()
     except EdgekerasError:
         raise  # the data or the arguments, already explained
@@ -437,7 +438,18 @@ def _run_converter(model, inputs, conversion, calibration, io_dtype, float_layer
         raise conversion_error(model, conversion, error, captured.text if captured else "", log_path) from None
 
 
-def _selectively_quantize(converter, calibration, float_layers):
+def _owns(segment, layer, layer_names):
+    """Whether a name-scope segment of a converted op is `layer`'s.
+
+    tf_keras scopes an op by the layer's name; Keras 3 adds a call count
+    ("conv_1" for layer "conv"), unless that is another layer's name.
+    """
+    if segment == layer:
+        return True
+    return segment not in layer_names and re.fullmatch(re.escape(layer) + r"_\d+", segment) is not None
+
+
+def _selectively_quantize(converter, calibration, float_layers, layer_names):
     """Full-integer conversion that leaves the ops of `float_layers` in float.
 
     TFLite's quantization debugger calibrates once, then quantizes the
@@ -454,7 +466,11 @@ def _selectively_quantize(converter, calibration, float_layers):
         for layer in float_layers:
             # A fused op's output is named after each Keras op folded into it
             # ("model/conv_relu/Relu6;model/conv_bn/...;model/conv/Conv2D").
-            owned = [name for name in tensors if any(part.split("/")[-2:-1] == [layer] for part in name.split(";"))]
+            owned = [
+                name for name in tensors
+                if any(_owns(scope[-2], layer, layer_names) for scope in (part.split("/") for part in name.split(";"))
+                       if len(scope) > 1)
+            ]
             if not owned:
                 raise ConversionError(
                     f"No op of layer {layer!r} is left in the converted model to keep in float: the converter fused "

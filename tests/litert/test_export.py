@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from edgekeras.backend import by_name
 from edgekeras.callbacks import TFLiteExport
+from edgekeras.choices import KERASES
 from edgekeras.compat import keras
 from edgekeras.litert import (
     CONVERSIONS,
@@ -325,7 +327,7 @@ def test_callback_directory_error():
         TFLiteExport("")
 
 
-def _named_model():
+def _named_model(keras=keras):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIDE, SIDE, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="stem")(inputs)
@@ -346,8 +348,10 @@ def _op_input_types(flatbuffer):
     }
 
 
-def test_float_layers_stay_float_in_an_int8_file(images, tmp_path):
-    model = _named_model()
+@pytest.mark.parametrize("keras_name", KERASES)
+def test_float_layers_stay_float_in_an_int8_file(images, tmp_path, keras_name):
+    # Keras 3 scopes the converted ops by "depthwise_1": the layer's name and a call count.
+    model = _named_model(by_name(keras_name).keras)
     plain = convert(model, "int8", representative_data=images)
     selective = export_tflite(
         model, tmp_path / "selective.tflite", "int8", representative_data=images, verify_data=images,
