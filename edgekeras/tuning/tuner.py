@@ -47,9 +47,9 @@ import time
 
 from keras_tuner.engine import base_tuner
 
-from edgekeras.compat import keras
+from edgekeras.backend import KERAS_MODULES
 from edgekeras.io import atomic_write_json, read_json
-from edgekeras.models import load_model, save_model
+from edgekeras.models import load_model, model_file_name, save_model
 from edgekeras.tuning.hparams import write_hparams_config, write_trial_hparams
 from edgekeras.tuning.hypermodel import EdgeHyperModel
 from edgekeras.tuning.oracle import check_oracle, distributed_role, serve_oracle
@@ -60,7 +60,8 @@ from edgekeras.tuning.training import TrialTraining
 __all__ = ["EdgeTuner"]
 
 _FLOAT_WEIGHTS = "float.weights.h5"
-_MODEL_FILE = "model.h5"
+# The trial's Keras model: model.h5 (tf_keras) or model.keras (Keras 3), `model_file_name`.
+_MODEL_STEM = "model"
 _TFLITE_FILE = "model.tflite"
 
 
@@ -110,7 +111,7 @@ class EdgeTuner(base_tuner.BaseTuner):
         latency_runs: timed latency runs (>= 50).
         seed: weights are initialized from this seed in every trial, so that
             trials differ by their hyperparameters only.
-        save_models: also save each trial's Keras model (.h5).
+        save_models: also save each trial's Keras model (model.h5, or model.keras on Keras 3).
         directory: parent of the project directory.
         project_name: the project directory's name.
         overwrite: start over instead of resuming an existing project.
@@ -349,9 +350,11 @@ class EdgeTuner(base_tuner.BaseTuner):
         Returns:
             `(deployed model, {phase: history dict}, {phase: epochs})`.
         """
-        keras.backend.clear_session()
-        # The same seed in every trial: trials differ by their hyperparameters only.
-        keras.utils.set_random_seed(self.seed)
+        # The same seed in every trial: trials differ by their hyperparameters
+        # only. The hypermodel may build with either Keras, so both are reset.
+        for keras_module in KERAS_MODULES:
+            keras_module.backend.clear_session()
+            keras_module.utils.set_random_seed(self.seed)
         hp = trial.hyperparameters
         model = self.hypermodel.build(hp)
         float_epochs = resume_from = keep_float_weights = None
@@ -420,7 +423,7 @@ class EdgeTuner(base_tuner.BaseTuner):
         trial_dir = self.get_trial_dir(trial.trial_id)
         model_path = ""
         if self.save_models:
-            model_path = save_model(model, os.path.join(trial_dir, _MODEL_FILE))
+            model_path = save_model(model, model_file_name(model, os.path.join(trial_dir, _MODEL_STEM)))
         result = TrialResult(
             trial_id=trial.trial_id,
             status="COMPLETED",
@@ -448,12 +451,13 @@ class EdgeTuner(base_tuner.BaseTuner):
             print(f"[edgekeras tune] trial {trial.trial_id} {status}: {lines[-1] if lines else ''}", flush=True)
 
     def save_model(self, trial_id, model, step=0):
-        """Saves `model` as the trial's Keras model (.h5, atomic)."""
-        return save_model(model, os.path.join(self.get_trial_dir(trial_id), _MODEL_FILE))
+        """Saves `model` as the trial's Keras model (.h5 on tf_keras, .keras on Keras 3; atomic)."""
+        return save_model(model, model_file_name(model, os.path.join(self.get_trial_dir(trial_id), _MODEL_STEM)))
 
     def load_model(self, trial):
         """Loads a trial's saved Keras model (the deployed phase's model)."""
-        path = os.path.join(self.get_trial_dir(trial.trial_id), _MODEL_FILE)
+        stem = os.path.join(self.get_trial_dir(trial.trial_id), _MODEL_STEM)
+        path = next((stem + extension for extension in (".h5", ".keras") if os.path.exists(stem + extension)), stem + ".h5")
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"Trial {trial.trial_id} has no saved model at {path!r}: it failed, or the tuner ran with "

@@ -55,3 +55,46 @@ def test_a_factory_model_of_the_other_keras_is_refused_before_training(tmp_path,
     )
     with pytest.raises(ConfigError, match=rf"gives a {model_keras} model, but `model.keras` says the run uses {key}"):
         build_model(config.model, num_classes=3, image_size=32)
+
+
+def test_keras3_tune_searches_scores_the_tflite_and_saves_keras3_models(tmp_path, tiny_tfds_dir, capsys):
+    from edgekeras.app.cli import main
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        f"""
+[data]
+dataset = "edgekeras_tiny_images"
+data_dir = "{tiny_tfds_dir}"
+download = false
+image_size = 32
+batch_size = 16
+validation_size = 20
+augment = false
+
+[model]
+keras = "keras3"
+alpha = 0.35
+weights = "none"
+trainable_from = "block_16_expand"
+
+[tune]
+max_trials = 2
+directory = "{tmp_path}"
+project_name = "k3"
+conversion = "float32"
+cache_features = true
+cache_engine = "keras"
+
+[tune.space]
+qat_epochs = 0
+"""
+    )
+    assert main(["tune", "--config", str(path)]) == 0
+    assert "2 finished trial(s)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "k3" / "results.json").read_text())
+    assert sorted(t["trial_id"] for t in summary["trials"]) == ["0", "1"]
+    for trial in "01":
+        assert (tmp_path / "k3" / f"trial_{trial}" / "model.tflite").is_file()
+        saved = load_model(tmp_path / "k3" / f"trial_{trial}" / "model.keras")
+        assert engine_for(saved).name == "keras3"

@@ -13,12 +13,15 @@ import pytest
 
 from edgekeras.app.pipeline import run, verify_run_dir
 from edgekeras.app.report import validate_report
-from edgekeras.compat import keras
+from edgekeras.backend import Callback
+from edgekeras.choices import KERASES
 
 from test_pipeline import tiny_config
 
 FACTORY = '''
-from edgekeras import keras
+from edgekeras.backend import by_name
+
+keras = by_name("{keras_name}").keras
 
 
 def build(num_classes, image_size):
@@ -36,7 +39,7 @@ class Killed(BaseException):
     """Like a signal, not an error: nothing may catch it on the way out."""
 
 
-class CountBatches(keras.callbacks.Callback):
+class CountBatches(Callback):
     """Counts the batches a phase trains; raises `Killed` as batch `kill_at` (1-based) begins."""
 
     def __init__(self, counts, name, kill_at=None):
@@ -49,22 +52,27 @@ class CountBatches(keras.callbacks.Callback):
         self.counts[self.name] = self.counts.get(self.name, 0) + 1
 
 
+@pytest.fixture(params=KERASES)
+def keras_name(request):
+    return request.param
+
+
 @pytest.fixture
-def factory(tmp_path, monkeypatch, request):
-    name = "edgekeras_resume_qat_" + request.node.name
-    (tmp_path / f"{name}.py").write_text(FACTORY)
+def factory(tmp_path, monkeypatch, request, keras_name):
+    name = "edgekeras_resume_qat_" + request.node.name.replace("[", "_").replace("]", "")
+    (tmp_path / f"{name}.py").write_text(FACTORY.format(keras_name=keras_name))
     monkeypatch.syspath_prepend(str(tmp_path))
     return f"{name}:build"
 
 
 def test_a_run_killed_during_pqat_resumes_pqat_at_its_last_finished_epoch(tiny_tfds_dir, tmp_path, monkeypatch,
-                                                                          factory, capsys):
+                                                                          factory, keras_name, capsys):
     import edgekeras.app.stages as stages_module
 
     config = tiny_config(
         tiny_tfds_dir, tmp_path,
         data={"normalization": "zero_to_one", "augment": False},
-        model={"alpha": 1.0, "weights": "imagenet", "trainable_from": "auto", "factory": factory},
+        model={"alpha": 1.0, "weights": "imagenet", "trainable_from": "auto", "factory": factory, "keras": keras_name},
         train={"cache_features": False, "steps_per_epoch": 2},
         # Two QAT epochs of two batches: the kill falls in PQAT's second epoch, after its first one's checkpoint.
         qat={"epochs": 2, "steps_per_epoch": 2},
@@ -74,8 +82,8 @@ def test_a_run_killed_during_pqat_resumes_pqat_at_its_last_finished_epoch(tiny_t
     real_callbacks = stages_module.tensorboard_callbacks
     counts, kill = {}, {"pqat": 3}
 
-    def callbacks_with_counter(log_dir, name, chief):
-        return [*real_callbacks(log_dir, name, chief), CountBatches(counts, name, kill.get(name))]
+    def callbacks_with_counter(log_dir, name, chief, model):
+        return [*real_callbacks(log_dir, name, chief, model), CountBatches(counts, name, kill.get(name))]
 
     monkeypatch.setattr(stages_module, "tensorboard_callbacks", callbacks_with_counter)
     with pytest.raises(Killed, match="pqat batch 3"):
@@ -106,9 +114,10 @@ def test_a_run_killed_during_pqat_resumes_pqat_at_its_last_finished_epoch(tiny_t
     assert by_name["pqat_int8"]["sparsity"] > 0.3  # PQAT resumed from the pruned weights, not a dense model
     assert json.loads(json.dumps(result.report)) == report
 
-    from edgekeras.models import is_quantization_aware, load_model
+    from edgekeras.models import load_model
+    from edgekeras.qat import engine_for
 
-    pqat = load_model(run_dir / "models" / "pqat.h5")
-    assert is_quantization_aware(pqat)
-    kernel = next(w for w in pqat.weights if "pw" in w.name and "kernel" in w.name).numpy()
+    pqat = load_model(run_dir / "models" / ("pqat.h5" if keras_name == "tf_keras" else "pqat.keras"))
+    assert engine_for(pqat).is_quantization_aware(pqat)
+    kernel = next(w for w in pqat.weights if "pw" in getattr(w, "path", w.name) and "kernel" in w.name).numpy()
     assert np.mean(kernel == 0) >= 0.45
