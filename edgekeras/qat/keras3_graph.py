@@ -37,6 +37,8 @@ between, the op that produces its input takes it.
 import keras
 import numpy as np
 
+from edgekeras.models import flatten
+
 __all__ = ["Step", "Plan", "plan"]
 
 _L = keras.layers
@@ -103,18 +105,11 @@ class Plan:
 
     def __init__(self):
         self.steps, self.inputs, self.outputs, self.unsupported = [], [], [], []
-        self._alias, self._next = {}, 0
+        self._next = 0
         self.seen_weighted = set()
 
     def key(self, tensor):
-        key = id(tensor)
-        while key in self._alias:
-            key = self._alias[key]
-        return key
-
-    def alias(self, tensor, key):
-        """Makes `tensor` (a nested model's input or output) another name of `key`."""
-        self._alias[id(tensor)] = key
+        return id(tensor)
 
     def synthetic(self):
         self._next -= 1
@@ -260,10 +255,6 @@ def _add_layer(graph, layer, node, inputs, output, overrides):
     return True
 
 
-def _is_model(op):
-    return isinstance(op, keras.Model)
-
-
 def _walk(graph, model, overrides):
     functional = model._functional if isinstance(model, keras.Sequential) else model
     for depth in sorted(functional._nodes_by_depth, reverse=True):
@@ -272,14 +263,6 @@ def _walk(graph, model, overrides):
                 continue
             op = node.operation
             inputs = [graph.key(t) for t in node.input_tensors]
-            if _is_model(op):
-                inner = op._functional if isinstance(op, keras.Sequential) else op
-                for inner_input, key in zip(inner.inputs, inputs):
-                    graph.alias(inner_input, key)
-                _walk(graph, op, overrides)
-                for outer, inner_output in zip(node.outputs, inner.outputs):
-                    graph.alias(outer, graph.key(inner_output))
-                continue
             output = id(node.outputs[0])
             if isinstance(op, _L.Layer):
                 supported = _add_layer(graph, op, node, inputs, output, overrides)
@@ -368,6 +351,8 @@ def plan(model, overrides=None):
     ```
     """
     graph = Plan()
+    # Nested sub-models are inlined first, so the walk sees one graph.
+    model = flatten(model)
     functional = model._functional if isinstance(model, keras.Sequential) else model
     graph.inputs = list(functional.inputs)
     for tensor in graph.inputs:
