@@ -338,7 +338,8 @@ def plan(model, overrides=None):
     Args:
         model: a built functional or Sequential Keras 3 model (nested models allowed).
         overrides: `{layer name: kind}` for layers the user places: "skip"
-            (kept in float, a range on its output), "output" or "pass".
+            (kept in float, a range on its output where a quantized op reads
+            it), "output" or "pass".
 
     Returns:
         The `Plan`; its `unsupported` lists what cannot be quantized.
@@ -367,6 +368,11 @@ def plan(model, overrides=None):
             consumers[key].append(step)
     for key in graph.outputs:
         consumers[key].append(None)
+    for step in graph.steps:
+        if step.kind in ("input", "skip"):
+            # A float run (skipped layers, and the model input before them) takes a range only where
+            # it feeds a quantized op: with ranges on both sides the converter computes a skipped op in int8.
+            step.quantized = any(f is not None and f.kind != "skip" for f in consumers[step.output])
     for step in graph.steps:
         if step.kind == "weighted":
             _absorb_before(graph, consumers, step)

@@ -384,3 +384,25 @@ def test_errors(monkeypatch):
         engine.check(model)
     with pytest.raises(BackendError, match="'jax' backend"):
         engine.calibrate(model, [], steps=1)
+
+
+def test_a_skipped_run_from_the_input_stays_float_in_the_file(tmp_path):
+    from edgekeras.litert import convert
+
+    inputs = keras.Input((SIDE, SIDE, 3))
+    x = L.ReLU(6.0, name="stem_relu")(L.BatchNormalization(name="stem_bn")(L.Conv2D(8, 3, padding="same", name="stem")(inputs)))
+    x = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(8, 1)(x)))
+    model = _randomize_batch_norms(keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x))))
+    images = _images()
+    skipped = ["stem", "stem_bn", "stem_relu"]
+    engine = Keras3QAT()
+    qat_model, _ = engine.quantize(model, quantize_skip=skipped)
+    engine.calibrate(qat_model, [images[:8], images[8:]], steps=2)
+    qat_file = convert(qat_model, "int8")
+    # The run has no range before or inside it (a range on both sides would make the converter compute it in int8):
+    # the file starts with the float stem, then quantizes, as the post-training file with the stem in float does.
+    post_training = convert(model, "int8", representative_data=images, float_layers=["stem"])
+    assert _ops(qat_file) == _ops(post_training)
+    assert _ops(qat_file)[:2] == ["CONV_2D", "QUANTIZE"]
+    expected = keras.ops.convert_to_numpy(qat_model(images))
+    assert np.abs(TFLiteModel(qat_file).predict(images) - expected).max() < 0.05
