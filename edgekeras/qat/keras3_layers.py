@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from edgekeras.qat.tfmot_ranges import RANGE_FLOOR
+
 __all__ = ["ActivationQuantizer", "FixedQuantizer", "QuantizedWeighted", "ConstantOp", "CONSTANT_OPS", "FUSED_ACTIVATIONS"]
 
 CONSTANT_OPS = ("add", "sub", "mul")
@@ -325,6 +327,9 @@ class QuantizedWeighted(keras.layers.Layer):
         bound = ops.stop_gradient(ops.max(ops.abs(per_channel), axis=reduce_axes))
         # An all-zero channel keeps a nonzero range: its weights quantize to exact zeros either way.
         bound = ops.where(bound > 0, bound, ops.ones_like(bound))
+        # A near-empty channel's range is floored (its weights round to 0, what they are worth): at its own
+        # tiny scale the file's int32 bias (input scale x weight scale) would overflow and be clamped.
+        bound = ops.maximum(bound, RANGE_FLOOR * ops.max(bound))
         quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(per_channel, -bound, bound, num_bits=8, narrow_range=True)
         return ops.reshape(quantized, shape)
 

@@ -406,3 +406,23 @@ def test_a_skipped_run_from_the_input_stays_float_in_the_file(tmp_path):
     assert _ops(qat_file)[:2] == ["CONV_2D", "QUANTIZE"]
     expected = keras.ops.convert_to_numpy(qat_model(images))
     assert np.abs(TFLiteModel(qat_file).predict(images) - expected).max() < 0.05
+
+
+def test_a_near_empty_channel_keeps_its_bias_in_the_file(tmp_path):
+    from edgekeras.litert import convert
+
+    inputs = keras.Input((SIDE, SIDE, 3))
+    x = L.Conv2D(8, 1, name="dead")(inputs)
+    model = keras.Model(inputs, L.Conv2D(4, 1, name="after")(L.ReLU()(x)))
+    kernel, bias = model.get_layer("dead").get_weights()
+    # As ImageNet MobileNetV2's dead channels: weights ~1e-8, an offset of ~2 (BatchNorm folded into the bias).
+    kernel[..., 0], bias[0] = 1e-8, 2.28
+    model.get_layer("dead").set_weights([kernel, bias])
+    images = _images()
+    engine = Keras3QAT()
+    qat_model, _ = engine.quantize(model)
+    engine.calibrate(qat_model, [images[:8], images[8:]], steps=2)
+    expected = keras.ops.convert_to_numpy(qat_model(images))
+    # At the channel's own weight scale the file's int32 bias would overflow and be clamped to about 0.
+    difference = np.abs(TFLiteModel(convert(qat_model, "int8")).predict(images) - expected).max()
+    assert difference < 0.05 * np.ptp(expected)
