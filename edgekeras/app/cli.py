@@ -116,7 +116,10 @@ def _parser():
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--verbose", action="store_true", help="also show TensorFlow's native start-up and info lines"
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up and info lines; for `run`, every log entry "
+        "(per-layer sparsity/<layer> too) on the epoch lines",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
