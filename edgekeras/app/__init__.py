@@ -9,7 +9,8 @@
 - `stages` / `pipeline`: `run(config)` as a loop over stages: data -> model -> train/prune/QAT
   -> export -> choose roles (validation) -> evaluate -> report.
 - `tune`: `tune(config)`, a keras-tuner search from a config.
-- `report`: report.json, report.md, the Pareto plot and TensorBoard scalars.
+- `report` / `plot`: report.json, report.md, pareto.png (accuracy vs size and vs latency) and TensorBoard scalars.
+- `init_config`: `edgekeras init`, a complete, commented starting config.
 - `cli` / `commands`: the `edgekeras` command line.
 
 Nothing in the library (`edgekeras.*` outside `app`) imports from here.

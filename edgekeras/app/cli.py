@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 
-from edgekeras.choices import NORMALIZATIONS
+from edgekeras.choices import ARCHITECTURES, NORMALIZATIONS
 from edgekeras.errors import EdgekerasError
 
 __all__ = ["main"]
@@ -33,6 +33,8 @@ __all__ = ["main"]
 COMMANDS_MODULE = "edgekeras.app.commands"
 # The device-side commands need no TensorFlow (edgekeras.runtime only).
 DEVICE_COMMANDS_MODULE = "edgekeras.app.device"
+# Nor does writing a starting config.
+INIT_MODULE = "edgekeras.app.init_config"
 # What `pip install "edgekeras[train]"` adds to the base (device-side) install.
 TRAINING_PACKAGES = (
     "tensorflow", "tf_keras", "tensorflow_model_optimization", "keras_tuner", "tensorflow_datasets", "tensorboard",
@@ -95,7 +97,7 @@ def _native_stderr_parked():
 
 
 def _load_commands(module, verbose):
-    if module == DEVICE_COMMANDS_MODULE:
+    if module != COMMANDS_MODULE:
         return importlib.import_module(module)
     if verbose:
         return importlib.import_module(module)
@@ -116,7 +118,10 @@ def _parser():
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--verbose", action="store_true", help="also show TensorFlow's native start-up and info lines"
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up and info lines; for `run`, every log entry "
+        "(per-layer sparsity/<layer> too) on the epoch lines",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -157,8 +162,34 @@ def _parser():
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
     tune.add_argument("--top", type=_at_least(1), default=None, help="rows of the final table (default: tune.top)")
     tune.set_defaults(handler="tune")
+    _add_init_command(commands)
     _add_device_commands(commands)
     return parser
+
+
+def _add_init_command(commands):
+    init = commands.add_parser(
+        "init", help="write a complete, commented starting config for `edgekeras run`",
+        description="Writes every section and key of an `edgekeras run` config, each with what it does; the "
+        "values are the defaults except the model and the images chosen here. It passes validation as written.",
+    )
+    init.add_argument("config", help="the .toml file to write, e.g. configs/mine.toml")
+    model = init.add_mutually_exclusive_group()
+    model.add_argument("--architecture", choices=ARCHITECTURES, default=None, help="a backbone (default: mobilenet_v2)")
+    model.add_argument("--factory", default=None, help='a function of yours returning the model, "module:function"')
+    model.add_argument("--model-file", default=None, help="a trained model of yours (.h5, .keras or SavedModel)")
+    images = init.add_mutually_exclusive_group()
+    images.add_argument("--dataset", default=None, help="a TFDS image-classification dataset (default: cifar10)")
+    images.add_argument("--images", default=None, help="a directory with one sub-folder of images per class")
+    init.add_argument("--test-images", default=None, help="with --images: a directory of test images, same layout")
+    init.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default=None,
+        help="how your model expects its pixels scaled (needed with --factory or --model-file)",
+    )
+    init.add_argument("--name", default=None, help="run.name (default: the config file's name)")
+    init.add_argument("--output-dir", default="runs", help="run.output_dir (default: runs)")
+    init.add_argument("--force", action="store_true", help="overwrite the config file if it exists")
+    init.set_defaults(handler="init", module=INIT_MODULE, verbose=False)
 
 
 def _add_device_commands(commands):

@@ -62,7 +62,9 @@ def run(args):
     if overrides:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, **overrides))
     start = time.perf_counter()
-    result = pipeline.run(config, progress=False if args.no_progress else None, overwrite=args.overwrite)
+    result = pipeline.run(
+        config, progress=False if args.no_progress else None, overwrite=args.overwrite, verbose=args.verbose
+    )
     if result.report is None:
         print(f"edgekeras run: worker done after training; the chief writes {result.run_dir}")
         return 0

@@ -117,7 +117,7 @@ def _finished_result(state, run_dir, wanted):
     return RunResult(run_dir=run_dir, report=report, table=table, timings=report.get("timings", {}))
 
 
-def _start(config, progress, overwrite):
+def _start(config, progress, overwrite, verbose=False):
     """The context of a run; a run directory of another config is refused here."""
     started = time.perf_counter()
     # Made first: MultiWorkerMirroredStrategy must exist before other TF work.
@@ -137,6 +137,7 @@ def _start(config, progress, overwrite):
         distributed=strategy is not tf.distribute.get_strategy(),
         state=RunState(config.run_dir, config, overwrite=overwrite, enabled=chief),
         started=started,
+        verbose=verbose,
     )
 
 
@@ -202,7 +203,7 @@ def _remove_empty_dirs(run_dir, keep):
         path = os.path.dirname(path)
 
 
-def run(config, *, progress=None, overwrite=False):
+def run(config, *, progress=None, overwrite=False, verbose=False):
     """Runs the pipeline a `Config` describes and returns a `RunResult`.
 
     A run directory left by an interrupted run of the same config is resumed;
@@ -213,6 +214,9 @@ def run(config, *, progress=None, overwrite=False):
         config: an `edgekeras.app.config.Config`.
         progress: show progress bars (default: `config.evaluate.progress`).
         overwrite: delete whatever the run directory holds and start over.
+        verbose: print every log entry on the training epoch lines (the
+            per-layer `sparsity/<layer>` too); by default they go to
+            TensorBoard and History only.
 
     Returns:
         A `RunResult`; the run directory holds everything listed in the
@@ -229,7 +233,7 @@ def run(config, *, progress=None, overwrite=False):
     print(result.table)
     ```
     """
-    context = _start(config, progress, overwrite)
+    context = _start(config, progress, overwrite, verbose)
     finished = _finished_run(context)
     if finished is not None:
         return finished

@@ -30,8 +30,8 @@ each one in a line below the table.
 
 `latency_ms` is the median batch-1 latency with one thread; `latency` holds
 median and p90 for every thread count measured. `report.md` holds one table;
-`pareto.png` plots accuracy against gzip size (the deployable download),
-with latency written beside each point and the Pareto front drawn.
+`pareto.png` plots accuracy against gzip size (the deployable download) and
+against latency, each with its Pareto front (`edgekeras.app.plot`).
 
 Example:
 
@@ -43,10 +43,10 @@ print(format_table(report))
 """
 
 import dataclasses
-import io
 import math
 import os
 
+from edgekeras.app.plot import plot_pareto
 from edgekeras.app.roles import check_role_choices, choice_line
 from edgekeras.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgekeras.pareto import pareto_front
@@ -278,90 +278,6 @@ def _markdown(report):
         f"split; a tie to the post-training file):\n\n{lines}"
     ) if lines else ""
     return intro + format_table(report) + outro
-
-
-_ROLE_COLORS = {
-    "original": "tab:blue",
-    "quantized": "tab:orange",
-    "pruned": "tab:green",
-    "pruned_quantized": "tab:red",
-    "other": "tab:gray",
-}
-
-
-def plot_pareto(report):
-    """Draws accuracy vs gzip size; returns the PNG as bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    variants = report["variants"]
-    figure = Figure(figsize=(8, 5.5), dpi=110)
-    axes = figure.add_subplot(1, 1, 1)
-    for role in ROLES:
-        points = [v for v in variants if v["role"] == role]
-        if points:
-            axes.scatter(
-                [v["gzip_bytes"] / 1024 for v in points],
-                [v["accuracy"] * 100 for v in points],
-                c=_ROLE_COLORS[role],
-                label=role,
-                s=45,
-                zorder=3,
-            )
-    xs = [v["gzip_bytes"] for v in variants]
-    ys = [v["accuracy"] for v in variants]
-    x_span = (max(xs) - min(xs)) or 1
-    y_span = (max(ys) - min(ys)) or 1
-    for index, v in enumerate(variants):
-        # Labels of near-coincident points (e.g. a pruned file and its sparse
-        # encoding) are stacked downwards instead of printed over each other.
-        crowded = sum(
-            1
-            for other in variants[:index]
-            if abs(other["gzip_bytes"] - v["gzip_bytes"]) < 0.08 * x_span
-            and abs(other["accuracy"] - v["accuracy"]) < 0.04 * y_span
-        )
-        axes.annotate(
-            f"{v['name']}\n{v['latency_ms']:.1f} ms",
-            (v["gzip_bytes"] / 1024, v["accuracy"] * 100),
-            textcoords="offset points",
-            xytext=(6, 4 - 20 * crowded),
-            fontsize=7,
-        )
-    front_names = set(pareto_front(variants))
-    front = sorted((v for v in variants if v["name"] in front_names), key=lambda v: v["gzip_bytes"])
-    if len(front) > 1:
-        axes.plot(
-            [v["gzip_bytes"] / 1024 for v in front],
-            [v["accuracy"] * 100 for v in front],
-            "--",
-            color="black",
-            linewidth=0.8,
-            label="Pareto front",
-            zorder=2,
-        )
-    sizes = [v["gzip_bytes"] for v in variants]
-    if sizes and max(sizes) / max(1, min(sizes)) > 8:
-        from matplotlib.ticker import FuncFormatter
-
-        axes.set_xscale("log")
-        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
-    axes.set_xlabel("gzip size (KiB)")
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title(
-        f"{report['dataset']} {report['split']} ({report['examples']} examples): "
-        "accuracy vs download size, batch-1 latency (1 thread) annotated",
-        fontsize=9,
-    )
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def write_tensorboard(report, logdir, png=None, step=0):

@@ -29,6 +29,7 @@ from edgekeras.app.phase_inputs import cache_at_cut, caches_features, pruning_in
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.state import RunState, log
+from edgekeras.callbacks import EpochLine
 from edgekeras.data import batches_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
@@ -46,6 +47,7 @@ class RunContext:
     Attributes:
         config: the run's `Config`.
         progress: show progress bars.
+        verbose: epoch lines with every log entry (`sparsity/<layer>` too).
         strategy: the `tf.distribute` strategy training runs under.
         chief: this process writes the run directory.
         distributed: the strategy distributes variables, so conversions
@@ -77,6 +79,7 @@ class RunContext:
     state: RunState
     started: float
     timings: dict = dataclasses.field(default_factory=dict)
+    verbose: bool = False
     data: object = None
     model: object = None
     train_model: object = None
@@ -186,6 +189,12 @@ def _steps_per_epoch(context):
     return steps
 
 
+def _fit_callbacks(context, name, model):
+    """TensorBoard (of `model`'s Keras) on the chief; with `verbose`, the epoch line that shows every log entry."""
+    full_line = [EpochLine(full=True)] if context.verbose else []
+    return tensorboard_callbacks(context.path("logs"), name, context.chief, model) + full_line
+
+
 def train_and_prune(context):
     """Stage: the float and pruning phases (`EdgeTrainer.fit`), resumed from their checkpoints."""
     config, model = context.config, context.model
@@ -197,7 +206,7 @@ def train_and_prune(context):
         warn_if_pruning_little(context)
     float_model, trainer = model, None
     fit = dict(steps_per_epoch=config.train.steps_per_epoch or None, verbose=2,
-               callbacks=tensorboard_callbacks(context.path("logs"), "train", context.chief, model))
+               callbacks=_fit_callbacks(context, "train", model))
     schedule = prune_schedule(config.prune, steps_per_epoch) if pruning else None
     if config.train.epochs or (pruning and not separate):
         trainer = make_trainer(
@@ -247,9 +256,11 @@ def _quantization_aware(context, name, model):
         _repeat_if_bounded(context.data.train, config.qat.steps_per_epoch),
         qat_epochs=config.qat.epochs,
         steps_per_epoch=config.qat.steps_per_epoch or None,
-        callbacks=tensorboard_callbacks(context.path("logs"), name, context.chief, model),
+        callbacks=_fit_callbacks(context, name, model),
         # The trial_conversion stage already converted this QAT copy before any training.
         conversions=(),
+        # TensorBoard's epoch axis goes on from the phases the model came out of.
+        initial_epoch=config.train.epochs + (config.prune.epochs if name == "pqat" else 0),
         verbose=2,
     )
     return trainer.qat_model

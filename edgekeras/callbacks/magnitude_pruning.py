@@ -57,7 +57,8 @@ class MagnitudePruning(MaskingCallback):
     Each epoch, `logs` gets `sparsity` (zeros over all selected kernels),
     `sparsity/<layer name>`, `target_sparsity` and `learning_rate`, so that
     `History`, `CSVLogger` and `TensorBoard` record them. Put this callback
-    before those in the `callbacks` list. With `steps_per_execution > 1`,
+    before those in the `callbacks` list; an `EpochLine` after it keeps the
+    per-layer entries off the console line. With `steps_per_execution > 1`,
     Keras calls batch hooks once per execution, so masks are applied (and
     the schedule checked) every `steps_per_execution` steps.
 

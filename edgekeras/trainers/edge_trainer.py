@@ -57,7 +57,10 @@ TensorBoard needs numbers; the names are in `PHASES` and `summary()`) and
 `target_sparsity`, and QAT of a sparse model adds `sparsity` again, which
 shows what survives quantization-aware training. QAT adds `quant_range_width_mean`,
 `quant_range_min`, `quant_range_max` and `quant_range_change` (its activation
-ranges, and how far they moved since the phase began).
+ranges, and how far they moved since the phase began). The console line
+(`edgekeras.callbacks.EpochLine`, added unless `verbose=0` or the callbacks
+hold a progress logger) leaves `phase`, `sparsity/<layer>` and the
+`quant_range_*` figures to History and TensorBoard.
 
 Frozen layers (`trainable=False`) stay frozen in every phase and are not
 pruned. TFMOT's `QuantizeWrapperV2` trains the kernels of frozen layers anyway,
@@ -96,7 +99,7 @@ from edgekeras.trainers.checks import (
     check_epochs, check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments,
 )
 from edgekeras.trainers.distill import phase_compile_arguments, teacher_data
-from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs, QuantizerRanges
+from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs, QuantizerRanges, with_epoch_line
 from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
 from edgekeras.trainers.trial import trial_data, trial_phases
 
@@ -295,13 +298,8 @@ class EdgeTrainer:
         backup = [] if self.backup_dir is None else [
             for_model(model).keras.callbacks.BackupAndRestore(os.path.join(self.backup_dir, phase), delete_checkpoint=False)
         ]
-        history = model.fit(
-            x,
-            initial_epoch=done,
-            epochs=done + n_epochs,
-            callbacks=[*backup, *extra_callbacks, PhaseLogs(phase, PHASES), *callbacks],
-            **fit_kwargs,
-        )
+        callbacks, fit_kwargs = with_epoch_line([*backup, *extra_callbacks, PhaseLogs(phase, PHASES), *callbacks], fit_kwargs)
+        history = model.fit(x, initial_epoch=done, epochs=done + n_epochs, callbacks=callbacks, **fit_kwargs)
         self._epochs[phase] = n_epochs
         self.histories[phase] = dict(history.history)
         return history

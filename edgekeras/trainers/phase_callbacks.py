@@ -6,11 +6,11 @@ Internal to `edgekeras.trainers`: they carry no user-facing settings.
 import numpy as np
 import tensorflow as tf
 
-from edgekeras.callbacks import current_learning_rate
-from edgekeras.backend import Callback
+from edgekeras.callbacks import EpochLine, current_learning_rate
+from edgekeras.backend import KERAS_MODULES, Callback
 from edgekeras.qat import engine_for
 
-__all__ = ["PhaseLogs", "KeepFrozen", "QuantizerRanges"]
+__all__ = ["PhaseLogs", "KeepFrozen", "QuantizerRanges", "with_epoch_line"]
 
 
 class PhaseLogs(Callback):
@@ -25,6 +25,28 @@ class PhaseLogs(Callback):
         if logs is not None:
             logs["phase"] = float(self.phases.index(self.phase))
             logs.setdefault("learning_rate", current_learning_rate(self.model.optimizer))
+
+
+def with_epoch_line(callbacks, fit_kwargs):
+    """A phase's callbacks and fit keywords with its console output given to an `EpochLine`.
+
+    The line leaves the per-layer figures (`sparsity/<layer>`) to History and
+    TensorBoard. Nothing changes when `verbose` is 0 or the callbacks hold a
+    `ProgbarLogger` of either Keras; an `EpochLine` among them is used as it
+    is. Either way the fit itself runs with `verbose=0`, so Keras adds no
+    second line.
+
+    Returns:
+        `(callbacks, fit_kwargs)`.
+    """
+    loggers = tuple(keras.callbacks.ProgbarLogger for keras in KERAS_MODULES)
+    if any(isinstance(callback, EpochLine) for callback in callbacks):
+        return callbacks, dict(fit_kwargs, verbose=0)
+    verbose = fit_kwargs.get("verbose", "auto")
+    if verbose == 0 or any(isinstance(callback, loggers) for callback in callbacks):
+        return callbacks, fit_kwargs
+    line = EpochLine(verbose=1 if verbose == "auto" else verbose)
+    return [*callbacks, line], dict(fit_kwargs, verbose=0)
 
 
 class KeepFrozen(Callback):

@@ -110,3 +110,23 @@ def test_commands_hide_tensorflow_start_up_lines_unless_verbose(tmp_path):
     assert verbose.stderr.splitlines()[-1] == lines[0]
     # TensorFlow prints them on loading (absl's pre-initialisation warning, oneDNN's note); --verbose shows them.
     assert any(marker in verbose.stderr for marker in NATIVE_START_UP), verbose.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flags, verbose", [([], False), (["--verbose"], True)])
+def test_run_verbose_reaches_the_pipeline_and_its_full_epoch_line(monkeypatch, flags, verbose):
+    from edgekeras.app import stages
+    from edgekeras.callbacks import EpochLine
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen.update(kwargs)
+        raise EdgekerasError("stopped here")
+
+    monkeypatch.setattr(commands.pipeline, "run", fake_run)
+    assert main(["run", "--config", "configs/demo.toml", *flags]) == 2
+    assert seen["verbose"] is verbose
+    context = stages.RunContext(None, False, None, False, False, None, 0.0, verbose=verbose)
+    context.path = lambda *parts: "logs"
+    lines = [c for c in stages._fit_callbacks(context, "train") if isinstance(c, EpochLine)]
+    assert [line.full for line in lines] == ([True] if verbose else [])

@@ -1,6 +1,7 @@
 """The comparison report: schema, table, Pareto plot, TensorBoard, atomic files."""
 
 import json
+import os
 
 import pytest
 
@@ -177,3 +178,67 @@ def test_role_choices_keys_are_the_auto_roles():
         build_report(seed_variants(), dataset="d", split="test", examples=1, role_choices={"pruned": {"chosen": "x"}})
     with pytest.raises(ValueError, match=r"'role_choices' must be a dict"):
         build_report(seed_variants(), dataset="d", split="test", examples=1, role_choices=[])
+
+
+def _demo_report():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results", "demo", "report.json")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _crowded_report():
+    # Six files within 1 % of each other on both axes, and two far away.
+    rows = [variant(f"int8_{i}", "other", 0.80 + 0.0002 * i, 2000 + 5 * i) for i in range(6)]
+    rows += [variant("float32", "original", 0.81, 8000), variant("pruned_float32", "pruned", 0.79, 4000)]
+    return build_report(rows, dataset="d", split="test", examples=10)
+
+
+@pytest.mark.parametrize("make_report", [_demo_report, _crowded_report])
+def test_plot_names_overlap_neither_each_other_nor_points_nor_the_legend(make_report):
+    from matplotlib.text import Text
+
+    from edgekeras.app.plot import pareto_figure
+
+    report = make_report()
+    figure = pareto_figure(report)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    names = sorted(v["name"] for v in report["variants"])
+    boxes = []
+    for axes in figure.axes:
+        assert sorted(text.get_text() for text in axes.texts) == names
+        points = [collection.get_offsets() for collection in axes.collections]
+        markers = [axes.transData.transform(point) for offsets in points for point in offsets]
+        frame = axes.get_window_extent(renderer)
+        for text in axes.texts:
+            box = Text.get_window_extent(text, renderer)
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            assert not any(box.contains(x, y) for x, y in markers), text.get_text()
+            boxes.append((text.get_text(), box))
+    for index, (name, box) in enumerate(boxes):
+        assert not box.overlaps(legend), name
+        for other, other_box in boxes[index + 1:]:
+            assert not box.overlaps(other_box), (name, other)
+
+
+def test_plot_has_a_size_and_a_latency_panel():
+    from edgekeras.app.plot import pareto_figure
+
+    figure = pareto_figure(_demo_report())
+    assert [axes.get_xlabel() for axes in figure.axes] == ["gzip size (KiB)", "batch-1 latency, 1 thread (ms)"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()][-1] == "Pareto front"
+
+
+@pytest.mark.parametrize("cost, front", [("gzip_bytes", ["int8", "pqat_int8", "float16"]), ("latency_ms", None)])
+def test_pareto_front_per_cost(cost, front):
+    variants = build_report(seed_variants(), dataset="d", split="test", examples=10)["variants"]
+    best = max(variants, key=lambda v: (v["accuracy"], -v[cost]))
+    assert best["name"] in pareto_front(variants, cost=cost)
+    if front is not None:
+        assert pareto_front(variants, cost=cost) == front
+
+
+def test_pareto_front_bad_cost():
+    with pytest.raises(ValueError, match=r"Argument `cost` must be one of gzip_bytes, latency_ms. Received: cost='size'"):
+        pareto_front([], cost="size")

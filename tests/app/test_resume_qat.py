@@ -57,6 +57,17 @@ def keras_name(request):
     return request.param
 
 
+def epoch_steps(directory):
+    """The sorted steps at which the event files under `directory` hold `epoch_loss`."""
+    import tensorflow as tf
+
+    steps = set()
+    for event_file in directory.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            steps.update(event.step for value in event.summary.value if value.tag == "epoch_loss")
+    return sorted(steps)
+
+
 @pytest.fixture
 def factory(tmp_path, monkeypatch, request, keras_name):
     name = "edgekeras_resume_qat_" + request.node.name.replace("[", "_").replace("]", "")
@@ -104,7 +115,8 @@ def test_a_run_killed_during_pqat_resumes_pqat_at_its_last_finished_epoch(tiny_t
     assert counts == {"pqat": 2}, counts
     assert "resuming the run" in output
     pqat_log = output.split("QAT of the pqat model")[1]
-    assert "Epoch 2/2" in pqat_log and "Epoch 1/2" not in pqat_log
+    # Its epochs go on from the float and pruning phases' (1 + 1) on TensorBoard's axis.
+    assert "Epoch 4/4" in pqat_log and "Epoch 3/4" not in pqat_log
     assert verify_run_dir(run_dir) == []
     report = json.loads((run_dir / "report.json").read_text())
     validate_report(report)
@@ -113,6 +125,10 @@ def test_a_run_killed_during_pqat_resumes_pqat_at_its_last_finished_epoch(tiny_t
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name["pqat_int8"]["sparsity"] > 0.3  # PQAT resumed from the pruned weights, not a dense model
     assert json.loads(json.dumps(result.report)) == report
+    # TensorBoard's epoch axis: float epoch 0, pruning 1; QAT of the float model goes on at 1, PQAT at 2,
+    # across the kill (the events of both attempts together).
+    steps = {name: epoch_steps(run_dir / "logs" / name / "train") for name in ("train", "qat", "pqat")}
+    assert steps == {"train": [0, 1], "qat": [1, 2], "pqat": [2, 3]}, steps
 
     from edgekeras.models import load_model
     from edgekeras.qat import engine_for
