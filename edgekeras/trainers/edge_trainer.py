@@ -325,7 +325,8 @@ class EdgeTrainer:
         """Runs the phases and returns `self.histories`.
 
         Args:
-            x, y: training data, as for `keras.Model.fit`.
+            x: training data, as for `keras.Model.fit`.
+            y: training targets, as for `keras.Model.fit` (None for a dataset).
             validation_data: as for `keras.Model.fit`.
             float_epochs: epochs of plain training.
             prune: None (no pruning), a target sparsity in (0, 1) reached by
