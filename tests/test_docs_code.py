@@ -6,7 +6,8 @@ A block runs in the default suite unless the line before it is a marker:
     <!-- run by tests/<file>.py::<test> (why) -->
 
 The unmarked blocks of one page run in order as one script (later blocks use
-what earlier ones defined), in a fresh directory, on the tiny data they make.
+what earlier ones defined), in a fresh directory, on the tiny data they make;
+the two pages that run quantization-aware training twice are `slow`.
 """
 
 import os
@@ -41,6 +42,8 @@ def page_id(page):
 
 ALL_BLOCKS = [(page, index, marker, code) for page in PAGES for index, (marker, code) in enumerate(blocks(page.read_text()))]
 RUN_PAGES = [page for page in PAGES if any(marker is None for marker, _ in blocks(page.read_text()))]
+# Pages whose code trains with quantization-aware training twice: about 35 s each on 2 idle cores.
+SLOW_PAGES = ("docs/guides/phases.md", "docs/guides/qat-export.md")
 
 
 def test_the_parser_sees_markers():
@@ -87,7 +90,9 @@ def run_script(code, cwd, env=None, timeout=600):
     return subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("page", RUN_PAGES, ids=page_id)
+@pytest.mark.parametrize(
+    "page", [pytest.param(p, marks=pytest.mark.slow) if page_id(p) in SLOW_PAGES else p for p in RUN_PAGES], ids=page_id
+)
 def test_the_pages_code_runs(page, tmp_path):
     code = "\n".join(code for marker, code in blocks(page.read_text()) if marker is None)
     result = run_script(code, tmp_path)
