@@ -9,12 +9,12 @@ SHARED ?= ../shared/data
 export TFDS_DATA_DIR ?= $(if $(wildcard $(SHARED)/tfds),$(abspath $(SHARED)/tfds),)
 export EDGEKERAS_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights/*.h5),$(abspath $(firstword $(wildcard $(SHARED)/weights/*.h5))),imagenet)
 
-.PHONY: install lint test test-slow test-all demo run tune bench faults clean
+.PHONY: install lint test test-slow test-all docs demo run tune bench faults clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,test]"
+	$(BIN)/python -m pip install --quiet -e ".[train,test,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -38,6 +38,11 @@ test-slow: install
 
 test-all: install
 	$(BIN)/python -m pytest --timeout=$(SLOW_TIMEOUT) tests
+
+# The docs site (MkDocs + Material + mkdocstrings) from docs/ into site/; --strict fails on a
+# broken link, a missing page or reference, or a docstring the API reference cannot parse.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 demo: install
 	$(BIN)/edgekeras run --config configs/demo.toml
@@ -70,4 +75,4 @@ faults: install
 	$(BIN)/python benchmarks/fault_injection.py --random 3 --tune --json runs/bench/fault_injection.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

@@ -8,6 +8,13 @@ between the markers
     ...
     <!-- /results: <config> -->
 
+a headline table (the notebook's figures beside the file of each role of
+one config's report) between
+
+    <!-- headline: <config> -->
+    ...
+    <!-- /headline: <config> -->
+
 and a benchmark's committed JSON (a script's `--json` output with a `table`
 field, such as `benchmarks/results/ablations/pruning.json`) is published
 between
@@ -18,7 +25,7 @@ between
 
 This script replaces what is between the markers of README.md and
 benchmarks/README.md with `edgekeras.app.report.format_table` of the report,
-or the JSON's `table`, so published figures and files cannot disagree;
+`headline` of it, or the JSON's `table`, so published figures and files cannot disagree;
 `tests/test_readme.py` fails when they do.
 
 Run:
@@ -36,24 +43,51 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekeras.app.report import format_table  # noqa: E402
+from edgekeras.app.report import _size, format_table  # noqa: E402
 from edgekeras.io import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
 BLOCK = re.compile(
-    r"(<!-- (?P<kind>results|table): (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind): (?P=name) -->)", re.S
+    r"(<!-- (?P<kind>results|headline|table): (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind): (?P=name) -->)", re.S
 )
 
 
+# The seed notebook's test accuracies (CIFAR-10, MobileNetV2 transfer model), per report role.
+NOTEBOOK = {"original": "81.47 %", "quantized": "79.44 % (dynamic int8)", "pruned": "53.81 %", "pruned_quantized": "–"}
+
+
+def headline(report):
+    """The notebook's accuracy beside the file that holds each role in `report`, as a Markdown table."""
+    lines = [
+        "| role | notebook | edgekeras file | accuracy | size | gzip size | latency, 1 thread | zeros |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by_role = {variant["role"]: variant for variant in report["variants"]}
+    for role, notebook in NOTEBOOK.items():
+        variant = by_role.get(role)
+        if variant is None:
+            continue
+        latency = (variant.get("latency") or {}).get("1")
+        latency_cell = f"{latency['median_ms']:.2f} ms" if latency else "–"
+        lines.append(
+            f"| {role} | {notebook} | `{variant['name']}` | **{variant['accuracy'] * 100:.2f} %** | "
+            f"{_size(variant['size_bytes'])} | {_size(variant['gzip_bytes'])} | {latency_cell} | "
+            f"{variant['sparsity'] * 100:.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def table(kind, name):
-    """The Markdown table of `benchmarks/results/<name>/report.json` ("results") or of the JSON file `name` ("table")."""
-    path = RESULTS / name / "report.json" if kind == "results" else RESULTS / name
+    """The Markdown table of `benchmarks/results/<name>/report.json` ("results", "headline") or of the JSON file `name` ("table")."""
+    path = RESULTS / name / "report.json" if kind in ("results", "headline") else RESULTS / name
     if not path.is_file():
         raise FileNotFoundError(f"a README names {kind} {name!r}, but {path} does not exist")
     data = json.loads(path.read_text())
     if kind == "results":
         return format_table(data).rstrip("\n") + "\n"
+    if kind == "headline":
+        return headline(data)
     if "table" not in data:
         raise ValueError(f"{path} has no `table` field: a README table comes from a benchmark's --json output")
     return data["table"].rstrip("\n") + "\n"

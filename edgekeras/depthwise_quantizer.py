@@ -9,11 +9,6 @@ has the depth multiplier there, usually 1, so the whole kernel shares one
 range (tensorflow/model-optimization#808). Its widest channel then sets the
 rounding step of every other channel, in the Keras model and in the file
 (MobileNetV2's depthwise channels differ in scale by orders of magnitude).
-On the demo recipe's float model (96 px, ranges calibrated, before any QAT
-step; 2,048 validation images; `benchmarks/depthwise_ranges.py`) the QAT
-Keras model scored 77.9 % with one range per kernel and 78.8 % with one per
-channel, its int8 file 78.6 % and 78.8 % (float 79.6 %); the two agreed on
-96.9 % and 96.7 % of top-1 predictions.
 
 `DepthwiseWeightsQuantizer` keeps one range per output channel
 (`channels * multiplier`, TFLite's order) by quantizing the kernel reshaped

@@ -5,7 +5,7 @@ edgekeras scales out with TensorFlow's own engine, never a home-made one:
 - `MirroredStrategy` across the local devices (GPUs, or logical CPU devices),
 - `MultiWorkerMirroredStrategy` across processes or hosts described by the
   `TF_CONFIG` environment variable (one process per worker, each started with
-  its own `TF_CONFIG`; see the README's "Scaling out").
+  its own `TF_CONFIG`; see docs/guides/scaling.md).
 
 Every phase works under a strategy because edgekeras' pruning masks
 variables instead of wrapping layers: the masks are created inside the

@@ -1,12 +1,11 @@
 """Handing memory back to the operating system while a run goes on.
 
 Two kinds of memory stay in a process's resident set after nothing uses them,
-and both dominated the peak of `edgekeras run` (benchmarks/peak_memory.py):
+and both dominate the peak of `edgekeras run`:
 
 - Heap pages that glibc's `malloc` keeps for reuse. TensorFlow's CPU tensors
-  and oneDNN's buffers come from `malloc`; after a QAT fit of MobileNetV2 at
-  128 px, 2.4 GiB stayed resident once the model was deleted and collected,
-  and `malloc_trim` gave 1.85 GiB of it back. `return_freed_heap` does that.
+  and oneDNN's buffers come from `malloc`; `return_freed_heap` hands the free
+  ones back (`malloc_trim`).
 - Pages of a memory-mapped file that were read once. Cached activations are
   memory-mapped (GBs for the default recipe); every page an epoch touches
   stays counted until the mapping goes, although the kernel could read it
@@ -19,15 +18,10 @@ on `free`, or trims the heap's top once enough of it is free; which of the two
 depends on the heap's layout. Either way the buffers TensorFlow frees every
 training step go back to the kernel, and every 4 KiB page of the next step's
 buffers faults again. `keep_freed_heap_for_reuse` makes `malloc` keep and
-reuse them. The default recipe's fine-tuned part (MobileNetV2 blocks 6-16 at
-128 px, batch 64, fed from a memory-mapped cache) on 2 cores, one process per
-setting, alternated (benchmarks/allocator.py, 2026-12-03): 1.29 -> 0.49 s per
-step, 292,000 -> 1,200 page faults and 1.03 -> 0.03 s of system time per step,
-peak RSS 1.12 -> 1.47 GiB. `return_freed_heap` between stages still hands the
-kept blocks back. Kept blocks are reused only within their arena, and glibc
-gives TensorFlow's threads up to 8 arenas per core, so the setting also makes
-every thread share one: a QAT step of the demo model (benchmarks/allocator.py
---phase qat) peaked at 2.13 instead of 2.45 GiB, no slower.
+reuse them; `return_freed_heap` between stages still hands the kept blocks
+back. Kept blocks are reused only within their arena, and glibc gives
+TensorFlow's threads up to 8 arenas per core, so the setting also makes every
+thread share one. `benchmarks/allocator.py` measures both settings.
 
 None of this changes a value, and each does nothing where it cannot apply
 (no glibc, an array that is not memory-mapped). No TensorFlow here.

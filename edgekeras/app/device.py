@@ -2,7 +2,7 @@
 
 They use `edgekeras.runtime` only, so they run where TensorFlow is not
 installed (a Raspberry Pi, a phone's Python, a CI box): the light install is
-`pip install edgekeras` plus nothing else (see the README's "On the device").
+`pip install edgekeras` plus nothing else (docs/guides/device.md).
 The CLI imports this module instead of `edgekeras.app.commands` for them.
 """
 

@@ -373,7 +373,7 @@ class EvaluateSection:
 
 @dataclasses.dataclass(frozen=True)
 class ReportSection:
-    """[report]: which variant holds each of the seed's four roles.
+    """[report]: which variant holds each of the report's four roles.
 
     Values are variant names: float conversions by their name ("int8"),
     pruned ones as "pruned_<conversion>", QAT ones "qat_int8" and
@@ -382,6 +382,14 @@ class ReportSection:
     whichever int8 file ("int8" or "qat_int8"; "pruned_int8" or
     "pqat_int8") is more accurate on the validation split, a tie to the
     post-training one (see `edgekeras.app.roles`).
+
+    Attributes:
+        original: the float reference variant, e.g. "float32".
+        quantized: the quantized model's file, or "auto" ("int8" or
+            "qat_int8", whichever is more accurate on the validation split).
+        pruned: the pruned model's file, e.g. "pruned_float32".
+        pruned_quantized: the pruned and quantized model's file, or "auto"
+            ("pruned_int8" or "pqat_int8", chosen on the validation split).
     """
 
     original: str = "float32"

@@ -194,7 +194,7 @@ class MagnitudePruning(MaskingCallback):
                 warnings.warn(
                     f"MagnitudePruning prunes {len(frozen)} frozen layer(s) ({', '.join(frozen[:3])}"
                     f"{', ...' if len(frozen) > 3 else ''}): nothing fine-tunes them, so they cannot recover from "
-                    "the zeros (pruning a frozen base is what cost the notebook this package replaces 28 points). "
+                    "the zeros. "
                     "Make them trainable for the pruning fit, or pass include_frozen=False.",
                     stacklevel=3,
                 )

@@ -371,12 +371,8 @@ def convert(
             conversions need "float32".
         float_layers: names of layers an `int8` conversion keeps in float
             (selective quantization, through TFLite's quantization
-            debugger). For layers that lose too much in 8 bits: in ImageNet
-            MobileNetV2, `expanded_conv_depthwise` has input channels that
-            were dead on ImageNet (BatchNorm variance ~0, so its folded
-            weights are ~25x larger) but fire on other data; quantizing it
-            cost 4.9 pp of CIFAR-10 accuracy, keeping it float 1.0 pp.
-            Needs `io_dtype="float32"` and a model without QAT.
+            debugger), for layers that lose too much in 8 bits. Needs
+            `io_dtype="float32"` and a model without QAT.
         input_signature: the model's inputs as a `tf.TensorSpec` (a list or
             dict of them for several inputs), batch dimension free. Only
             needed for a subclassed model that has never been called, when

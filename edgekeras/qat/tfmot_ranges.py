@@ -9,10 +9,7 @@ and is clamped: the channel outputs about 0 instead of its constant, and
 everything after it drifts. ImageNet MobileNetV2 has such dead channels
 (`block_11_expand` channel 259: |w| <= 1e-8, a BatchNorm offset of 2.28).
 The post-training converter widens such scales itself; for a QAT model
-nothing did: two of these channels took a MobileNetV2 QAT file's top-1
-agreement with its own Keras model from 91.8 % to 52.9 % (96 px, 512 CIFAR-10
-test images, calibrated ranges; the Keras model's error at `block_15_add`
-went from 9.9 % to 72 %).
+nothing does.
 
 `floored_weight_ranges` widens every per-channel kernel range to at least
 `RANGE_FLOOR` times the widest channel's of its layer while the converter

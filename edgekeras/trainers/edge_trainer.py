@@ -1,85 +1,4 @@
-"""`EdgeTrainer`: float training -> optional pruning -> quantization-aware fine-tuning.
-
-A trainer object wrapping the user's model, rather than a `keras.Model`
-subclass: TFMOT's quantization-aware training does not modify a model, it
-builds a new one (`quantize_apply` clones every layer into a
-`QuantizeWrapperV2`), so the QAT phase has to train a different model object
-than the float phases. A trainer can hold all of them and hand each phase's
-model back; a model subclass could not turn itself into its quantized clone.
-
-API (what `edgekeras.app.pipeline` / the CLI call):
-
-```python
-trainer = EdgeTrainer(
-    model,                      # tf_keras or Keras 3 functional/Sequential model (nested ones are flattened)
-    optimizer="adam",           # identifier, config dict, Optimizer (re-created per phase from its
-                                # config) or callable `(phase) -> Optimizer` / `() -> Optimizer`
-    loss="sparse_categorical_crossentropy",
-    metrics=["accuracy"],
-    prune_policy="all",         # see edgekeras.sparsity: "all", "skip_first_last", "pointwise", callable
-    prune_allocation="uniform", # "global": one magnitude ranking over all pruned layers
-    max_layer_sparsity=None,    # with "global": no layer beyond this fraction of zeros
-    quantize_scheme="auto",     # "auto" (prune-preserving when sparse), "default", "prune_preserve"
-    quantize_skip=(),           # layer names left in float during QAT
-    quantize_configs=None,      # {layer name: tfmot QuantizeConfig}
-    calibration_steps=16,       # batches that set QAT activation ranges before fine-tuning (0: off)
-    distillation=None,          # edgekeras.distillation.Distillation: prune/QAT learn the float model's outputs
-    strategy=None,              # a tf.distribute.Strategy; default: the one the model was built under
-)
-histories = trainer.fit(
-    train,                      # anything keras.Model.fit takes as x (tf.data.Dataset of (x, y) typical)
-    validation_data=val,
-    float_epochs=3,
-    prune=0.75,                 # None: no pruning; float target sparsity (PolynomialDecay ramp over
-                                # the first 2/3 of the phase); or a pruning schedule object
-    prune_epochs=2,
-    qat_epochs=1,
-    callbacks=[...],            # the user's callbacks, passed to every phase's fit
-    steps_per_epoch=None,       # needed only when the data's length is unknown and prune is a float
-    conversions=None,           # .tflite conversions to try on the untrained model first (see below)
-    verbose="auto",             # and any other keras fit keyword (class_weight, ...)
-)
-trainer.float_model     # after the float phase (a snapshot copy when pruning follows)
-trainer.pruned_model    # after pruning: the user's (flattened) model, exact zeros, no wrappers
-trainer.qat_model       # quantization-aware model after QAT (TFMOT wrappers), or None
-trainer.model           # the user's (flattened) model, trained by the float and pruning phases
-trainer.latest_model    # qat_model if QAT ran, else model: what to export
-trainer.quantize_scheme # "default" or "prune_preserve" once QAT ran
-trainer.histories       # {"float": {...}, "prune": {...}, "qat": {...}} History.history dicts
-trainer.summary()       # JSON-able dict: phases, epochs, final logs, sparsity per phase
-```
-
-Every phase is a real `model.fit` (epochs numbered continuously across
-phases, so TensorBoard curves follow each other) with the user's callbacks and
-a fresh optimizer. Each epoch's logs carry `phase` (0 float, 1 prune, 2 qat:
-TensorBoard needs numbers; the names are in `PHASES` and `summary()`) and
-`learning_rate`; the pruning phase adds `sparsity`, `sparsity/<layer>` and
-`target_sparsity`, and QAT of a sparse model adds `sparsity` again, which
-shows what survives quantization-aware training. QAT adds `quant_range_width_mean`,
-`quant_range_min`, `quant_range_max` and `quant_range_change` (its activation
-ranges, and how far they moved since the phase began). The console line
-(`edgekeras.callbacks.EpochLine`, added unless `verbose=0` or the callbacks
-hold a progress logger) leaves `phase`, `sparsity/<layer>` and the
-`quant_range_*` figures to History and TensorBoard.
-
-Frozen layers (`trainable=False`) stay frozen in every phase and are not
-pruned. TFMOT's `QuantizeWrapperV2` trains the kernels of frozen layers anyway,
-so the QAT phase puts them back after every batch. Layers TFMOT cannot quantize
-are reported before any training starts (`UnquantizableLayersError`, which names
-the layers and the fix).
-
-Before the first epoch, `fit` converts the untrained model the way the trained
-one will be (`trial_conversion`, a few seconds): in each `TFLiteExport`
-callback's conversions, in the `conversions` asked for, and, when QAT runs, its
-quantization-aware copy to int8. A layer the converter refuses is reported then
-(`ConversionError`, naming the layer and the fix), not after training.
-
-Before QAT fine-tuning, the activation ranges are calibrated on
-`calibration_steps` training batches. TFMOT starts them at [-6, 6] and moves them
-0.1 % per step, so a short fine-tuning would keep wrong ranges. In the
-README's CIFAR-10 example (2,500 images, 96 px), QAT validation accuracy was 43.6 % without
-calibration and 62.2 % with it, against 62.0 % for the pruned float model.
-"""
+"""`EdgeTrainer`: float training -> optional pruning -> quantization-aware fine-tuning."""
 
 import os
 
@@ -145,7 +64,41 @@ def _calibration_batches(x, batch_size):
 class EdgeTrainer:
     """Trains a model in phases: float, optional pruning, quantization-aware.
 
-    See the module docstring for the whole API.
+    A trainer object holding the user's model, not a `keras.Model` subclass:
+    quantization-aware training builds a new model (TFMOT's `quantize_apply`
+    clones every layer into a `QuantizeWrapperV2`), so the QAT phase trains a
+    different model object than the float phases. The trainer keeps each
+    phase's model: `float_model` (after the float phase), `pruned_model`
+    (the user's flattened model with exact zeros, no wrappers), `qat_model`
+    (or None), `model` (the user's flattened model), `latest_model` (what to
+    export), `quantize_scheme` once QAT ran, and `histories`
+    (`{"float": ..., "prune": ..., "qat": ...}`, `History.history` dicts).
+
+    Every phase is a real `model.fit` (epochs numbered continuously across
+    phases, so TensorBoard curves follow each other) with the user's callbacks and
+    a fresh optimizer. Each epoch's logs carry `phase` (0 float, 1 prune, 2 qat:
+    TensorBoard needs numbers; the names are in `PHASES` and `summary()`) and
+    `learning_rate`; the pruning phase adds `sparsity`, `sparsity/<layer>` and
+    `target_sparsity`, and QAT of a sparse model adds `sparsity` again, which
+    shows what survives quantization-aware training. QAT adds `quant_range_width_mean`,
+    `quant_range_min`, `quant_range_max` and `quant_range_change` (its activation
+    ranges, and how far they moved since the phase began).
+
+    Frozen layers (`trainable=False`) stay frozen in every phase and are not
+    pruned. TFMOT's `QuantizeWrapperV2` trains the kernels of frozen layers anyway,
+    so the QAT phase puts them back after every batch. Layers TFMOT cannot quantize
+    are reported before any training starts (`UnquantizableLayersError`, which names
+    the layers and the fix).
+
+    Before the first epoch, `fit` converts the untrained model the way the trained
+    one will be (`trial_conversion`, a few seconds): in each `TFLiteExport`
+    callback's conversions, in the `conversions` asked for, and, when QAT runs, its
+    quantization-aware copy to int8. A layer the converter refuses is reported then
+    (`ConversionError`, naming the layer and the fix), not after training.
+
+    Before QAT fine-tuning, the activation ranges are calibrated on
+    `calibration_steps` training batches. TFMOT starts them at [-6, 6] and moves them
+    0.1 % per step, so a short fine-tuning would keep wrong ranges.
 
     Args:
         model: a tf_keras or Keras 3 (TensorFlow backend) functional or
@@ -323,13 +276,13 @@ class EdgeTrainer:
         """Runs the phases and returns `self.histories`.
 
         Args:
-            x, y: training data, as for `keras.Model.fit`.
+            x: training data, as for `keras.Model.fit`.
+            y: training targets, as for `keras.Model.fit` (None for a dataset).
             validation_data: as for `keras.Model.fit`.
             float_epochs: epochs of plain training.
-            prune: None (no pruning), a target sparsity in (0, 1) reached by
-                a polynomial ramp over the first 2/3 of the pruning phase, or
-                a pruning schedule object (steps count from the start of the
-                phase).
+            prune: None (no pruning), a target sparsity in (0, 1) reached by a
+                polynomial ramp over the first 2/3 of the pruning phase, or a
+                pruning schedule object (steps count from the phase's start).
             prune_epochs: epochs of the pruning phase (> 0 when pruning).
             qat_epochs: epochs of quantization-aware fine-tuning.
             callbacks: the user's callbacks, given to every phase.

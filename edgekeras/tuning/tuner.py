@@ -213,8 +213,9 @@ class EdgeTuner(base_tuner.BaseTuner):
         (`edgekeras.tuning.serve_oracle`) and writes the summary at the end.
 
         Args:
-            x, y: training data, as for `keras.Model.fit` (typically a
-                batched `tf.data.Dataset` of `(images, labels)` and no `y`).
+            x: training data, as for `keras.Model.fit` (typically a
+                batched `tf.data.Dataset` of `(images, labels)`).
+            y: training targets, as for `keras.Model.fit` (None for a dataset).
             validation_data: the data each trial's .tflite is scored on:
                 a batched dataset of `(images, labels)` or an `(x, y)` pair.
                 Use the validation split, never the test split.
@@ -277,9 +278,14 @@ class EdgeTuner(base_tuner.BaseTuner):
 
         Args:
             trial: the keras-tuner `Trial`.
-            x, y, validation_data, callbacks, representative_data,
-                steps_per_epoch, verbose, **fit_kwargs: what `search` was
-                given.
+            x: training data, as `search` was given it.
+            y: training targets (None for a dataset).
+            validation_data: the data the trial's .tflite file is scored on.
+            callbacks: the user's callbacks (copied for this trial).
+            representative_data: calibration images (default `x`).
+            steps_per_epoch: batches per epoch, or None to count them.
+            verbose: Keras' `fit` verbosity.
+            **fit_kwargs: other `keras.Model.fit` keywords.
 
         Returns:
             `{metric name: value}` for every tag of
@@ -340,7 +346,8 @@ class EdgeTuner(base_tuner.BaseTuner):
 
         Args:
             trial: the keras-tuner `Trial`.
-            x, y: training data.
+            x: training data.
+            y: training targets (None for a dataset).
             validation_data: validation data of the float and pruning phases.
             callbacks: the user's callbacks (copied for this trial).
             steps_per_epoch: batches per epoch, or None to count them.
