@@ -60,8 +60,7 @@ from edgekeras.tuning.training import TrialTraining
 __all__ = ["EdgeTuner"]
 
 _FLOAT_WEIGHTS = "float.weights.h5"
-# The trial's Keras model: model.h5 (tf_keras) or model.keras (Keras 3), `model_file_name`.
-_MODEL_STEM = "model"
+_MODEL_STEM = "model"  # model.h5 (tf_keras) or model.keras (Keras 3): `model_file_name`
 _TFLITE_FILE = "model.tflite"
 
 
