@@ -12,9 +12,13 @@ the same target (`allocate`; importance: BatchNorm scale x the project
 kernel's L1 norm per channel with `--weights`, equal for every channel with
 random weights, so the allocation follows latency alone). Each is converted
 to a full-integer file (float input and output, as deployed) and the files
-are timed in one process in alternating rounds. Reported per variant: the
-table's predicted and the measured median latency, both as ratios to the
-dense model, and the error of the prediction.
+are timed in one process in alternating rounds, two ways, each twice: warm
+(each visit one untimed and three timed invocations, `alternating_medians`,
+as the table's files are timed and as `edgekeras bench` runs one file back
+to back) and cold (one invocation per visit right after the other files', as
+the probe). Reported per variant: the table's predicted and the measured
+median latency, both as ratios to the dense model, and the error of the
+predicted ratio.
 
 Run:
 
@@ -37,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from edgekeras.channels import ChannelGroup  # noqa: E402
 from edgekeras.channels.allocation import allocate, uniform_at_latency  # noqa: E402
-from edgekeras.channels.measure import measure_table  # noqa: E402
+from edgekeras.channels.measure import alternating_medians, measure_table  # noqa: E402
 from edgekeras.compat import keras  # noqa: E402
 from edgekeras.litert import TFLiteModel, convert  # noqa: E402
 
@@ -141,23 +145,22 @@ def _int8(model, size):
     return convert(model, "int8", representative_data=data, representative_examples=8)
 
 
-def time_files(files, threads, rounds):
-    """Median ms of each file, invoked in rotated order each round (one timed invocation per visit)."""
-    runners = {name: TFLiteModel(content, threads) for name, content in files.items()}
-    example = np.zeros((1, *next(iter(runners.values())).input_shape[1:]), np.float32)
-    prepared = {}
-    for name, runner in runners.items():
+def cold_medians(files, threads, rounds):
+    """Median ms of single invocations, each right after the other files' (the probe's timing)."""
+    runners = [TFLiteModel(content, threads) for content in files]
+    prepared = []
+    for runner in runners:
         runner.allocate(1)
-        prepared[name] = runner.quantize_input(example)
+        prepared.append(runner.quantize_input(np.zeros((1, *runner.input_shape[1:]), np.float32)))
         for _ in range(10):
-            runner.invoke_raw(prepared[name])
-    names, times = list(runners), {name: [] for name in runners}
+            runner.invoke_raw(prepared[-1])
+    times = np.empty((rounds, len(runners)))
     for round_index in range(rounds):
-        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+        for index in np.roll(np.arange(len(runners)), round_index):
             start = time.perf_counter()
-            runners[name].invoke_raw(prepared[name])
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) * 1000 for name, values in times.items()}
+            runners[index].invoke_raw(prepared[index])
+            times[round_index, index] = time.perf_counter() - start
+    return np.median(times, axis=0) * 1000
 
 
 def main():
@@ -168,7 +171,7 @@ def main():
     parser.add_argument("--points", type=int, default=4, help="table widths per channel axis")
     parser.add_argument("--round-to", type=int, default=16, help="channel multiple of the table grid and the slimmings")
     parser.add_argument("--target", type=float, default=0.6, help="latency target for uniform_at_latency and allocate")
-    parser.add_argument("--rounds", type=int, default=300, help="alternating timed rounds of the whole models")
+    parser.add_argument("--rounds", type=int, default=100, help="alternating rounds of the whole models (3 timed runs each)")
     parser.add_argument("--table", default=None, help="also save the table to this JSON file")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -180,7 +183,7 @@ def main():
     start = time.perf_counter()
     table = measure_table(dense, groups=groups, num_threads=args.threads, points=args.points, round_to=args.round_to)
     table_s = time.perf_counter() - start
-    print(f"table: {len(table.layers)} layers in {table_s:.1f} s; floor {table.floor_ms:.4f} ms, overhead {table.overhead_ms:.4f} ms")
+    print(f"table: {len(table.layers)} layers in {table_s:.1f} s; floor {table.floor_ms:.4f} ms, scale {table.scale:.3f}")
     if args.table:
         table.save(args.table)
 
@@ -189,28 +192,27 @@ def main():
     scores = importance(dense, groups, bool(args.weights))
     variants[f"allocated_at_{args.target}"] = allocate(groups, scores, table, args.target, round_to=args.round_to)
     files = {name: _int8(mobilenet_v2(args.image_size, widths), args.image_size) for name, widths in variants.items()}
-    measured = time_files(files, args.threads, args.rounds)
+    # Warm (as `edgekeras bench` and the table time files) and cold (as the probe), alternated twice.
+    contents, warm, cold = list(files.values()), [], []
+    for _ in range(2):
+        warm.append(alternating_medians(contents, args.threads, rounds=args.rounds // 2, warmup=10, burst=3))
+        cold.append(cold_medians(contents, args.threads, args.rounds))
+    measured = {"warm": dict(zip(files, np.mean(warm, axis=0))), "cold": dict(zip(files, np.mean(cold, axis=0)))}
     predicted_dense = table.predict()
     rows = []
-    print("| variant | predicted ms | measured ms | predicted × dense | measured × dense | ratio error | ms error |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | predicted ms | predicted × dense | warm ms | warm × dense | error | cold ms | cold × dense | error |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, widths in variants.items():
         predicted = table.predict(None, widths, groups=groups)
-        row = {
-            "variant": name,
-            "predicted_ms": predicted,
-            "measured_ms": measured[name],
-            "predicted_ratio": predicted / predicted_dense,
-            "measured_ratio": measured[name] / measured["dense"],
-            "widths": widths,
-        }
-        row["ratio_error"] = row["predicted_ratio"] / row["measured_ratio"] - 1
-        row["ms_error"] = predicted / measured[name] - 1
+        row = {"variant": name, "predicted_ms": predicted, "predicted_ratio": predicted / predicted_dense, "widths": widths}
+        line = f"| {name} | {predicted:.3f} | {row['predicted_ratio']:.3f} "
+        for mode in ("warm", "cold"):
+            ratio = measured[mode][name] / measured[mode]["dense"]
+            error = row["predicted_ratio"] / ratio - 1
+            row.update({f"{mode}_ms": measured[mode][name], f"{mode}_ratio": ratio, f"{mode}_ratio_error": error})
+            line += f"| {measured[mode][name]:.3f} | {ratio:.3f} | {row[f'{mode}_ratio_error']:+.1%} "
         rows.append(row)
-        print(
-            f"| {name} | {predicted:.3f} | {measured[name]:.3f} | {row['predicted_ratio']:.3f} | {row['measured_ratio']:.3f} "
-            f"| {row['ratio_error']:+.1%} | {row['ms_error']:+.1%} |"
-        )
+        print(line + "|")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:

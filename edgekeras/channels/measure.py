@@ -9,8 +9,8 @@ stage) are measured once. All files are loaded together and invoked in
 alternating rounds, so that a shared machine's drifts hit every width alike;
 each cost is a median over the rounds minus the median of an almost empty
 file. The dense model itself (float input and output, as deployed) is timed
-in the same rounds; the difference between it and the sum of its layers
-becomes the table's `overhead_ms`.
+in the same rounds; its latency over the sum of its layers' costs becomes
+the table's `scale` (see `edgekeras.channels.latency`).
 
 Example:
 
@@ -33,7 +33,7 @@ from edgekeras.io import atomic_write_bytes, atomic_write_json, read_json
 from edgekeras.litert import convert
 from edgekeras.runtime import TFLiteModel, check_threads
 
-__all__ = ["grid_widths", "measure_table", "table_from_bench", "write_layer_files"]
+__all__ = ["alternating_medians", "grid_widths", "measure_table", "table_from_bench", "write_layer_files"]
 
 PLAN_FORMAT = "edgekeras-latency-plan"
 
@@ -125,13 +125,32 @@ def _int8_file(model, examples, rng):
     return convert(model, "int8", representative_data=data, representative_examples=examples, io_dtype="int8")
 
 
-def _alternating_medians(files, num_threads, rounds, warmup, burst):
+def alternating_medians(files, num_threads=1, rounds=25, warmup=2, burst=3):
     """Median milliseconds of each file's batch-1 invocation, the files visited in rotating order each round.
 
-    A visit invokes the file once untimed, then `burst` times back to back
-    and keeps their mean: invoked once after a hundred other files, even an
-    empty file takes ten times its warm latency (caches and the interpreter's
-    own state gone cold), which would drown the small layers' costs.
+    A visit invokes the file once untimed, then `burst` times back to back,
+    each timed alone, so a cost is a warm one, as `edgekeras bench`
+    (back-to-back invocations of one file) measures it: invoked once after a
+    hundred other files, even an empty file takes ten times its warm latency
+    (caches and the interpreter's own state gone cold), which would drown the
+    small layers' costs. Visiting the files in turn spreads a shared
+    machine's drifts over all of them alike, so their ratios hold.
+
+    Args:
+        files: .tflite paths or flatbuffers.
+        num_threads: LiteRT threads.
+        rounds: visits per file; the median is over all their timed invocations.
+        warmup: untimed invocations of each file before the first round.
+        burst: timed invocations per visit.
+
+    Returns:
+        A numpy array of medians in milliseconds, in `files`' order.
+
+    Example:
+
+    ```python
+    dense_ms, slim_ms = alternating_medians([dense_file, slim_file], rounds=100)
+    ```
     """
     runners = [TFLiteModel(content, num_threads) for content in files]
     prepared = []
@@ -141,17 +160,17 @@ def _alternating_medians(files, num_threads, rounds, warmup, burst):
         prepared.append(runner.quantize_input(zeros if len(zeros) > 1 else zeros[0]))
         for _ in range(warmup):
             runner.invoke_raw(prepared[-1])
-    times = np.empty((rounds, len(runners)))
+    times = np.empty((rounds, burst, len(runners)))
     order = np.arange(len(runners))
     for round_index in range(rounds):
         for index in np.roll(order, round_index):
             runner, example = runners[index], prepared[index]
             runner.invoke_raw(example)
-            start = time.perf_counter()
-            for _ in range(burst):
+            for repeat in range(burst):
+                start = time.perf_counter()
                 runner.invoke_raw(example)
-            times[round_index, index] = (time.perf_counter() - start) / burst
-    return np.median(times, axis=0) * 1000.0
+                times[round_index, repeat, index] = time.perf_counter() - start
+    return np.median(times.reshape(-1, len(runners)), axis=0) * 1000.0
 
 
 def _floor_model():
@@ -201,8 +220,11 @@ def _assemble(layers, milliseconds, num_threads, calibrate):
     floor = float(milliseconds[0])
     costs = {name: _layer_cost(kind, width, plan, milliseconds, floor) for name, (kind, width, plan) in layers.items()}
     table = LatencyTable(costs, num_threads, "int8", round(floor, 6), 0.0)
+    total, dense = table.predict(), float(milliseconds[-1])
     if calibrate:
-        table.overhead_ms = round(float(milliseconds[-1]) - table.predict(), 6)
+        # Layers all below the floor (a tiny model): the model's time is all overhead.
+        table.overhead_ms = table.floor_ms if total > 0 else round(dense, 6)
+        table.scale = round(max(dense - floor, floor) / total, 6) if total > 0 else 1.0
     return table
 
 
@@ -232,9 +254,10 @@ def measure_table(
         round_to: the grid's widths are multiples of this.
         rounds: alternating timed rounds; each cost is a median over them.
         warmup: untimed invocations of each file first.
-        burst: timed invocations per file per round (back to back, averaged).
-        calibrate: also time the dense model and keep the difference from
-            the sum of its layers as `overhead_ms`.
+        burst: timed invocations per file per round (back to back).
+        calibrate: also time the dense model and set the table's
+            `overhead_ms` and `scale` so that it predicts the dense model's
+            measured latency.
         representative_examples: random calibration examples per conversion.
         seed: seed of the random calibration data.
 
@@ -255,7 +278,7 @@ def measure_table(
     layers, files = _layer_files(model, groups, points, round_to, representative_examples, seed)
     if not calibrate:
         files = files[:-1]
-    return _assemble(layers, _alternating_medians(files, num_threads, rounds, warmup, burst), num_threads, calibrate)
+    return _assemble(layers, alternating_medians(files, num_threads, rounds, warmup, burst), num_threads, calibrate)
 
 
 def _file_names(count):
@@ -315,7 +338,7 @@ def table_from_bench(directory, num_threads=1):
         num_threads: the `--threads` value whose `median_ms` to read.
 
     Returns:
-        A `LatencyTable` (its `overhead_ms` from `model.tflite`'s latency).
+        A `LatencyTable` (its `scale` from `model.tflite`'s latency).
 
     Raises:
         LatencyTableError: `plan.json` or a bench result is missing or lacks

@@ -46,6 +46,15 @@ def test_prefers_expensive_low_importance_channels():
     assert table.predict(None, widths, groups=GROUPS) <= 0.7 * table.predict() + 1e-9
 
 
+def test_target_is_met_on_a_calibrated_table():
+    # overhead_ms and scale, as a measured table has them: the greedy steps stop at the target, not before.
+    table = two_group_table()
+    table.overhead_ms, table.scale = 5.0, 3.0
+    widths = allocate(GROUPS, {"a": np.full(64, 0.5), "b": np.full(64, 2.0)}, table, 0.7, round_to=8)
+    assert table.predict(None, widths, groups=GROUPS) <= 0.7 * table.predict()
+    assert table.predict(None, {**widths, "a": widths["a"] + 8}, groups=GROUPS) > 0.7 * table.predict()
+
+
 def test_importance_outweighs_cheap_latency():
     # "a" saves 10x the latency per channel, but its channels matter 1000x more.
     table = two_group_table()

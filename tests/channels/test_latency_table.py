@@ -52,6 +52,7 @@ def hand_table():
         num_threads=1,
         floor_ms=0.01,
         overhead_ms=0.1,
+        scale=2.0,
     )
 
 
@@ -76,7 +77,7 @@ def test_measured_table_covers_every_costed_layer(measured):
     # Identical blocks are measured once.
     assert table.layers["b1_expand"] == table.layers["b0_expand"] == table.layers["b2_expand"]
     assert all(ms >= 0 for cost in table.layers.values() for _, ms in cost.by_in + cost.by_out)
-    assert table.floor_ms > 0 and np.isfinite(table.overhead_ms)
+    assert table.floor_ms > 0 and table.overhead_ms >= table.floor_ms and table.scale > 0
 
 
 def test_measured_table_predicts_the_dense_model(measured):
@@ -131,11 +132,11 @@ def test_channel_wise_costs_interpolate_and_extrapolate_linearly():
     assert LayerCost("add", (32, 32), [(8, 0.1), (16, 0.1), (32, 0.4)], [(32, 0.4)]).cost(1, 1) == 0.1
 
 
-def test_predict_sums_layer_costs_and_overhead():
+def test_predict_sums_scaled_layer_costs_and_overhead():
     table = hand_table()
-    assert table.predict() == pytest.approx(0.1 + 0.5 + 0.4 + 0.3)
+    assert table.predict() == pytest.approx(0.1 + 2 * (0.5 + 0.4 + 0.3))
     # expand keeps 16: its output, the depthwise and the project's input narrow.
-    assert table.predict(None, {"expand": 16}, groups=HAND_GROUPS) == pytest.approx(0.1 + 0.3 + 0.2 + 0.2)
+    assert table.predict(None, {"expand": 16}, groups=HAND_GROUPS) == pytest.approx(0.1 + 2 * (0.3 + 0.2 + 0.2))
 
 
 def test_slimmed_widths_of_mobilenet_v2_blocks():
@@ -201,6 +202,7 @@ def _broken(data, path, key):
         "version": lambda: data.update(version=2),
         "num_threads": lambda: data.update(num_threads=0),
         "overhead_ms": lambda: data.update(overhead_ms="fast"),
+        "scale": lambda: data.update(scale=0),
         "conversion": lambda: data.update(conversion=8),
         "layers": lambda: data.update(layers={}),
         "entry": lambda: data["layers"].update(expand=[1, 2]),
@@ -225,6 +227,7 @@ def _broken(data, path, key):
         ("version", "field `version` must be 1"),
         ("num_threads", "field `num_threads` must be a positive integer"),
         ("overhead_ms", "field `overhead_ms` must be a number"),
+        ("scale", "field `scale` must be a positive number"),
         ("conversion", "field `conversion` must be a conversion name"),
         ("layers", "field `layers` must be a non-empty object"),
         ("entry", r"field `layers\.expand` must be an object"),
