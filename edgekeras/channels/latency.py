@@ -48,9 +48,9 @@ layers (1.2-1.6x on this project's CPU, more the busier the machine). The
 calibration (`overhead_ms` = `floor_ms`, `scale` = the dense model's latency
 less that, over the sum) spreads the difference over the layers in
 proportion to their cost rather than as a constant: on MobileNetV2 at 96 px
-the proportional form predicted slimmed models' latency ratios within a few
-per cent where the constant one was off by up to 50 % (benchmarks/README.md,
-`channel_latency.py`).
+the proportional form predicted slimmed models' latency ratios (to the dense
+model, timed as `edgekeras bench` times a file) within 1-7 %, where the
+constant one was off by up to 50 % (`benchmarks/channel_latency.py`).
 
 Example:
 
