@@ -97,7 +97,20 @@ class LatencyTableError(EdgekerasError, ValueError):
 
 
 def layer_kind(layer):
-    """The table kind of `layer` (one of `KINDS`' values), or None for a layer the table leaves out."""
+    """The table kind of `layer` (one of `KINDS`' values), or None for a layer the table leaves out.
+
+    Args:
+        layer: a tf_keras layer.
+
+    Returns:
+        "conv2d", "depthwise_conv2d", "dense", "add", "pool" or None.
+
+    Example:
+
+    ```python
+    layer_kind(keras.layers.DepthwiseConv2D(3))  # "depthwise_conv2d"
+    ```
+    """
     return KINDS.get(type(layer).__name__)
 
 
@@ -334,7 +347,23 @@ class LatencyTable:
         }
 
     def save(self, path):
-        """Writes the table to `path` as JSON, atomically, and returns `path`."""
+        """Writes the table to `path` as JSON, atomically (through `edgekeras.io`).
+
+        Args:
+            path: the JSON file; its directory is created if needed.
+
+        Returns:
+            `path` as a string.
+
+        Raises:
+            DiskFullError: no space left; any previous file is intact.
+
+        Example:
+
+        ```python
+        measure_table(model).save("tables/mobilenet_v2_96.json")
+        ```
+        """
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -391,7 +420,7 @@ class LatencyTable:
         return {name: cost.width for name, cost in self.layers.items()}
 
     def layer_cost(self, name, channels_in, channels_out):
-        """Predicted milliseconds of layer `name` at the given widths."""
+        """Milliseconds of layer `name` at the given widths, before `scale` (see `LayerCost.cost`)."""
         return self.layers[name].cost(channels_in, channels_out)
 
     def predict(self, model_or_layer_widths=None, widths=None, *, groups=None):

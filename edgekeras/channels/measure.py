@@ -43,7 +43,16 @@ _IGNORED_KEYS = ("name", "trainable", "dtype", "filters", "units")
 
 
 def grid_widths(full, points, round_to):
-    """The widths one axis is measured at: `points` multiples of `round_to` from `round_to` up, and `full`.
+    """The widths one channel axis is measured at.
+
+    Args:
+        full: the axis' width in the dense model.
+        points: how many widths, spread evenly from `round_to` to `full`.
+        round_to: each width but `full` is a multiple of this.
+
+    Returns:
+        Sorted distinct widths ending with `full` (`[full]` alone when
+        `full <= round_to`).
 
     Example:
 
@@ -111,10 +120,10 @@ def _plan(width, kind, axes, points, round_to):
     full_in, full_out = width
     grid_in = grid_widths(full_in, points, round_to) if axes[0] or (kind in CHANNEL_WISE and axes[1]) else [full_in]
     if kind in CHANNEL_WISE:
-        return [(width, width * full_out // full_in, "in") for width in grid_in]
+        return [(channels, channels * full_out // full_in, "in") for channels in grid_in]
     grid_out = grid_widths(full_out, points, round_to) if axes[1] else [full_out]
-    plan = [(width, full_out, "in") for width in grid_in]
-    plan += [(full_in, width, "out") for width in grid_out if width != full_out]
+    plan = [(channels, full_out, "in") for channels in grid_in]
+    plan += [(full_in, channels, "out") for channels in grid_out if channels != full_out]
     if len(grid_in) > 1 and len(grid_out) > 1:
         plan.append((grid_in[(len(grid_in) - 1) // 2], grid_out[(len(grid_out) - 1) // 2], "corner"))
     return plan
