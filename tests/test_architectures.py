@@ -34,17 +34,17 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 FLOAT_CONVERSIONS = ("float32", "float16", "dynamic_int8", "int8")
 
 
-def images_and_labels(count, seed):
+def images_and_labels(count, seed, side=SIDE):
     """0-255 images whose class is the brightest colour channel."""
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % CLASSES
-    images = rng.uniform(0, 100, (count, SIDE, SIDE, 3))
+    images = rng.uniform(0, 100, (count, side, side, 3))
     images[np.arange(count), :, :, labels] += 120
     return images.astype(np.float32), labels
 
 
-def batches(count, seed):
-    return tf.data.Dataset.from_tensor_slices(images_and_labels(count, seed)).batch(BATCH)
+def batches(count, seed, side=SIDE):
+    return tf.data.Dataset.from_tensor_slices(images_and_labels(count, seed, side)).batch(BATCH)
 
 
 def float_ops(path):

@@ -11,30 +11,25 @@ model, computes in int8 everywhere, keeps the zeros and agrees with Keras on
 """
 
 import keras
-import numpy as np
 import pytest
-import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from ai_edge_litert.interpreter import Interpreter
 
 from edgekeras.litert import evaluate_accuracy, export_tflite, tflite_sparsity
 from edgekeras.trainers import EdgeTrainer
 
+from tests import test_architectures as architectures
+
 L = keras.layers
-SIDE, CLASSES, BATCH, TARGET_SPARSITY = 16, 3, 16, 0.5
-FLOAT_CONVERSIONS = ("float32", "float16", "dynamic_int8", "int8")
+SIDE = 16
+CLASSES, TARGET_SPARSITY, FLOAT_CONVERSIONS = architectures.CLASSES, architectures.TARGET_SPARSITY, architectures.FLOAT_CONVERSIONS
 
 
 def images_and_labels(count, seed):
-    """0-255 images whose class is the brightest colour channel."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % CLASSES
-    images = rng.uniform(0, 100, (count, SIDE, SIDE, 3))
-    images[np.arange(count), :, :, labels] += 120
-    return images.astype(np.float32), labels
+    return architectures.images_and_labels(count, seed, side=SIDE)
 
 
 def batches(count, seed):
-    return tf.data.Dataset.from_tensor_slices(images_and_labels(count, seed)).batch(BATCH)
+    return architectures.batches(count, seed, side=SIDE)
 
 
 def head(x):
@@ -105,13 +100,7 @@ def op_names(path):
 
 
 def float_ops(path):
-    interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    return [
-        op["op_name"] for op in interpreter._get_ops_details()
-        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE") and any(tensors[i]["dtype"] == np.float32 for i in op["outputs"] if i >= 0)
-    ]
+    return [op for op, _ in architectures.float_ops(path)]
 
 
 def run_contract(model, tmp_path, *, float_epochs, meaningful=True):

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from edgekeras.app.tune import load_tune_config, parse_tune_config
+from edgekeras.choices import KERASES
 
 
 def test_the_shipped_tune_config_is_valid():
@@ -48,8 +49,11 @@ def test_cli_tune_reports_config_errors_in_one_line(tmp_path, capsys):
     assert error.startswith("edgekeras tune: error: Config key `tune.oracle`") and "\n" not in error
 
 
-def test_cli_tune_runs_a_search_and_prints_the_top_trials(tmp_path, tiny_tfds_dir, capsys):
+@pytest.mark.parametrize("keras_name", KERASES)
+def test_cli_tune_runs_a_search_and_prints_the_top_trials(tmp_path, tiny_tfds_dir, capsys, keras_name):
     from edgekeras.app.cli import main
+    from edgekeras.models import load_model
+    from edgekeras.qat import engine_for
 
     path = tmp_path / "tiny.toml"
     path.write_text(
@@ -64,6 +68,7 @@ validation_size = 20
 augment = false
 
 [model]
+keras = "{keras_name}"
 alpha = 0.35
 weights = "none"
 trainable_from = "block_16_expand"
@@ -89,6 +94,9 @@ qat_epochs = 0
     assert sorted(t["trial_id"] for t in summary["trials"]) == ["0", "1"]
     assert summary["best_trial"] == summary["trials"][0]["trial_id"]
     assert all((tmp_path / "cli" / f"trial_{i}" / "model.tflite").is_file() for i in "01")
+    # Each trial keeps its model in its Keras' own format.
+    saved = load_model(tmp_path / "cli" / "trial_0" / ("model.h5" if keras_name == "tf_keras" else "model.keras"))
+    assert engine_for(saved).name == {"tf_keras": "tfmot", "keras3": "keras3"}[keras_name]
 
 
 def test_tune_configs_take_the_same_model_and_data_keys():
