@@ -73,7 +73,7 @@ PRODUCER, DEPTHWISE, NORM, CHANNELWISE, RESHAPE, MERGE, CONCAT, MIXING = (
     "producer", "depthwise", "norm", "channelwise", "reshape", "merge", "concat", "mixing"
 )
 PRODUCERS = ("Conv1D", "Conv2D", "Dense")
-DEPTHWISES = ("DepthwiseConv1D", "DepthwiseConv2D")
+DEPTHWISES = ("DepthwiseConv2D",)
 # Keras 3's `x + y` on symbolic tensors is an operation named like the layer.
 MERGES = ("Add", "Subtract", "Average", "Maximum", "Minimum", "Multiply")
 CHANNELWISES = (

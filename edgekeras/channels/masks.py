@@ -58,7 +58,7 @@ def group_weights(channel_graph):
         if kind == PRODUCER:
             roles = [("kernel", layer.kernel, -1), ("bias", layer.bias if layer.use_bias else None, -1)]
         elif kind == DEPTHWISE:
-            roles = [("depthwise", layer.depthwise_kernel, -2), ("bias", layer.bias if layer.use_bias else None, -1)]
+            roles = [("depthwise", backend.for_model(layer).prunable_weight(layer), -2), ("bias", layer.bias if layer.use_bias else None, -1)]
         elif kind == NORM:
             roles = [("gamma", layer.gamma if layer.scale else None, -1), ("beta", layer.beta if layer.center else None, -1)]
         else:

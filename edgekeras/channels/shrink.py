@@ -69,7 +69,7 @@ def _node_zero(node, kind, shapes, zeros):
     if kind == PRODUCER:
         return _all_zero(backend.for_model(layer).to_numpy(layer.kernel), -1) & _bias_zero(layer, channels)
     if kind == DEPTHWISE:
-        kernel = backend.for_model(layer).to_numpy(layer.depthwise_kernel)
+        kernel = backend.for_model(layer).to_numpy(backend.for_model(layer).prunable_weight(layer))
         return (ins[0] | _all_zero(kernel, -2)) & _bias_zero(layer, channels)
     if kind == NORM:
         return _norm_zero(layer, ins[0])
@@ -170,6 +170,10 @@ def _tensor_kept(channel_graph, kept):
 
 def _narrower_config(channel_graph, tensor_kept):
     config = channel_graph.model.get_config()
+    for entry in config["layers"]:
+        # A stored build shape (Keras 3) would build the layer at its old
+        # width; the graph's calls build it at the new one.
+        entry.pop("build_config", None)
     entries = {entry["config"]["name"]: entry["config"] for entry in config["layers"]}
     for node, kind in zip(channel_graph.graph.nodes, channel_graph.kinds):
         width = len(tensor_kept[node.outputs[0]])
