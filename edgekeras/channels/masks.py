@@ -58,9 +58,13 @@ def group_weights(channel_graph):
         if kind == PRODUCER:
             roles = [("kernel", layer.kernel, -1), ("bias", layer.bias if layer.use_bias else None, -1)]
         elif kind == DEPTHWISE:
-            roles = [("depthwise", backend.for_model(layer).prunable_weight(layer), -2), ("bias", layer.bias if layer.use_bias else None, -1)]
+            kernel = backend.for_model(layer).prunable_weight(layer)  # `depthwise_kernel` on tf_keras, `kernel` on Keras 3
+            roles = [("depthwise", kernel, -2), ("bias", layer.bias if layer.use_bias else None, -1)]
         elif kind == NORM:
-            roles = [("gamma", layer.gamma if layer.scale else None, -1), ("beta", layer.beta if layer.center else None, -1)]
+            roles = [
+                ("gamma", layer.gamma if layer.scale else None, -1),
+                ("beta", layer.beta if layer.center else None, -1),
+            ]
         else:
             continue
         for index, start in _slices(channel_graph, node.outputs[0]):

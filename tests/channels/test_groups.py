@@ -182,7 +182,8 @@ def test_keras3_operations_are_nodes():
     inputs = keras3.Input((8, 8, 3))
     x = keras3.layers.Conv2D(8, 1, name="first")(inputs)
     x = keras3.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)
-    model = keras3.Model(inputs, keras3.layers.Dense(2)(keras3.layers.GlobalAveragePooling2D()(keras3.layers.Conv2D(4, 1, name="second")(x))))
+    x = keras3.layers.GlobalAveragePooling2D()(keras3.layers.Conv2D(4, 1, name="second")(x))
+    model = keras3.Model(inputs, keras3.layers.Dense(2)(x))
     first = by_producer(find_groups(model), "first")
     assert first.prunable and first.consumers == ("second",) and len(first.passthrough) == 3
 
