@@ -49,9 +49,13 @@ class ChannelPruning(MaskingCallback):
             (`PolynomialDecay`, `ConstantSparsity`) or any
             `tfmot.sparsity.keras.PruningSchedule`; steps are
             `model.optimizer.iterations`. Not `MbyNSparsity`.
-        score: how channels are ranked: `"l2"` (the producers' kernel norms)
-            or `"bn"` (the BatchNormalization scales, network slimming).
-            `benchmarks/channel_importance.py` measured them.
+        score: how channels are ranked: `"bn"` (the BatchNormalization
+            scales |gamma|, network slimming; the kernel norms where a group
+            has no BatchNormalization) or `"l2"` (the producers' kernel
+            norms). `benchmarks/channel_importance.py` measured both and
+            first-order Taylor: after one epoch of recovery, "bn" kept
+            3.0 pp more CIFAR-10 accuracy than "l2" at 30 % of the channels
+            removed and 14 pp more at 50 % (Taylor: no better than "l2").
         round_to: each group keeps a multiple of this many channels (or all).
         include_frozen: also prune groups that touch a layer with
             `trainable=False` (it could not recover).
@@ -84,7 +88,7 @@ class ChannelPruning(MaskingCallback):
 
     _runtime_keys = MaskingCallback._runtime_keys | {"_graph", "_places", "_groups", "_removed"}
 
-    def __init__(self, schedule, score="l2", round_to=channels.DEFAULT_ROUND_TO, include_frozen=False):
+    def __init__(self, schedule, score="bn", round_to=channels.DEFAULT_ROUND_TO, include_frozen=False):
         if not isinstance(schedule, schedules_module.PruningSchedule):
             raise TypeError(
                 "Argument `schedule` must be a pruning schedule such as "

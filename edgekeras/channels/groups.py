@@ -33,7 +33,8 @@ class ChannelGroup:
     """One set of channels that is kept or removed as a whole.
 
     Attributes:
-        name: the group's name (its first producer's layer name).
+        name: the group's name (its first producer's layer name; `"input"`
+            or `"input_<i>"` for the model's inputs).
         size: channels in the group.
         producers: layers whose output channels (the kernel's last axis of a
             `Conv2D`/`Dense`) are the group's channels, in graph order.

@@ -118,14 +118,14 @@ def test_resumed_fit_restores_the_schedule_at_the_current_step():
 
 
 def test_deepcopy_before_and_after_fit_and_config_round_trip():
-    pruning = ChannelPruning(ramp(), score="bn", round_to=2)
+    pruning = ChannelPruning(ramp(), score="l2", round_to=2)
     fresh = copy.deepcopy(pruning)
     fit(compile_model(conv_net()), [pruning], epochs=1)
     clone = copy.deepcopy(pruning)
     assert clone.model is None and clone._graph is None and clone._weights == []
     assert fresh.get_config() == clone.get_config() == pruning.get_config()
     again = ChannelPruning.from_config(pruning.get_config())
-    assert again.get_config() == pruning.get_config() and again.score == "bn" and again.round_to == 2
+    assert again.get_config() == pruning.get_config() and again.score == "l2" and again.round_to == 2
     fit(compile_model(conv_net()), [clone], epochs=1)  # the copy trains another model from a clean state
     assert zero_channels_of(clone.model)["expand"] > 0
 
