@@ -108,6 +108,14 @@ class ChannelGraph:
     segments: dict
     groups: list
 
+    def slices(self, key):
+        """`[(group index, start)]`: where each group's channels begin on tensor `key`'s channel axis."""
+        start, found = 0, []
+        for index in self.segments[key]:
+            found.append((index, start))
+            start += self.groups[index].size
+        return found
+
 
 class _Spaces:
     """Union-find over channel spaces, with what each space has collected."""

@@ -27,14 +27,6 @@ __all__ = ["SCORES", "group_weights", "channel_scores", "channel_masks", "zero_c
 SCORES = ("l2", "bn")
 
 
-def _slices(channel_graph, key):
-    start, found = 0, []
-    for index in channel_graph.segments[key]:
-        found.append((index, start))
-        start += channel_graph.groups[index].size
-    return found
-
-
 def group_weights(channel_graph):
     """Where each group's channels live in the model's variables.
 
@@ -67,7 +59,7 @@ def group_weights(channel_graph):
             ]
         else:
             continue
-        for index, start in _slices(channel_graph, node.outputs[0]):
+        for index, start in channel_graph.slices(node.outputs[0]):
             found[index] += [(layer, role, variable, axis, start) for role, variable, axis in roles if variable is not None]
     return found
 

@@ -100,15 +100,6 @@ def _zero_channels(channel_graph):
     return zeros
 
 
-def _slices(channel_graph, key):
-    """`[(group index, start)]` of tensor `key`'s channel axis."""
-    start, found = 0, []
-    for index in channel_graph.segments[key]:
-        found.append((index, start))
-        start += channel_graph.groups[index].size
-    return found
-
-
 def _removable(channel_graph):
     """Per prunable group, the channels that reach every consumer as exact zeros."""
     zeros = _zero_channels(channel_graph)
@@ -116,7 +107,7 @@ def _removable(channel_graph):
     for node, kind in zip(channel_graph.graph.nodes, channel_graph.kinds):
         if kind != PRODUCER:
             continue
-        for index, start in _slices(channel_graph, node.inputs[0]):
+        for index, start in channel_graph.slices(node.inputs[0]):
             group = channel_graph.groups[index]
             if group.prunable:
                 seen = zeros[node.inputs[0]][start : start + group.size]
@@ -167,7 +158,7 @@ def kept_channels(model, round_to=DEFAULT_ROUND_TO):
 def _tensor_kept(channel_graph, kept):
     found = {}
     for key in channel_graph.segments:
-        found[key] = np.concatenate([kept[index] + start for index, start in _slices(channel_graph, key)] or [[]])
+        found[key] = np.concatenate([kept[index] + start for index, start in channel_graph.slices(key)] or [[]])
         found[key] = found[key].astype(int)
     return found
 
