@@ -158,6 +158,8 @@ def zero_channels(channel_graph, removed):
     names = {group.name: index for index, group in enumerate(channel_graph.groups)}
     masks = {}
     for group, channels in removed.items():
+        if isinstance(group, str) and group not in names:
+            raise KeyError(f"No channel group named {group!r}; the model's groups: {', '.join(names)}")
         index = names[group] if isinstance(group, str) else group
         gone = np.zeros(channel_graph.groups[index].size, bool)
         gone[np.asarray(channels)] = True
