@@ -3,6 +3,7 @@
 import keras as keras3
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import edgekeras
 from edgekeras import channels, keras
@@ -146,6 +147,8 @@ class ChannelShuffle(L.Layer):
 
 MIXING = {
     "reverse_lambda": lambda: L.Lambda(lambda x: x[..., ::-1]),
+    # Channels 0 and 7 stay in place: only a test of every channel sees the swap.
+    "swap_lambda": lambda: L.Lambda(lambda x: tf.gather(x, [0, 2, 1, 3, 4, 5, 6, 7], axis=-1)),
     "per_channel_constant": lambda: L.Lambda(lambda x: x * np.arange(1, 9, dtype="float32")),
     "user_layer": ChannelShuffle,
     "softmax": lambda: L.Softmax(),
