@@ -18,7 +18,27 @@ and after `--finetune` epochs of training with the channels held at zero
 
 Run:
 
-    python benchmarks/channel_importance.py --json runs/bench/channel_importance.json
+    python benchmarks/channel_importance.py --seed 0 --json benchmarks/results/channels/channel_importance_seed0.json
+
+Result (2026-12-07, 10,000 training / 2,000 test images, 6 epochs from
+scratch, one fine-tuning epoch at 5e-4, seeds 0 and 1;
+`results/channels/channel_importance_seed*.json`). Test accuracy (seed 0 /
+seed 1); the dense model scored 0.531 / 0.468 (one epoch less training than
+the fine-tuned ones, hence below them at 30 %):
+
+| score | removed | one-shot | after fine-tuning | mean after fine-tuning |
+|---|---|---|---|---|
+| l2 | 30 % | 0.146 / 0.111 | 0.541 / 0.561 | 0.551 |
+| bn | 30 % | 0.225 / 0.215 | 0.571 / 0.618 | **0.594** |
+| taylor | 30 % | 0.169 / 0.187 | 0.528 / 0.623 | 0.575 |
+| l2 | 50 % | 0.089 / 0.089 | 0.242 / 0.362 | 0.302 |
+| bn | 50 % | 0.105 / 0.121 | 0.382 / 0.453 | **0.417** |
+| taylor | 50 % | 0.089 / 0.147 | 0.240 / 0.425 | 0.332 |
+
+BatchNorm |gamma| is best at both fractions (+4.4 pp over l2 at 30 %, +11.5 pp
+at 50 %; +1.9 / +8.5 pp over Taylor, which also needs gradients on data), so
+`ChannelPruning` ranks by `"bn"` by default. Two seeds on a small network:
+the ranking is clear at 50 %, within noise between bn and Taylor at 30 %.
 """
 
 import argparse
