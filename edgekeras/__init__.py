@@ -14,6 +14,7 @@ TensorFlow. Everything else lives in the subpackages:
 |---|---|
 | data | `edgekeras.data` (TFDS image data), `edgekeras.folders` (image directories), `edgekeras.features` (cached activations) |
 | model | `edgekeras.models` (transfer models of several architectures, flatten/clone/split, save/load) |
+| channel pruning | `edgekeras.channels` (channel groups, `shrink` to a narrower model) |
 | fit with callbacks | `edgekeras.callbacks`, `edgekeras.schedules`, `edgekeras.sparsity`, `edgekeras.quantization`, `edgekeras.qat` |
 | phases | `edgekeras.trainers` (`EdgeTrainer`: float -> prune -> QAT) |
 | export and evaluate | `edgekeras.litert` (convert, verify, run, evaluate .tflite files) |
@@ -40,12 +41,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "keras": "edgekeras.compat",
     "MagnitudePruning": "edgekeras.callbacks",
+    "ChannelPruning": "edgekeras.callbacks",
     "PreserveSparsity": "edgekeras.callbacks",
     "TFLiteExport": "edgekeras.callbacks",
     "EdgeTrainer": "edgekeras.trainers",
     "EdgeTuner": "edgekeras.tuning",
     "build_transfer_model": "edgekeras.models",
     "flatten": "edgekeras.models",
+    "find_groups": "edgekeras.channels",
+    "shrink": "edgekeras.channels",
     "load_model": "edgekeras.models",
     "save_model": "edgekeras.models",
     "load_image_data": "edgekeras.data",
@@ -54,7 +58,7 @@ _LAZY = {
     "evaluate_tflite": "edgekeras.litert",
     "TFLiteModel": "edgekeras.litert",
 }
-_SUBPACKAGES = ("callbacks", "litert", "models", "schedules", "sparsity", "trainers", "tuning")
+_SUBPACKAGES = ("callbacks", "channels", "litert", "models", "schedules", "sparsity", "trainers", "tuning")
 
 __all__ = ["EdgekerasError", "__version__", *_LAZY]
 

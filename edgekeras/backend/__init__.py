@@ -16,7 +16,11 @@ between the two Kerases:
   variables during an epoch), `to_numpy(variable)`, `mask_variable(weight)`,
   `apply_masks(weights, masks, slots)` and `batch_function(...)`, the work
   done after every training batch (one `tf.function` on tf_keras,
-  `keras.ops` on any Keras 3 backend).
+  `keras.ops` on any Keras 3 backend);
+- graphs: `is_graph_model`, `is_nested`, `flatten`, `clone_model`,
+  `layer_graph(model)` (a flat model's nodes in order, what channel
+  groups are read from) and `model_from_config(model, config)` (a model
+  rebuilt from an edited config, what a narrower model is made with).
 
 Nothing outside this package and `edgekeras.qat` asks which Keras it has
 (`tests/test_layout.py` checks it).

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekeras.errors import EdgekerasError
 
-from edgekeras.backend.keras3_graph import clone_model, flatten, is_graph_model, is_nested
+from edgekeras.backend.keras3_graph import clone_model, flatten, is_graph_model, is_nested, layer_graph, model_from_config
 
 __all__ = [
     "name",
@@ -47,6 +47,8 @@ __all__ = [
     "is_nested",
     "flatten",
     "clone_model",
+    "layer_graph",
+    "model_from_config",
     "tf_variables",
     "input_names",
     "input_shapes",

@@ -4,9 +4,16 @@ The Keras 3 counterparts of `edgekeras.backend.tf_keras_graph`, written
 against Keras 3's functional graph (`Functional._run_through_graph`).
 """
 
-import keras
+import collections
 
-__all__ = ["is_graph_model", "is_nested", "flatten", "clone_model"]
+import keras
+from keras.src.saving.serialization_lib import SafeModeScope
+
+__all__ = ["GraphNode", "is_graph_model", "is_nested", "flatten", "clone_model", "layer_graph", "model_from_config"]
+
+# The records of `edgekeras.backend.tf_keras_graph.layer_graph`, for Keras 3.
+GraphNode = collections.namedtuple("GraphNode", "layer inputs outputs call")
+LayerGraph = collections.namedtuple("LayerGraph", "inputs outputs nodes shapes")
 
 
 def is_graph_model(layer):
@@ -87,3 +94,62 @@ def clone_model(model, custom_objects=None):
     """`keras.models.clone_model` with `custom_objects` in scope (weights are not copied)."""
     with keras.saving.custom_object_scope(custom_objects or {}):
         return keras.models.clone_model(model)
+
+
+def _node_call(node):
+    def call(values):
+        tensor_dict = {id(tensor): keras.ops.convert_to_tensor(value) for tensor, value in zip(node.input_tensors, values)}
+        args, kwargs = node.arguments.fill_in(tensor_dict)
+        if _takes_training(node.operation):
+            kwargs["training"] = False
+        return [keras.ops.convert_to_numpy(value) for value in keras.tree.flatten(node.operation(*args, **kwargs))]
+
+    return call
+
+
+def layer_graph(model):
+    """The graph of a flat functional Keras 3 model, node by node in topological order.
+
+    Operations called on symbolic tensors (`x + 3.0`) are nodes like layers.
+
+    Args:
+        model: a flat functional or Sequential Keras 3 model.
+
+    Returns:
+        `LayerGraph(inputs, outputs, nodes, shapes)`: the keys of the model's
+        input and output tensors, the `GraphNode`s (input layers left out)
+        and every tensor's static shape.
+
+    Example:
+
+    ```python
+    graph = layer_graph(model)
+    producers = {key: node.layer.name for node in graph.nodes for key in node.outputs}
+    ```
+    """
+    graph = _graph_of(model)
+    shapes, nodes = {}, []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            for tensor in node.output_tensors:
+                shapes[id(tensor)] = tuple(tensor.shape)
+            if not node.is_input:
+                inputs = tuple(id(tensor) for tensor in node.input_tensors)
+                outputs = tuple(id(tensor) for tensor in node.output_tensors)
+                nodes.append(GraphNode(node.operation, inputs, outputs, _node_call(node)))
+    inputs = tuple(id(tensor) for tensor in graph.inputs)
+    outputs = tuple(id(tensor) for tensor in graph.outputs)
+    return LayerGraph(inputs, outputs, nodes, shapes)
+
+
+def model_from_config(model, config, custom_objects=None):
+    """A new model of `model`'s class from `config` (its `get_config()`, edited), safe mode off.
+
+    Example:
+
+    ```python
+    narrower = model_from_config(model, edited_config)
+    ```
+    """
+    with keras.saving.custom_object_scope(custom_objects or {}), SafeModeScope(safe_mode=False):
+        return type(model).from_config(config)

@@ -16,7 +16,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-from edgekeras.backend.tf_keras_graph import clone_model, flatten, is_graph_model, is_nested
+from edgekeras.backend.tf_keras_graph import clone_model, flatten, is_graph_model, is_nested, layer_graph, model_from_config
 
 __all__ = [
     "name",
@@ -41,6 +41,8 @@ __all__ = [
     "is_nested",
     "flatten",
     "clone_model",
+    "layer_graph",
+    "model_from_config",
     "tf_variables",
     "input_names",
     "input_shapes",

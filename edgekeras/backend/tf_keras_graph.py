@@ -4,11 +4,21 @@ The tf_keras counterparts of `edgekeras.backend.keras3_graph`, written
 against tf_keras' functional internals (`_nodes_by_depth`, node arguments).
 """
 
+import collections
+
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-__all__ = ["is_graph_model", "is_nested", "flatten", "clone_model"]
+__all__ = ["GraphNode", "is_graph_model", "is_nested", "flatten", "clone_model", "layer_graph", "model_from_config"]
+
+# One call of a layer in a functional graph: tensors are named by hashable
+# keys, `shapes` maps each key to its static shape (a tuple, None where
+# unknown), `call(values)` runs the node again on numpy inputs (constants of
+# the original call kept) and returns its outputs as numpy arrays.
+GraphNode = collections.namedtuple("GraphNode", "layer inputs outputs call")
+LayerGraph = collections.namedtuple("LayerGraph", "inputs outputs nodes shapes")
 
 
 def is_graph_model(layer):
@@ -85,3 +95,57 @@ def clone_model(model, custom_objects=None):
     """`keras.models.clone_model` with `custom_objects` in scope and safe mode off (in-memory Lambdas)."""
     with keras.utils.custom_object_scope(custom_objects or {}), SafeModeScope(safe_mode=False):
         return keras.models.clone_model(model)
+
+
+def _node_call(node):
+    def call(values):
+        tensor_dict = {key: [tf.convert_to_tensor(value)] for key, value in zip(node.flat_input_ids, values)}
+        args, kwargs = node.map_arguments(tensor_dict)
+        if getattr(node.layer, "_expects_training_arg", False):
+            kwargs["training"] = False
+        return [np.asarray(value) for value in tf.nest.flatten(node.layer(*args, **kwargs))]
+
+    return call
+
+
+def layer_graph(model):
+    """The graph of a flat functional tf_keras model, node by node in topological order.
+
+    Args:
+        model: a flat functional or Sequential tf_keras model.
+
+    Returns:
+        `LayerGraph(inputs, outputs, nodes, shapes)`: the keys of the model's
+        input and output tensors, the `GraphNode`s (input layers left out)
+        and every tensor's static shape.
+
+    Example:
+
+    ```python
+    graph = layer_graph(model)
+    producers = {key: node.layer.name for node in graph.nodes for key in node.outputs}
+    ```
+    """
+    shapes, nodes = {}, []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            for key, tensor in zip(node.flat_output_ids, tf.nest.flatten(node.outputs)):
+                shapes[key] = tuple(tensor.shape.as_list())
+            if not node.is_input:
+                nodes.append(GraphNode(node.layer, tuple(node.flat_input_ids), tuple(node.flat_output_ids), _node_call(node)))
+    inputs = tuple(str(id(tensor)) for tensor in model.inputs)
+    outputs = tuple(str(id(tensor)) for tensor in model.outputs)
+    return LayerGraph(inputs, outputs, nodes, shapes)
+
+
+def model_from_config(model, config, custom_objects=None):
+    """A new model of `model`'s class from `config` (its `get_config()`, edited), safe mode off.
+
+    Example:
+
+    ```python
+    narrower = model_from_config(model, edited_config)
+    ```
+    """
+    with keras.utils.custom_object_scope(custom_objects or {}), SafeModeScope(safe_mode=False):
+        return type(model).from_config(config)

@@ -43,6 +43,12 @@ def current_learning_rate(optimizer):
 class MaskingCallback(backend.Callback):
     """Keeps a mask per selected kernel and applies it after every batch."""
 
+    # What a deep copy leaves out (the model, masks, traced functions): a
+    # subclass with more training state adds its attributes here.
+    _runtime_keys = frozenset(
+        {"model", "_model", "_backend", "_layers", "_weights", "_masks", "_slots", "_batch_fn", "_cache_key"}
+    )
+
     def __init__(self, policy="all", include_frozen=False):
         super().__init__()
         self.policy = sparsity.check_policy(policy)
@@ -71,9 +77,8 @@ class MaskingCallback(backend.Callback):
         # never the model, masks or traced functions.
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
-        runtime = {"model", "_model", "_backend", "_layers", "_weights", "_masks", "_slots", "_batch_fn", "_cache_key"}
         for key, value in self.__dict__.items():
-            if key in runtime:
+            if key in self._runtime_keys:
                 continue
             clone.__dict__[key] = value if callable(value) and key == "policy" else copy.deepcopy(value, memo)
         clone.model = None

@@ -1,0 +1,232 @@
+"""Channel pruning as a Keras callback: whole channel groups ramped to zero during `model.fit`.
+
+Unstructured zeros make a file smaller but not faster: the int8 kernels
+multiply them anyway. Removing whole channels gives a narrower dense model,
+faster on every runtime. This callback decides which channels go while the
+model trains and recovers: every `schedule.frequency` steps of the
+schedule's ramp, each prunable channel group (`edgekeras.channels`) is
+brought to the schedule's fraction of removed channels, its least important
+channels first; the removed channels are held at exact zero after every
+batch (the masking base every pruning callback shares). `shrink` then takes
+them out of the model.
+
+A channel's zeros are written where it lives: the producers' kernels and
+biases, the depthwise kernels and biases, and the BatchNormalization scale
+*and offset*. The offset matters: a normalized channel with a zero scale
+still adds its offset, a constant the consumers would see, and removing the
+channel would change the predictions.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from edgekeras import backend, channels
+from edgekeras import schedules as schedules_module
+from edgekeras.callbacks.masking import MaskingCallback, current_learning_rate
+
+__all__ = ["ChannelPruning"]
+
+
+class ChannelPruning(MaskingCallback):
+    """Removes whole channels on a schedule during `model.fit`, ready for `edgekeras.channels.shrink`.
+
+    The schedule's sparsity is the fraction of each prunable group's
+    channels removed (uniformly across groups); the kept count is rounded up
+    to a multiple of `round_to` so that `shrink` keeps exactly the channels
+    left. Channels are ranked by `score` when the masks are updated; a
+    removed channel stays removed. After `fit` the model holds exact zeros in
+    the removed channels; `shrink(model)` makes the narrower model.
+
+    Each epoch, `logs` gets `kept_channels/<layer name>` for every producer of
+    a prunable group, `kept_channels` (the fraction of the prunable groups'
+    channels kept), `target_channel_sparsity` and `learning_rate`, for
+    `History`, `CSVLogger` and `TensorBoard`: put this callback before them.
+
+    Args:
+        schedule: a pruning schedule from `edgekeras.schedules`
+            (`PolynomialDecay`, `ConstantSparsity`) or any
+            `tfmot.sparsity.keras.PruningSchedule`; steps are
+            `model.optimizer.iterations`. Not `MbyNSparsity`.
+        score: how channels are ranked: `"bn"` (the BatchNormalization
+            scales |gamma|, network slimming; the kernel norms where a group
+            has no BatchNormalization) or `"l2"` (the producers' kernel
+            norms). `benchmarks/channel_importance.py` measured both and
+            first-order Taylor (two seeds, CIFAR-10, one epoch of
+            recovery): "bn" kept 4.4 pp more accuracy than "l2" with 30 %
+            of the channels removed and 11.5 pp more at 50 %, and 1.9 /
+            8.5 pp more than Taylor (which would need gradients on data).
+        round_to: each group keeps a multiple of this many channels (or all).
+        include_frozen: also prune groups that touch a layer with
+            `trainable=False` (it could not recover).
+
+    Raises:
+        TypeError: `schedule` is not a pruning schedule.
+        ValueError: an m-by-n schedule, an unknown `score`, or `round_to`
+            that is not a positive integer.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from edgekeras import keras
+    from edgekeras.callbacks import ChannelPruning
+    from edgekeras.channels import shrink
+    from edgekeras.schedules import PolynomialDecay
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    x = keras.layers.Conv2D(8, 1)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.compile("adam", "mse")
+    pruning = ChannelPruning(PolynomialDecay(0.0, 0.5, begin_step=0, end_step=8, frequency=2), round_to=4)
+    model.fit(np.random.rand(64, 8, 8, 3), np.random.rand(64, 2), batch_size=8, epochs=2,
+              callbacks=[pruning], verbose=0)
+    slim = shrink(model, round_to=4)  # 8 and 4 channels where there were 16 and 8
+    ```
+    """
+
+    _runtime_keys = MaskingCallback._runtime_keys | {"_graph", "_places", "_groups", "_removed"}
+
+    def __init__(self, schedule, score="bn", round_to=channels.DEFAULT_ROUND_TO, include_frozen=False):
+        if not isinstance(schedule, schedules_module.PruningSchedule):
+            raise TypeError(
+                "Argument `schedule` must be a pruning schedule such as "
+                "edgekeras.schedules.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=1000). "
+                f"Received: schedule={schedule!r}"
+            )
+        if getattr(schedule, "m_by_n", None) is not None:
+            raise ValueError(
+                "Argument `schedule` must give a fraction of channels, not an m-by-n pattern "
+                f"(use MagnitudePruning for that). Received: schedule={schedule!r}"
+            )
+        if score not in channels.SCORES:
+            raise ValueError(f"Argument `score` must be one of {', '.join(map(repr, channels.SCORES))}. Received: score={score!r}")
+        if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
+            raise ValueError(f"Argument `round_to` must be a positive integer. Received: round_to={round_to!r}")
+        super().__init__(policy="all", include_frozen=include_frozen)
+        self.schedule = schedule
+        self.score = score
+        self.round_to = int(round_to)
+
+    def _clear_state(self):
+        super()._clear_state()
+        self._graph = None
+        self._places = None
+        self._groups = []
+        self._removed = {}
+
+    def get_config(self):
+        return {
+            "schedule": schedules_module.serialize(self.schedule),
+            "score": self.score,
+            "round_to": self.round_to,
+            "include_frozen": self.include_frozen,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["schedule"] = schedules_module.deserialize(config["schedule"], custom_objects)
+        return cls(**config)
+
+    def _select(self):
+        model = backend.check_model(self.model)
+        if getattr(model, "optimizer", None) is None:
+            raise RuntimeError("ChannelPruning needs a compiled model: call model.compile(...) before fit.")
+        self._clear_state()
+        self._backend = backend.for_model(model)
+        self._graph = channels.analyse(model)
+        self._places = channels.group_weights(self._graph)
+        for index, group in enumerate(self._graph.groups):
+            frozen = any(not layer.trainable for layer, *_ in self._places[index])
+            if group.prunable and (self.include_frozen or not frozen):
+                self._groups.append(index)
+        if not self._groups:
+            raise ValueError(
+                f"Model {model.name!r} has no prunable channel group (channels between two convolutions or "
+                "Dense layers, not tied to the input or output"
+                + ("" if self.include_frozen else ", in trainable layers: pass include_frozen=True to prune frozen ones")
+                + "). See edgekeras.channels.find_groups(model)."
+            )
+        full = {index: np.zeros(self._graph.groups[index].size, bool) for index in self._groups}
+        pairs = channels.channel_masks(self._graph, full, self._places)
+        layer_of = {id(variable): layer for index in self._groups for layer, _, variable, *_ in self._places[index]}
+        self._weights = [variable for variable, _ in pairs]
+        self._layers = [layer_of[id(variable)] for variable in self._weights]
+        self._masks = [self._backend.mask_variable(w) for w in self._weights]
+        self._removed = full
+
+    def _kept_count(self, size, target):
+        kept = math.ceil((1.0 - target) * size / self.round_to) * self.round_to
+        return min(size, max(1, kept))
+
+    def _update_masks(self, target):
+        """Removes each group's least important channels down to `target`; returns True if a mask changed."""
+        changed = False
+        for index in self._groups:
+            size = self._graph.groups[index].size
+            removed = self._removed[index]
+            goal = size - self._kept_count(size, target)
+            if goal <= int(removed.sum()):
+                continue  # a removed channel stays removed
+            scores = channels.channel_scores(self._graph, index, self.score, self._places)
+            scores[removed] = -np.inf
+            removed = removed.copy()
+            removed[np.argsort(scores, kind="stable")[:goal]] = True
+            self._removed[index] = removed
+            changed = True
+        if changed:
+            values = dict((id(v), m) for v, m in channels.channel_masks(self._graph, self._removed, self._places))
+            for weight, mask in zip(self._weights, self._masks):
+                mask.assign(values[id(weight)])
+        return changed
+
+    def _step(self):
+        return self._backend.step(self.model.optimizer)
+
+    def on_train_begin(self, logs=None):
+        self._select()
+        # A resumed run (iterations > 0) starts from the channels the
+        # schedule removes by now, ranked on the restored weights.
+        step = self._step()
+        if step >= self.schedule.begin_step:
+            self._update_masks(schedules_module.schedule_sparsity(self.schedule, step))
+        self._prepare_step()
+        self._apply_now(zero_slots=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        should_prune, target = schedules_module.schedule_at(self.schedule, self._step())
+        if should_prune and self._update_masks(target):
+            self._apply_now(zero_slots=True)
+
+    def kept_channels(self):
+        """`{producer layer name: channels kept}` over the prunable groups, as the masks stand now."""
+        kept = {}
+        for index in self._groups:
+            group = self._graph.groups[index]
+            for name in group.producers:
+                kept[name] = group.size - int(self._removed[index].sum())
+        return kept
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self._groups:
+            return
+        for name, count in self.kept_channels().items():
+            logs[f"kept_channels/{name}"] = count
+        sizes = sum(self._graph.groups[index].size for index in self._groups)
+        logs["kept_channels"] = sum(int((~self._removed[index]).sum()) for index in self._groups) / sizes
+        logs["target_channel_sparsity"] = schedules_module.schedule_sparsity(self.schedule, self._step())
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+
+    def on_train_end(self, logs=None):
+        if not self._groups:
+            return
+        if self._slots is None:
+            self._resolve_slots()
+        step = self._step()
+        if step >= self.schedule.begin_step:
+            self._update_masks(schedules_module.schedule_sparsity(self.schedule, step))
+        self._apply_now(zero_slots=True)
