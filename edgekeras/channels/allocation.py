@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from edgekeras.channels.latency import slimmed_widths
+from edgekeras.channels.shrink import DEFAULT_ROUND_TO
 from edgekeras.images import check_positive_int
 
 __all__ = ["allocate", "uniform", "uniform_at_latency"]
@@ -50,7 +51,7 @@ def _minimum(size, min_fraction, round_to):
     return min(max(kept, min(round_to, size)), size)
 
 
-def uniform(groups, fraction, round_to=8):
+def uniform(groups, fraction, round_to=DEFAULT_ROUND_TO):
     """Every prunable group keeps `fraction` of its channels, rounded to a multiple of `round_to`.
 
     Args:
@@ -76,7 +77,7 @@ def uniform(groups, fraction, round_to=8):
     return {group.name: _rounded(group.size, fraction, round_to) if group.prunable else group.size for group in groups}
 
 
-def uniform_at_latency(groups, table, target_latency, round_to=8):
+def uniform_at_latency(groups, table, target_latency, round_to=DEFAULT_ROUND_TO):
     """The uniform slimming with the most channels whose predicted latency meets the target.
 
     Args:
@@ -201,7 +202,7 @@ class _Search:
             self.savings.pop(other, None)
 
 
-def allocate(groups, importance, table, target_latency, *, round_to=8, min_fraction=0.1):
+def allocate(groups, importance, table, target_latency, *, round_to=DEFAULT_ROUND_TO, min_fraction=0.1):
     """Channels each group keeps so that the predicted latency meets `target_latency`, NetAdapt-style.
 
     Args:

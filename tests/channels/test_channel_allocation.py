@@ -117,7 +117,8 @@ def test_allocate_argument_errors(kwargs, match):
 def test_uniform():
     assert uniform(GROUPS, 0.5, round_to=8) == {"a": 32, "b": 32, "fixed": 8}
     assert uniform(GROUPS, 0.3, round_to=16) == {"a": 16, "b": 16, "fixed": 8}
-    assert uniform(GROUPS, 0.01) == {"a": 8, "b": 8, "fixed": 8}
+    assert uniform(GROUPS, 0.01, round_to=8) == {"a": 8, "b": 8, "fixed": 8}
+    assert uniform(GROUPS, 0.01) == {"a": 16, "b": 16, "fixed": 8}  # DEFAULT_ROUND_TO, the shrink step's
     for fraction in (0, 1.01):
         with pytest.raises(ValueError, match=r"`fraction` must be in \(0, 1\]"):
             uniform(GROUPS, fraction)
