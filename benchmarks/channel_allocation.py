@@ -22,7 +22,7 @@ training images), the table's predicted latency ratio to the dense model
 and the measured one: the three int8 files (float I/O, as deployed) timed in
 one process in alternating rounds (`alternating_medians`, `--rounds`).
 
-Run (about 15 minutes on the project's 2-core CPU):
+Run (4 minutes on the project's 2-core CPU; figures in benchmarks/README.md):
 
     python benchmarks/channel_allocation.py --json benchmarks/results/channels/channel_allocation.json
 """
