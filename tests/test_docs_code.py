@@ -42,8 +42,9 @@ def page_id(page):
 
 ALL_BLOCKS = [(page, index, marker, code) for page in PAGES for index, (marker, code) in enumerate(blocks(page.read_text()))]
 RUN_PAGES = [page for page in PAGES if any(marker is None for marker, _ in blocks(page.read_text()))]
-# Pages whose code trains with quantization-aware training twice: about 35 s each on 2 idle cores.
-SLOW_PAGES = ("docs/guides/phases.md", "docs/guides/qat-export.md")
+# Pages whose code trains with quantization-aware training twice, or measures a latency table and
+# trains with QAT: about 35 s each on 2 idle cores.
+SLOW_PAGES = ("docs/guides/channels.md", "docs/guides/phases.md", "docs/guides/qat-export.md")
 
 
 def test_the_parser_sees_markers():

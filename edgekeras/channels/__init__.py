@@ -11,6 +11,9 @@
   (`table_from_bench`), predicting a slimmed model's latency.
 - `allocation`: `allocate`, the channels each group keeps for a latency
   target (NetAdapt-style), and the uniform baselines.
+- `slimming`: `apply_widths`, zeroing each group's least important channels
+  down to such widths (then `shrink`), and `channel_importance`, the scores
+  `allocate` takes.
 
 The callback that ramps channels to zero during `fit` is
 `edgekeras.callbacks.ChannelPruning`.
@@ -20,8 +23,9 @@ from edgekeras.channels.groups import ChannelGraph, ChannelGroup, analyse, find_
 from edgekeras.channels.masks import SCORES, channel_masks, channel_scores, group_weights, zero_channels
 from edgekeras.channels.shrink import DEFAULT_ROUND_TO, kept_channels, shrink
 from edgekeras.channels.latency import LatencyTable, LatencyTableError
-from edgekeras.channels.measure import measure_table, table_from_bench, write_layer_files
+from edgekeras.channels.measure import alternating_medians, measure_table, table_from_bench, write_layer_files
 from edgekeras.channels.allocation import allocate, uniform, uniform_at_latency
+from edgekeras.channels.slimming import apply_widths, channel_importance
 
 __all__ = [
     "DEFAULT_ROUND_TO",
@@ -31,7 +35,10 @@ __all__ = [
     "LatencyTable",
     "LatencyTableError",
     "allocate",
+    "alternating_medians",
     "analyse",
+    "apply_widths",
+    "channel_importance",
     "channel_masks",
     "channel_scores",
     "find_groups",

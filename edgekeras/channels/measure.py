@@ -310,9 +310,13 @@ def write_layer_files(model, directory, *, groups=None, points=4, round_to=8, re
     then copy the directory back and read the table with `table_from_bench`.
 
     Args:
-        model, groups, points, round_to, representative_examples, seed:
-            as for `measure_table`.
+        model: a flat functional tf_keras model, as for `measure_table`.
         directory: where to write (created if needed).
+        groups: its `ChannelGroup`s, as for `measure_table`.
+        points: widths per axis, as for `measure_table`.
+        round_to: the grid's widths are multiples of this.
+        representative_examples: random calibration examples per conversion.
+        seed: seed of the random calibration data.
 
     Returns:
         The paths written, `plan.json` last.
