@@ -128,5 +128,8 @@ def test_run_verbose_reaches_the_pipeline_and_its_full_epoch_line(monkeypatch, f
     assert seen["verbose"] is verbose
     context = stages.RunContext(None, False, None, False, False, None, 0.0, verbose=verbose)
     context.path = lambda *parts: "logs"
-    lines = [c for c in stages._fit_callbacks(context, "train") if isinstance(c, EpochLine)]
+    from edgekeras.compat import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    lines = [c for c in stages._fit_callbacks(context, "train", model) if isinstance(c, EpochLine)]
     assert [line.full for line in lines] == ([True] if verbose else [])
