@@ -54,6 +54,10 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
+# The TOML lines of keys added after run directories were written, at their defaults.
+_LATER_KEYS_AT_DEFAULT = ('keras = "tf_keras"\n',)
+
+
 def config_fingerprint(config):
     """A hash of every key of `config` that changes what a run produces.
 
@@ -71,7 +75,12 @@ def config_fingerprint(config):
         evaluate=dataclasses.replace(config.evaluate, progress=True),
         report=type(config.report)(),
     )
-    return hashlib.sha256(config_to_toml(settled).encode("utf-8")).hexdigest()
+    text = config_to_toml(settled)
+    # A key added in a later version hashes as before while it holds its default, so a run
+    # directory an earlier version started still resumes.
+    for line in _LATER_KEYS_AT_DEFAULT:
+        text = text.replace(line, "", 1)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _intact(run_dir, entry):

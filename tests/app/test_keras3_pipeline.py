@@ -55,3 +55,13 @@ def test_a_factory_model_of_the_other_keras_is_refused_before_training(tmp_path,
     )
     with pytest.raises(ConfigError, match=rf"gives a {model_keras} model, but `model.keras` says the run uses {key}"):
         build_model(config.model, num_classes=3, image_size=32)
+
+
+def test_model_keras_keeps_earlier_run_directories_resumable():
+    from edgekeras.app.state import config_fingerprint
+
+    # The fingerprint edgekeras wrote for this config before `model.keras` existed (8b42761).
+    earlier = "206a2e2f85eec9d1b2f4aeff5c0a88060809321b33963342c3367dbd0ffc3b17"
+    assert config_fingerprint(parse_config({"run": {"name": "old"}}, source="test")) == earlier
+    keras3 = parse_config({"run": {"name": "old"}, "model": {"keras": "keras3"}}, source="test")
+    assert config_fingerprint(keras3) != earlier
