@@ -6,6 +6,7 @@ so reading and checking a config never has to import TensorFlow.
 """
 
 __all__ = [
+    "CHANNEL_ALLOCATIONS", "CHANNEL_SCORES",
     "ARCHITECTURES", "ARCHITECTURE_NORMALIZATION", "CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "NORMALIZATIONS",
     "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES", "KERASES",
 ]
@@ -22,6 +23,10 @@ IO_DTYPES = ("float32", "int8", "uint8")
 POLICIES = ("all", "skip_first_last", "pointwise")
 # How a target sparsity is shared among them (edgekeras.sparsity.global_magnitude_masks).
 ALLOCATIONS = ("uniform", "global")
+# How [channels] spreads a latency target over the channel groups.
+CHANNEL_ALLOCATIONS = ("latency", "uniform")
+# How channels are ranked (edgekeras.channels.SCORES, TensorFlow-free here).
+CHANNEL_SCORES = ("bn", "l2")
 # tf.distribute strategies (edgekeras.distribute.get_strategy).
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # How a frozen prefix is run to cache its activations (edgekeras.features).

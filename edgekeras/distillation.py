@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # The training phases distillation can take part in.
-PHASES = ("prune", "qat")
+PHASES = ("channels", "prune", "qat")
 _EPSILON = 1e-7  # probabilities are clipped to [_EPSILON, 1] before their log is taken
 _SUM_TOLERANCE = 1e-2  # how far from 1 a row of teacher probabilities may sum (float16 teachers round)
 

@@ -47,6 +47,7 @@ import os
 import tomllib
 import typing
 
+from edgekeras.app.channel_section import ChannelsSection
 from edgekeras.app.inputs import DataSection, ModelSection, check_inputs
 from edgekeras.app.roles import AUTO, CANDIDATES, auto_candidates, resolve
 from edgekeras.app.sections import (
@@ -93,6 +94,7 @@ _SECTIONS = {
     "model": ModelSection,
     "train": TrainSection,
     "prune": PruneSection,
+    "channels": ChannelsSection,
     "qat": QatSection,
     "export": ExportSection,
     "evaluate": EvaluateSection,
@@ -110,6 +112,7 @@ class Config:
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     prune: PruneSection = PruneSection()
+    channels: ChannelsSection = ChannelsSection()
     qat: QatSection = QatSection()
     export: ExportSection = ExportSection()
     evaluate: EvaluateSection = EvaluateSection()
@@ -130,6 +133,8 @@ class Config:
             names += [f"pruned_{c}" for c in self.export.pruned_conversions]
             if self.qat.epochs and self.qat.quantize_pruned:
                 names.append("pqat_int8")
+        if self.channels.enabled:
+            names += [f"slim_{c}" for c in self.channels.conversions]
         return names
 
     def roles(self, choices=None):
@@ -207,6 +212,8 @@ def _variant_needs(name):
         return "`qat.epochs` > 0 and `qat.quantize_float` = true"
     if name == "pqat_int8":
         return "`prune.enabled` = true, `qat.epochs` > 0 and `qat.quantize_pruned` = true"
+    if name.startswith("slim_") and name[len("slim_"):] in CONVERSIONS:
+        return f"`channels.enabled` = true and {name[len('slim_'):]!r} in `channels.conversions`"
     if name.startswith("pruned_") and name[len("pruned_"):] in CONVERSIONS:
         return f"`prune.enabled` = true and {name[len('pruned_'):]!r} in `export.pruned_conversions`"
     if name in CONVERSIONS:

@@ -266,7 +266,8 @@ def _check_user_model(model, section, num_classes, image_size):
     return model
 
 
-def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None, qat=False, qat_steps=None):
+def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=None, qat=False, qat_steps=None,
+                 channel_steps=None):
     """The `EdgeTrainer` of every training phase of a run.
 
     Args:
@@ -282,13 +283,18 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
             from [qat], else from [prune]).
         qat_steps: optimizer steps of the QAT phase, which a "cosine"
             `qat.lr_schedule` decays over (None: no decay).
+        channel_steps: optimizer steps of the channel-pruning phase, which a
+            "cosine" `channels.lr_schedule` decays over after its warm-up; set,
+            the trainer is the [channels] stage's (its distillation settings
+            come from [channels]).
         strategy: the `tf.distribute` strategy to train under.
         backup_dir: where `BackupAndRestore` checkpoints go, or None.
 
     Returns:
         An `EdgeTrainer`.
     """
-    rates = {"float": config.train.learning_rate, "prune": config.prune.learning_rate, "qat": config.qat.learning_rate}
+    rates = {"float": config.train.learning_rate, "prune": config.prune.learning_rate, "qat": config.qat.learning_rate,
+             "channels": config.channels.learning_rate}
     decay, warmup = {}, {}
     if config.train.lr_schedule == "cosine" and float_steps:
         decay["float"] = float_steps
@@ -297,6 +303,9 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
         warmup["prune"] = int(prune_steps * config.prune.warmup_fraction)
     if config.qat.lr_schedule == "cosine" and qat_steps:
         decay["qat"] = qat_steps
+    if config.channels.lr_schedule == "cosine" and channel_steps:
+        decay["channels"] = channel_steps
+        warmup["channels"] = int(channel_steps * config.channels.warmup_fraction)
     return EdgeTrainer(
         model,
         backup_dir=backup_dir,
@@ -308,12 +317,12 @@ def make_trainer(model, config, float_steps, strategy, backup_dir, prune_steps=N
         prune_policy=config.prune.policy,
         prune_allocation=config.prune.allocation,
         max_layer_sparsity=config.prune.max_layer_sparsity or None,
-        distillation=_distillation(config, "qat" if qat else "prune"),
+        distillation=_distillation(config, "qat" if qat else "channels" if channel_steps else "prune"),
     )
 
 
 def _distillation(config, phase):
-    """The `Distillation` of `phase` ("prune" or "qat") when its section sets `distill_weight`, else None."""
+    """The `Distillation` of `phase` ("channels", "prune" or "qat") when its section sets `distill_weight`, else None."""
     section = getattr(config, phase)
     if not section.distill_weight:
         return None

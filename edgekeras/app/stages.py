@@ -28,6 +28,8 @@ from edgekeras.app.factories import build_model, load_data, make_trainer, prune_
 from edgekeras.app.phase_inputs import cache_at_cut, caches_features, pruning_inputs, warn_if_pruning_little
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.roles import auto_candidates, choice_line, pick, single
+from edgekeras.app.slim import check_slimming
+from edgekeras.app.slim import slim as slim_float_model
 from edgekeras.app.state import RunState, log
 from edgekeras.callbacks import EpochLine
 from edgekeras.data import batches_per_epoch
@@ -62,7 +64,7 @@ class RunContext:
             cached activations (cache_features); released after training.
         train_arrays: the cached `(activations, labels)` arrays behind
             `train_data`, or None.
-        models: {"float", "pruned", "qat", "pqat": model or None}.
+        models: {"float", "pruned", "qat", "pqat", "slim": model or None}.
         exported: {variant: (ExportedModel, source model name)} (export).
         role_choices: {role: choice} of the "auto" report roles
             (choose_roles; see `edgekeras.app.roles`).
@@ -86,7 +88,7 @@ class RunContext:
     train_data: object = None
     validation_data: object = None
     train_arrays: tuple = None
-    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat")))
+    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat", "slim")))
     exported: dict = dataclasses.field(default_factory=dict)
     role_choices: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
@@ -161,6 +163,8 @@ def trial_conversion(context):
         # The QAT copy as the qat stage's trainer makes it (skip layers, scheme).
         strategy = get_strategy("default") if context.distributed else context.strategy
         make_trainer(model, config, None, strategy, None).trial_conversion(qat=True, float_model=False, **settings)
+    if config.channels.enabled:
+        check_slimming(context, model, settings)
     log(f"the untrained model converts to {', '.join(conversions)}{' (and its QAT copy to int8)' if quantized else ''}")
 
 
@@ -280,6 +284,12 @@ def qat(context):
     context.models = {name: None if model is None else context.local(model) for name, model in models.items()}
 
 
+def slim(context):
+    """Stage: with [channels], the float model channel-pruned on the images and shrunk (`models["slim"]`)."""
+    if context.config.channels.enabled:
+        slim_float_model(context, lambda name, model: _fit_callbacks(context, name, model))
+
+
 def save_models(context):
     """Stage: models/float, pruned, qat, pqat (those that exist), .h5 on tf_keras and .keras on Keras 3."""
     for name, model in context.models.items():
@@ -297,6 +307,8 @@ def _export_jobs(context):
         jobs += [(f"pruned_{c}", models["pruned"], c, "pruned") for c in section.pruned_conversions]
     if models["pqat"] is not None:
         jobs.append(("pqat_int8", models["pqat"], "int8", "pqat"))
+    if models["slim"] is not None:
+        jobs += [(f"slim_{c}", models["slim"], c, "slim") for c in context.config.channels.conversions]
     return jobs
 
 
@@ -460,6 +472,7 @@ STAGES = (
     ("trial_conversion", trial_conversion),
     ("cache_features", cache_features),
     ("train_and_prune", train_and_prune),
+    ("slim", slim),
     ("qat", qat),
     ("save_models", save_models),
     ("export", export),

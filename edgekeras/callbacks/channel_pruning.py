@@ -58,13 +58,26 @@ class ChannelPruning(MaskingCallback):
             of the channels removed and 11.5 pp more at 50 %, and 1.9 /
             8.5 pp more than Taylor (which would need gradients on data).
         round_to: each group keeps a multiple of this many channels (or all).
-        include_frozen: also prune groups that touch a layer with
-            `trainable=False` (it could not recover).
+        include_frozen: also prune groups whose convolutions or Dense layers
+            have `trainable=False` (they could not recover). A frozen
+            BatchNormalization (statistics kept, as when fine-tuning) does
+            not freeze its channels: they are removed all the same.
+        widths: None (every prunable group loses the schedule's fraction of
+            its channels), or `{group name: channels kept at the end}`, e.g.
+            from `edgekeras.channels.allocate` or `uniform_at_latency`: only
+            the named groups are pruned, each reaching its width when the
+            schedule reaches its final sparsity and passing through the
+            same share of its own removal on the way (a group that keeps 64
+            of 192 channels has lost 64 of them when a schedule ending at
+            0.8 is at 0.4). Kept counts that are not multiples of
+            `round_to` are kept as given at the end.
 
     Raises:
         TypeError: `schedule` is not a pruning schedule.
-        ValueError: an m-by-n schedule, an unknown `score`, or `round_to`
-            that is not a positive integer.
+        ValueError: an m-by-n schedule, an unknown `score`, `round_to`
+            that is not a positive integer, `widths` that is not a dict of
+            positive channel counts, or (when training begins) `widths`
+            naming a group the model does not have or cannot prune.
 
     Example:
 
@@ -87,9 +100,9 @@ class ChannelPruning(MaskingCallback):
     ```
     """
 
-    _runtime_keys = MaskingCallback._runtime_keys | {"_graph", "_places", "_groups", "_removed"}
+    _runtime_keys = MaskingCallback._runtime_keys | {"_graph", "_places", "_groups", "_removed", "_final"}
 
-    def __init__(self, schedule, score="bn", round_to=channels.DEFAULT_ROUND_TO, include_frozen=False):
+    def __init__(self, schedule, score="bn", round_to=channels.DEFAULT_ROUND_TO, include_frozen=False, widths=None):
         if not isinstance(schedule, schedules_module.PruningSchedule):
             raise TypeError(
                 "Argument `schedule` must be a pruning schedule such as "
@@ -109,6 +122,12 @@ class ChannelPruning(MaskingCallback):
         self.schedule = schedule
         self.score = score
         self.round_to = int(round_to)
+        self.widths = None if widths is None else _checked_widths(widths)
+        if self.widths is not None and not _final_sparsity(schedule) > 0:
+            raise ValueError(
+                "Argument `schedule` must end above sparsity 0 when `widths` is given: the widths are reached when it "
+                f"reaches its final sparsity. Received: schedule={schedule!r}"
+            )
 
     def _clear_state(self):
         super()._clear_state()
@@ -116,6 +135,7 @@ class ChannelPruning(MaskingCallback):
         self._places = None
         self._groups = []
         self._removed = {}
+        self._final = {}
 
     def get_config(self):
         return {
@@ -123,6 +143,7 @@ class ChannelPruning(MaskingCallback):
             "score": self.score,
             "round_to": self.round_to,
             "include_frozen": self.include_frozen,
+            "widths": None if self.widths is None else dict(self.widths),
         }
 
     @classmethod
@@ -139,10 +160,16 @@ class ChannelPruning(MaskingCallback):
         self._backend = backend.for_model(model)
         self._graph = channels.analyse(model)
         self._places = channels.group_weights(self._graph)
+        self._final = {}
+        by_name = {group.name: index for index, group in enumerate(self._graph.groups)}
+        self._check_named_groups(by_name)
         for index, group in enumerate(self._graph.groups):
-            frozen = any(not layer.trainable for layer, *_ in self._places[index])
-            if group.prunable and (self.include_frozen or not frozen):
+            # A frozen BatchNormalization keeps its statistics; its channels can go all the same.
+            frozen = any(not layer.trainable for layer, role, *_ in self._places[index] if role not in ("gamma", "beta"))
+            wanted = self.widths is None or group.name in self.widths
+            if wanted and group.prunable and (self.include_frozen or not frozen):
                 self._groups.append(index)
+                self._final[index] = None if self.widths is None else min(self.widths[group.name], group.size)
         if not self._groups:
             raise ValueError(
                 f"Model {model.name!r} has no prunable channel group (channels between two convolutions or "
@@ -158,9 +185,35 @@ class ChannelPruning(MaskingCallback):
         self._masks = [self._backend.mask_variable(w) for w in self._weights]
         self._removed = full
 
-    def _kept_count(self, size, target):
-        kept = math.ceil((1.0 - target) * size / self.round_to) * self.round_to
-        return min(size, max(1, kept))
+    def _check_named_groups(self, by_name):
+        if self.widths is None:
+            return
+        unknown = sorted(set(self.widths) - set(by_name))
+        if unknown:
+            raise ValueError(
+                f"Argument `widths` names no channel group of model {self.model.name!r}: {unknown}. "
+                "See edgekeras.channels.find_groups(model) for its groups."
+            )
+        unprunable = sorted(
+            name for name, kept in self.widths.items()
+            if not self._graph.groups[by_name[name]].prunable and kept < self._graph.groups[by_name[name]].size
+        )
+        if unprunable:
+            raise ValueError(
+                f"Argument `widths` narrows groups that cannot be pruned (tied to the model's input or output, or to a "
+                f"layer that mixes channels): {unprunable}. Leave them out of `widths`."
+            )
+
+    def _kept_count(self, index, target):
+        size, final = self._graph.groups[index].size, self._final[index]
+        if final is None:
+            kept = math.ceil((1.0 - target) * size / self.round_to) * self.round_to
+            return min(size, max(1, kept))
+        # This group's share of its own planned removal follows the schedule's share of its final sparsity.
+        left = 1.0 - min(1.0, target / _final_sparsity(self.schedule))
+        # Rounded first: a float32 schedule ends a hair below its float64 final value.
+        steps = math.ceil(round((size - final) * left / self.round_to, 6))
+        return min(size, final + steps * self.round_to)
 
     def _update_masks(self, target):
         """Removes each group's least important channels down to `target`; returns True if a mask changed."""
@@ -168,7 +221,7 @@ class ChannelPruning(MaskingCallback):
         for index in self._groups:
             size = self._graph.groups[index].size
             removed = self._removed[index]
-            goal = size - self._kept_count(size, target)
+            goal = size - self._kept_count(index, target)
             if goal <= int(removed.sum()):
                 continue  # a removed channel stays removed
             scores = channels.channel_scores(self._graph, index, self.score, self._places)
@@ -230,3 +283,27 @@ class ChannelPruning(MaskingCallback):
         if step >= self.schedule.begin_step:
             self._update_masks(schedules_module.schedule_sparsity(self.schedule, step))
         self._apply_now(zero_slots=True)
+
+
+def _final_sparsity(schedule):
+    """The sparsity a schedule ends at (TFMOT's and edgekeras' polynomial and constant schedules)."""
+    for attribute in ("final_sparsity", "target_sparsity"):
+        value = getattr(schedule, attribute, None)
+        if value is not None:
+            return float(value)
+    return float(schedules_module.schedule_sparsity(schedule, 2**62))
+
+
+def _checked_widths(widths):
+    if not isinstance(widths, dict) or not widths:
+        raise ValueError(
+            "Argument `widths` must be None or a non-empty dict of group name -> channels kept, e.g. "
+            f"{{'block_1_expand': 48}}. Received: widths={widths!r}"
+        )
+    for name, kept in widths.items():
+        if not isinstance(name, str) or isinstance(kept, bool) or not isinstance(kept, numbers.Integral) or kept < 1:
+            raise ValueError(
+                "Argument `widths` must map group names to positive channel counts. "
+                f"Received: widths[{name!r}]={kept!r}"
+            )
+    return {name: int(kept) for name, kept in widths.items()}

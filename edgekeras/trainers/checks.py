@@ -14,10 +14,11 @@ import tensorflow as tf
 
 from edgekeras import distribute, quantization, sparsity
 from edgekeras.backend import KERAS_MODULES, check_model, for_model
+from edgekeras.callbacks import ChannelPruning
 from edgekeras.schedules import PruningSchedule
 from edgekeras.trainers.data_checks import check_inputs
 
-__all__ = ["check_epochs", "check_fit_arguments", "check_inputs", "check_strategy", "check_trainer_arguments"]
+__all__ = ["check_channels", "check_epochs", "check_fit_arguments", "check_inputs", "check_strategy", "check_trainer_arguments"]
 
 # `fit` keywords that EdgeTrainer sets itself for each phase.
 _PHASE_KEYWORDS = ("epochs", "initial_epoch", "callbacks")
@@ -156,6 +157,51 @@ def _check_prune(prune, prune_epochs):
         )
 
 
+def check_channels(channels, channel_epochs):
+    """Checks `EdgeTrainer.fit`'s `channels` and `channel_epochs`.
+
+    Args:
+        channels: None, a fraction of channels to remove in (0, 1), a dict
+            of group name -> channels kept, or a `ChannelPruning` callback.
+        channel_epochs: epochs of the channel-pruning phase.
+
+    Returns:
+        `channel_epochs` as an int.
+
+    Raises:
+        ValueError: a bad argument (named in the message).
+
+    Example:
+
+    ```python
+    channel_epochs = check_channels(0.5, 2)
+    ```
+    """
+    channel_epochs = check_epochs(channel_epochs, "channel_epochs")
+    valid = (
+        channels is None
+        or isinstance(channels, (ChannelPruning, dict))
+        or (isinstance(channels, numbers.Real) and not isinstance(channels, bool) and 0.0 < channels < 1.0)
+    )
+    if not valid:
+        raise ValueError(
+            "Argument `channels` must be None, the fraction of each group's channels to remove in (0, 1), a dict "
+            "of group name -> channels kept (e.g. from edgekeras.channels.allocate) or an "
+            f"edgekeras.callbacks.ChannelPruning. Received: channels={channels!r}"
+        )
+    if channels is not None and channel_epochs == 0:
+        raise ValueError(
+            "Argument `channel_epochs` must be a positive integer when `channels` is set. "
+            f"Received: channel_epochs={channel_epochs}"
+        )
+    if channels is None and channel_epochs:
+        raise ValueError(
+            f"Argument `channels` must be set to prune channels for channel_epochs={channel_epochs} epochs, "
+            "e.g. channels=0.5. Received: channels=None"
+        )
+    return channel_epochs
+
+
 def _check_callbacks(callbacks):
     if callbacks is None:
         return []
@@ -165,13 +211,15 @@ def _check_callbacks(callbacks):
     return callbacks
 
 
-def check_fit_arguments(float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs):
+def check_fit_arguments(float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs, channel_epochs=0):
     """Checks the arguments of `EdgeTrainer.fit`; returns the epochs as ints and the callbacks as a list.
 
     Args:
         float_epochs, prune, prune_epochs, qat_epochs, callbacks: as for
             `EdgeTrainer.fit`.
         fit_kwargs: the other `keras.Model.fit` keywords.
+        channel_epochs: the channel-pruning phase's epochs, checked by
+            `check_channels`.
 
     Returns:
         `(float_epochs, prune_epochs, qat_epochs, callbacks)`.
@@ -189,10 +237,10 @@ def check_fit_arguments(float_epochs, prune, prune_epochs, qat_epochs, callbacks
     prune_epochs = check_epochs(prune_epochs, "prune_epochs")
     qat_epochs = check_epochs(qat_epochs, "qat_epochs")
     _check_prune(prune, prune_epochs)
-    if float_epochs + prune_epochs + qat_epochs == 0:
+    if float_epochs + prune_epochs + qat_epochs + channel_epochs == 0:
         raise ValueError(
-            "Arguments `float_epochs`, `prune_epochs` and `qat_epochs` are all 0: nothing to "
-            "train. Received: float_epochs=0, prune_epochs=0, qat_epochs=0"
+            "Arguments `float_epochs`, `channel_epochs`, `prune_epochs` and `qat_epochs` are all 0: nothing to "
+            "train. Received: float_epochs=0, channel_epochs=0, prune_epochs=0, qat_epochs=0"
         )
     callbacks = _check_callbacks(callbacks)
     for key in _PHASE_KEYWORDS:

@@ -1,51 +1,42 @@
 """`EdgeTrainer`: float training -> optional pruning -> quantization-aware fine-tuning."""
 
+import functools
 import os
 
 import tensorflow as tf
 
+from edgekeras import channels as channels_module
 from edgekeras import quantization, sparsity
 from edgekeras.backend import for_model
 from edgekeras.qat import engine_for
-from edgekeras.callbacks import MagnitudePruning, PreserveSparsity
+from edgekeras.callbacks import ChannelPruning, MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
 from edgekeras.data import batches_per_epoch
 from edgekeras.litert.trial import check_conversions
 from edgekeras.models import clone_with_weights, flatten, is_nested
-from edgekeras.schedules import PruningSchedule, polynomial_ramp
 from edgekeras.distillation import Distillation
 from edgekeras.trainers.checks import (
-    check_epochs, check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments,
+    check_channels, check_epochs, check_fit_arguments, check_inputs, check_strategy, check_trainer_arguments,
 )
 from edgekeras.trainers.distill import phase_compile_arguments, teacher_data
+from edgekeras.trainers.phase_schedules import channel_pruning_callback, pruning_schedule
 from edgekeras.trainers.phase_callbacks import KeepFrozen, PhaseLogs, QuantizerRanges, with_epoch_line
 from edgekeras.trainers.optimizers import check_optimizer, make_optimizer
 from edgekeras.trainers.trial import trial_data, trial_phases
 
 __all__ = ["EdgeTrainer", "PHASES"]
 
-PHASES = ("float", "prune", "qat")
-
-# The sparsity ramp of `prune=<float>` covers this share of the pruning
-# phase; the rest lets the network recover at the final sparsity.
-RAMP_FRACTION = 2 / 3
-MASK_UPDATES = 10
+PHASES = ("float", "channels", "prune", "qat")
 
 
-def _pruning_schedule(prune, steps):
-    if isinstance(prune, PruningSchedule):
-        return prune
-    return polynomial_ramp(steps, float(prune), end=RAMP_FRACTION, mask_updates=MASK_UPDATES)
-
-
-def _steps_per_epoch(x, batch_size, steps_per_epoch):
+def _steps_per_epoch(x, batch_size, steps_per_epoch, argument="prune"):
     steps = steps_per_epoch if steps_per_epoch is not None else batches_per_epoch(x, batch_size)
     if steps is None:
         raise ValueError(
-            "Argument `steps_per_epoch` is needed to turn `prune` into a schedule: the number of "
+            f"Argument `steps_per_epoch` is needed to turn `{argument}` into a schedule: the number of "
             "batches per epoch of the training data is unknown (infinite or unsized dataset). "
             "Received: steps_per_epoch=None. Pass steps_per_epoch=<batches per epoch>, or a "
-            "schedule object as `prune`."
+            f"{'schedule object' if argument == 'prune' else 'ChannelPruning callback'} as `{argument}`."
         )
     return steps
 
@@ -62,13 +53,16 @@ def _calibration_batches(x, batch_size):
 
 
 class EdgeTrainer:
-    """Trains a model in phases: float, optional pruning, quantization-aware.
+    """Trains a model in phases: float, optional channel pruning, optional pruning, quantization-aware.
 
     A trainer object holding the user's model, not a `keras.Model` subclass:
     quantization-aware training builds a new model (TFMOT's `quantize_apply`
     clones every layer into a `QuantizeWrapperV2`), so the QAT phase trains a
-    different model object than the float phases. The trainer keeps each
-    phase's model: `float_model` (after the float phase), `pruned_model`
+    different model object than the float phases, and channel pruning ends by
+    building a narrower one (`edgekeras.channels.shrink`). The trainer keeps
+    each phase's model: `float_model` (after the float phase), `slim_model`
+    (after channel pruning: the narrower dense model, which the pruning and
+    QAT phases then train; `channel_widths` gives its kept channels), `pruned_model`
     (the user's flattened model with exact zeros, no wrappers), `qat_model`
     (or None), `model` (the user's flattened model), `latest_model` (what to
     export), `quantize_scheme` once QAT ran, and `histories`
@@ -76,9 +70,11 @@ class EdgeTrainer:
 
     Every phase is a real `model.fit` (epochs numbered continuously across
     phases, so TensorBoard curves follow each other) with the user's callbacks and
-    a fresh optimizer. Each epoch's logs carry `phase` (0 float, 1 prune, 2 qat:
-    TensorBoard needs numbers; the names are in `PHASES` and `summary()`) and
-    `learning_rate`; the pruning phase adds `sparsity`, `sparsity/<layer>` and
+    a fresh optimizer. Each epoch's logs carry `phase` (0 float, 1 channels,
+    2 prune, 3 qat: TensorBoard needs numbers; the names are in `PHASES` and
+    `summary()`) and `learning_rate`; the channel-pruning phase adds
+    `kept_channels`, `kept_channels/<layer>` and `target_channel_sparsity`, the
+    pruning phase `sparsity`, `sparsity/<layer>` and
     `target_sparsity`, and QAT of a sparse model adds `sparsity` again, which
     shows what survives quantization-aware training. QAT adds `quant_range_width_mean`,
     `quant_range_min`, `quant_range_max` and `quant_range_change` (its activation
@@ -216,6 +212,8 @@ class EdgeTrainer:
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.calibrated_ranges = 0
         self.float_model = None
+        self.slim_model = None
+        self.channel_widths = {}
         self.pruned_model = None
         self.qat_model = None
         self.quantize_scheme = None
@@ -257,22 +255,9 @@ class EdgeTrainer:
         self.histories[phase] = dict(history.history)
         return history
 
-    def fit(
-        self,
-        x=None,
-        y=None,
-        *,
-        validation_data=None,
-        float_epochs=0,
-        prune=None,
-        prune_epochs=0,
-        qat_epochs=0,
-        callbacks=None,
-        steps_per_epoch=None,
-        conversions=None,
-        initial_epoch=0,
-        **fit_kwargs,
-    ):
+    def fit(self, x=None, y=None, *, validation_data=None, float_epochs=0, channels=None, channel_epochs=0,
+            prune=None, prune_epochs=0, qat_epochs=0, callbacks=None, steps_per_epoch=None, conversions=None,
+            initial_epoch=0, **fit_kwargs):
         """Runs the phases and returns `self.histories`.
 
         Args:
@@ -280,14 +265,23 @@ class EdgeTrainer:
             y: training targets, as for `keras.Model.fit` (None for a dataset).
             validation_data: as for `keras.Model.fit`.
             float_epochs: epochs of plain training.
+            channels: None, the fraction of every channel group's channels
+                to remove in (0, 1), `{group name: channels kept}` (from
+                `edgekeras.channels.allocate`, say) or a `ChannelPruning`
+                callback; see `edgekeras.trainers.phase_schedules`. The
+                zeroed channels are then removed (`shrink`) and the later
+                phases train the narrower model.
+            channel_epochs: epochs of the channel-pruning phase (> 0 when
+                `channels` is set).
             prune: None (no pruning), a target sparsity in (0, 1) reached by a
                 polynomial ramp over the first 2/3 of the pruning phase, or a
                 pruning schedule object (steps count from the phase's start).
             prune_epochs: epochs of the pruning phase (> 0 when pruning).
             qat_epochs: epochs of quantization-aware fine-tuning.
             callbacks: the user's callbacks, given to every phase.
-            steps_per_epoch: batches per epoch; only needed when `prune` is a
-                number and the data's length is unknown. Also passed to fit.
+            steps_per_epoch: batches per epoch, needed when the data's
+                length is unknown and `prune` or `channels` must become a
+                schedule. Also passed to fit.
             conversions: what to convert the untrained model to before the
                 first epoch, so that the converter's objections come before
                 training (see `trial_conversion`). None: each `TFLiteExport`
@@ -311,22 +305,24 @@ class EdgeTrainer:
             ConversionError: the converter refuses the model or its
                 quantization-aware copy (raised before any training).
         """
+        channel_epochs = check_channels(channels, channel_epochs)
         float_epochs, prune_epochs, qat_epochs, callbacks = check_fit_arguments(
-            float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs
+            float_epochs, prune, prune_epochs, qat_epochs, callbacks, fit_kwargs, channel_epochs
         )
         checked_loss = self.distillation.loss() if self.distillation else self.loss  # it reads packed labels
         check_inputs(self.model, x, y, loss=checked_loss, validation_data=validation_data)
         self._initial_epoch = check_epochs(initial_epoch, "initial_epoch")
-        schedule = None
-        if prune is not None:
-            steps = _steps_per_epoch(x, fit_kwargs.get("batch_size"), steps_per_epoch) * prune_epochs
-            schedule = _pruning_schedule(prune, steps)
+        schedule, channel_pruning = self._schedules(
+            functools.partial(_steps_per_epoch, x, fit_kwargs.get("batch_size"), steps_per_epoch),
+            prune, prune_epochs, channels, channel_epochs,
+        )
         if qat_epochs:
             # Fail before training, not after the float and pruning phases.
             engine_for(self.model).check(self.model, self.quantize_skip, self.quantize_configs)
         if conversions is None or check_conversions(conversions):
             self.trial_conversion(
-                conversions or (), qat=bool(qat_epochs), float_model=bool(float_epochs) or schedule is not None,
+                conversions or (), qat=bool(qat_epochs),
+                float_model=bool(float_epochs) or schedule is not None or channel_pruning is not None,
                 representative_data=trial_data(x), callbacks=callbacks,
             )
         fit_kwargs = dict(fit_kwargs, y=y, validation_data=validation_data)
@@ -335,8 +331,17 @@ class EdgeTrainer:
         # Every model of every phase (snapshot, QAT clone) and every compile
         # must be made under the strategy that holds the model's variables.
         with self.strategy.scope():
-            self._train(x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs)
+            self._train(x, (channel_pruning, channel_epochs), schedule, float_epochs, prune_epochs, qat_epochs,
+                        callbacks, fit_kwargs)
         return self.histories
+
+    def _schedules(self, batches, prune, prune_epochs, channels, channel_epochs):
+        """`(pruning schedule or None, ChannelPruning or None)` of `fit`; `batches(argument)` counts an epoch's steps."""
+        schedule = None if prune is None else pruning_schedule(prune, batches() * prune_epochs)
+        channel_pruning = None if channels is None else channel_pruning_callback(
+            channels, None if isinstance(channels, ChannelPruning) else batches("channels") * channel_epochs, self.model
+        )
+        return schedule, channel_pruning
 
     def trial_conversion(self, conversions=(), *, qat=False, **kwargs):
         """Converts the untrained model the way the trained ones will be, before training; writes nothing.
@@ -368,11 +373,23 @@ class EdgeTrainer:
         return trial_phases(self.model, conversions, quantize=quantize if qat else None,
                             calibrate=bool(self.calibration_steps), **kwargs)
 
-    def _train(self, x, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs):
+    def _prune_channels(self, x, channel_pruning, channel_epochs, callbacks, fit_kwargs):
+        """The channel-pruning phase, then the narrower model in place of the trained one."""
+        self._compile(self.model, "channels")
+        channel_x, channel_kwargs = self._distilled("channels", self.model, self.float_model, x, fit_kwargs)
+        self._run_phase("channels", self.model, channel_x, channel_epochs, callbacks, [channel_pruning], channel_kwargs)
+        self.channel_widths = channel_pruning.kept_channels()
+        self.model = self.slim_model = channels_module.shrink(self.model, round_to=channel_pruning.round_to)
+
+    def _train(self, x, channel_phase, schedule, float_epochs, prune_epochs, qat_epochs, callbacks, fit_kwargs):
+        channel_pruning, channel_epochs = channel_phase
         if float_epochs:
             self._compile(self.model, "float")
             self._run_phase("float", self.model, x, float_epochs, callbacks, [], fit_kwargs)
-        self.float_model = clone_with_weights(self.model) if schedule is not None else self.model
+        later = schedule is not None or channel_pruning is not None
+        self.float_model = clone_with_weights(self.model) if later else self.model
+        if channel_pruning is not None:
+            self._prune_channels(x, channel_pruning, channel_epochs, callbacks, fit_kwargs)
         if schedule is not None:
             self._pruned_names = {
                 layer.name for layer in sparsity.select_layers(self.model, self.prune_policy)
@@ -421,6 +438,8 @@ class EdgeTrainer:
         """Returns a JSON-able dict describing the phases that ran.
 
         Keys: `phases` (names in order), `epochs` (per phase),
+        `channel_widths` (`{producer layer: channels kept}` after channel
+        pruning; empty without it),
         `final_logs` (per phase, last epoch's logs), `sparsity` (fraction
         of zeros over the kernels the pruning phase selected, after each
         phase; empty without pruning), `model_sparsity` (the same over every
@@ -435,6 +454,7 @@ class EdgeTrainer:
         return {
             "phases": [phase for phase in PHASES if phase in self.histories],
             "epochs": dict(self._epochs),
+            "channel_widths": dict(self.channel_widths),
             "final_logs": final_logs,
             "sparsity": dict(self._sparsity),
             "model_sparsity": dict(self._model_sparsity),

@@ -32,7 +32,9 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, deca
     """Returns `optimizer(phase)` for `EdgeTrainer`: a new optimizer per phase.
 
     Args:
-        learning_rates: `{phase: learning rate}` for "float", "prune" and "qat".
+        learning_rates: `{phase: learning rate}` for "float", "prune" and
+            "qat", and optionally "channels" (else the channel-pruning
+            phase takes the pruning phase's rate).
         kind: "adam" or "sgd" (with momentum 0.9).
         float_decay_steps: when set, the float phase's rate follows a cosine
             decay to 0 over this many steps (the same as
@@ -76,7 +78,7 @@ def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, deca
             )
 
     def make(phase, keras_module=keras):
-        rate = learning_rates[phase]
+        rate = learning_rates.get(phase, learning_rates["prune"]) if phase == "channels" else learning_rates[phase]
         if decay_steps.get(phase):
             warmup = warmup_steps.get(phase, 0)
             rate = keras_module.optimizers.schedules.CosineDecay(

@@ -98,7 +98,10 @@ def test_shipped_configs_are_valid(name):
     "values, match",
     [
         ({"trian": {}}, r"Unknown section `trian` at the top level.* Did you mean `train`\?"),
-        ({"epochs": 3}, r"Unknown key `epochs` at the top level.* `epochs` is a key of \[train\], \[prune\], \[qat\]: write it below"),
+        (
+            {"epochs": 3},
+            r"Unknown key `epochs` at the top level.* `epochs` is a key of \[train\], \[prune\], \[channels\], \[qat\]: write it below",
+        ),
         (
             {"train": {"epoch": 3}},
             r"Unknown key `epoch` in section \[train\] of <dict>\. Valid keys of \[train\]:.* Did you mean `epochs`\?",

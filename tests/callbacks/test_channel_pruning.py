@@ -72,6 +72,9 @@ def zero_channels_of(model):
         ({"schedule": ramp(), "score": "taylor"}, ValueError, r"Argument `score` must be one of 'l2', 'bn'\. Received: score='taylor'"),
         ({"schedule": ramp(), "round_to": 0}, ValueError, r"Argument `round_to` must be a positive integer\. Received: round_to=0"),
         ({"schedule": ramp(), "include_frozen": 1}, ValueError, r"Argument `include_frozen` must be True or False"),
+        ({"schedule": ramp(), "widths": {}}, ValueError, r"Argument `widths` must be None or a non-empty dict"),
+        ({"schedule": ramp(), "widths": {"expand": 0}}, ValueError, r"Received: widths\['expand'\]=0"),
+        ({"schedule": ramp(0.0), "widths": {"expand": 8}}, ValueError, r"must end above sparsity 0 when `widths`"),
     ],
 )
 def test_arguments_are_checked(kwargs, error, match):
@@ -142,6 +145,34 @@ def test_frozen_groups_are_left_alone_unless_asked():
     compile_model(model)
     fit(model, [ChannelPruning(schedules.ConstantSparsity(0.5, begin_step=0), round_to=1)], epochs=1)
     assert zero_channels_of(model) == {"stem": 8, "expand": 0}
+
+
+def test_widths_prune_only_the_named_groups_each_to_its_width_through_its_share_of_the_ramp():
+    model = compile_model(conv_net())
+    # The ramp ends at 0.8 at step 16 (two epochs); halfway through the planned removals, rounded up to 4.
+    pruning = ChannelPruning(ramp(0.8, end_step=2 * STEPS_PER_EPOCH), round_to=4, widths={"expand": 8, "stem": 12})
+    history = fit(model, [pruning], epochs=3)
+    assert zero_channels_of(model) == {"stem": 4, "expand": 24}
+    assert history.history["kept_channels/expand"][-1] == 8 and history.history["kept_channels/stem"][-1] == 12
+    assert 8 < history.history["kept_channels/expand"][0] < 32
+    slim = shrink(model, round_to=4)
+    assert [slim.get_layer(n).output.shape[-1] for n in ("stem", "expand")] == [12, 8]
+
+
+def test_widths_naming_an_unknown_or_unprunable_group_are_refused_when_training_begins():
+    with pytest.raises(ValueError, match=r"names no channel group of model 'tiny': \['nowhere'\]"):
+        fit(compile_model(conv_net()), [ChannelPruning(ramp(), widths={"nowhere": 4})], epochs=1)
+    with pytest.raises(ValueError, match=r"narrows groups that cannot be pruned .*\['logits'\]"):
+        fit(compile_model(conv_net()), [ChannelPruning(ramp(), widths={"logits": 1})], epochs=1)
+
+
+def test_a_frozen_batchnorm_does_not_freeze_its_channels():
+    model = conv_net()
+    for name in ("stem_bn", "expand_bn", "project_bn"):
+        model.get_layer(name).trainable = False
+    compile_model(model)
+    fit(model, [ChannelPruning(schedules.ConstantSparsity(0.5, begin_step=0), round_to=1)], epochs=1)
+    assert zero_channels_of(model) == {"stem": 8, "expand": 16}
 
 
 def test_a_model_without_prunable_groups_is_refused():

@@ -79,8 +79,8 @@ def test_phases_run_in_order_with_user_callbacks(trained):
     assert list(trainer.histories) == ["float", "prune", "qat"]
     assert [m is trainer.qat_model for m in counter.models] == [False, False, True]
     assert trainer.histories["float"]["phase"] == [0.0]
-    assert trainer.histories["prune"]["phase"] == [1.0, 1.0]
-    assert trainer.histories["qat"]["phase"] == [2.0]
+    assert trainer.histories["prune"]["phase"] == [2.0, 2.0]
+    assert trainer.histories["qat"]["phase"] == [3.0]
     for history in trainer.histories.values():
         assert all(isinstance(v, float) for v in history["learning_rate"])
         assert "val_loss" in history
