@@ -29,7 +29,10 @@ split; a single candidate's choice has an empty `accuracy`. report.md says
 each one in a line below the table.
 
 `latency_ms` is the median batch-1 latency with one thread; `latency` holds
-median and p90 for every thread count measured. `report.md` holds one table;
+median and p90 for every thread count measured, each file timed on its own;
+`alternating_ms` (optional) the one-thread median with all files timed in
+turn in one process, from which report.md gives each file's speed-up over the
+dense int8 file. `report.md` holds one table;
 `pareto.png` plots accuracy against gzip size (the deployable download) and
 against latency, each with its Pareto front (`edgekeras.app.plot`).
 
@@ -97,6 +100,10 @@ class VariantResult:
         io_dtype: input/output dtype.
         verification: {"examples", "top1_agreement", "max_abs_diff"} from the
             check right after conversion, or None.
+        alternating_ms: median batch-1 latency at one thread with every file
+            of the run timed in turn in one process (`alternating_medians`),
+            so that the ratios between variants hold on a busy machine; None
+            when not measured.
     """
 
     name: str
@@ -112,6 +119,7 @@ class VariantResult:
     source: str = ""
     io_dtype: str = "float32"
     verification: dict | None = None
+    alternating_ms: float | None = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -219,6 +227,12 @@ def _latency_cell(variant, threads):
     return f"{entry['median_ms']:.2f} / {entry['p90_ms']:.2f}"
 
 
+def _speed_reference(report):
+    """The variant speed-ups are given against: the dense `int8` file, else the `original` one."""
+    timed = [v for v in report["variants"] if v.get("alternating_ms")]
+    return next((v for v in timed if v["name"] == "int8"), next((v for v in timed if v["role"] == "original"), None))
+
+
 def _reference(report):
     for variant in report["variants"]:
         if variant["role"] == "original":
@@ -232,6 +246,9 @@ def format_table(report):
     threads = sorted({int(t) for v in report["variants"] for t in v.get("latency", {})}) or [1]
     header = ["variant", "role", "accuracy", "Δ vs float", "size", "gzip size"]
     header += [f"latency {t} thr (ms, median / p90)" for t in threads]
+    speed = _speed_reference(report)
+    if speed is not None:
+        header.append(f"speed-up vs {speed['name']} (1 thr, alternating)")
     header += ["sparsity", "agreement", "max abs diff"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for variant in report["variants"]:
@@ -256,6 +273,8 @@ def format_table(report):
             row += [_latency_cell(variant, t) for t in threads]
         else:
             row += [f"{variant['latency_ms']:.2f}"] + ["–"] * (len(threads) - 1)
+        if speed is not None:
+            row.append(f"{speed['alternating_ms'] / variant['alternating_ms']:.2f}×" if variant.get("alternating_ms") else "–")
         row += [f"{variant['sparsity'] * 100:.1f} %", agreement, difference]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
