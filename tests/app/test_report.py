@@ -63,6 +63,21 @@ def test_table_has_delta_against_float_and_both_thread_counts():
     assert "2.00 / 2.50 | 1.20 / 1.40 | 75.0 % | 97.0% | 0.01 |" in table
 
 
+def test_alternating_latencies_give_each_file_its_speed_up_over_the_dense_int8_file():
+    rows = [
+        variant("float32", "original", 0.9, 8000, alternating_ms=3.0),
+        variant("int8", "quantized", 0.895, 2100, alternating_ms=1.5),
+        variant("slim_int8", "other", 0.89, 1100, alternating_ms=0.75),
+        variant("float16", "other", 0.9, 4100),
+    ]
+    table = format_table(build_report(rows, dataset="cifar10", split="test", examples=10))
+    assert "| speed-up vs int8 (1 thr, alternating) |" in table.splitlines()[0]
+    speed_ups = [line.split(" | ")[8] for line in table.splitlines()[2:]]
+    assert speed_ups == ["0.50×", "1.00×", "2.00×", "–"]
+    without_int8 = format_table(build_report(rows[:1] + rows[2:], dataset="cifar10", split="test", examples=10))
+    assert "speed-up vs float32" in without_int8 and "4.00×" in without_int8
+
+
 def test_pareto_front_drops_dominated_variants():
     report = build_report(seed_variants(), dataset="d", split="test", examples=10)
     # dynamic_int8 and pruned_float32 are bigger and worse than int8; float32
