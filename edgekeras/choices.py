@@ -25,8 +25,8 @@ POLICIES = ("all", "skip_first_last", "pointwise")
 ALLOCATIONS = ("uniform", "global")
 # How [channels] spreads a latency target over the channel groups.
 CHANNEL_ALLOCATIONS = ("latency", "uniform")
-# How channels are ranked (edgekeras.channels.SCORES, TensorFlow-free here).
-CHANNEL_SCORES = ("bn", "l2")
+# How channels are ranked (edgekeras.callbacks.channel_pruning.SCORES, TensorFlow-free here).
+CHANNEL_SCORES = ("activation", "bn", "l2")
 # tf.distribute strategies (edgekeras.distribute.get_strategy).
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # How a frozen prefix is run to cache its activations (edgekeras.features).

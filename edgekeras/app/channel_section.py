@@ -53,7 +53,13 @@ class ChannelsSection:
             e.g. timed on the target device with `edgekeras bench`); "":
             measured on this machine with LiteRT before training.
         latency_threads: LiteRT threads the table is measured with.
-        score: how channels are ranked: "bn" (BatchNorm |gamma|) or "l2".
+        score: how channels are ranked: "activation" (how much each varies
+            where its consumers read it, times their weights, measured on
+            `calibration_examples` training images; the removed channels'
+            means are folded into the consumers' biases), "bn" (BatchNorm
+            |gamma|) or "l2" (kernel norms).
+        calibration_examples: training images the "activation" score and
+            the absorbed means are measured on.
         round_to: every group keeps a multiple of this many channels (the
             int8 kernels' step: 16 on x86 with AVX).
         min_fraction: with the latency allocation, no group keeps less than
@@ -85,7 +91,8 @@ class ChannelsSection:
     allocation: str = "latency"
     latency_table: str = ""
     latency_threads: int = 1
-    score: str = "bn"
+    score: str = "activation"
+    calibration_examples: int = 256
     round_to: int = 16
     min_fraction: float = 0.1
     skip_groups: tuple = _listed((), "a list of channel group names (their first producer layer)")
@@ -113,7 +120,7 @@ class ChannelsSection:
         if self.warmup_fraction and self.lr_schedule != "cosine":
             _fail(f"{section}.warmup_fraction", '0 unless lr_schedule = "cosine"', self.warmup_fraction)
         _one_of(self, section, allocation=CHANNEL_ALLOCATIONS, score=CHANNEL_SCORES, lr_schedule=LR_SCHEDULES)
-        _at_least(self, section, latency_threads=1, round_to=1, mask_updates=1, steps_per_epoch=0,
+        _at_least(self, section, latency_threads=1, round_to=1, mask_updates=1, steps_per_epoch=0, calibration_examples=1,
                   epochs=1 if self.enabled else 0)
         _positive(self, section, "learning_rate", "temperature")
         _items(self, section, "skip_groups", _is_name)

@@ -24,7 +24,10 @@ import dataclasses
 import math
 import os
 
+import numpy as np
+
 from edgekeras import channels
+from edgekeras.channels import activations as channel_activations
 from edgekeras.app.config import ConfigError
 from edgekeras.app.factories import make_trainer
 from edgekeras.app.state import log
@@ -99,6 +102,26 @@ def _latency_table(context, model):
     return table
 
 
+def _calibration(context):
+    """`channels.calibration_examples` training images, as one numpy array."""
+    wanted, found = context.config.channels.calibration_examples, []
+    for images, _ in context.data.train:
+        found.append(np.asarray(images))
+        if sum(len(batch) for batch in found) >= wanted:
+            break
+    return np.concatenate(found)[:wanted]
+
+
+def _importance(model, section, calibration):
+    """Per-channel importance of every prunable group, comparable across groups for the latency allocation."""
+    if section.score != "activation":
+        return channels.channel_importance(model, section.score)
+    graph = channels.analyse(model)
+    stats = channel_activations.channel_statistics(graph, calibration)
+    return {group.name: channel_activations.activation_scores(graph, stats, index)
+            for index, group in enumerate(graph.groups) if group.prunable}
+
+
 def slim_widths(context, model, importance=None):
     """`{group name: channels kept}` of the groups `[channels]` narrows, for `model` (trainable flags set).
 
@@ -125,7 +148,7 @@ def slim_widths(context, model, importance=None):
             if section.allocation == "uniform":
                 widths = channels.uniform_at_latency(groups, table, section.target_latency, section.round_to)
             else:
-                scores = importance or channels.channel_importance(model, section.score)
+                scores = importance or _importance(model, section, _calibration(context))
                 widths = channels.allocate(
                     groups, {g.name: scores[g.name] for g in groups if g.prunable}, table, section.target_latency,
                     round_to=section.round_to, min_fraction=section.min_fraction,
@@ -187,7 +210,7 @@ def slim(context, fit_callbacks):
     removed = 1.0 - sum(widths.values()) / sum(sizes[name] for name in widths)
     pruning = ChannelPruning(
         polynomial_ramp(steps * section.epochs, removed, end=section.ramp_fraction, mask_updates=section.mask_updates),
-        score=section.score, round_to=section.round_to, widths=widths,
+        score=section.score, round_to=section.round_to, widths=widths, calibration=_calibration(context),
     )
     trainer = make_trainer(model, config, None, context.strategy, context.path("checkpoints", "slim"),
                            channel_steps=steps * section.epochs)

@@ -69,10 +69,16 @@ def zero_channels_of(model):
     [
         ({"schedule": 0.5}, TypeError, r"Argument `schedule` must be a pruning schedule"),
         ({"schedule": schedules.MbyNSparsity((2, 4))}, ValueError, r"Argument `schedule` must give a fraction of channels"),
-        ({"schedule": ramp(), "score": "taylor"}, ValueError, r"Argument `score` must be one of 'l2', 'bn'\. Received: score='taylor'"),
+        (
+            {"schedule": ramp(), "score": "taylor"}, ValueError,
+            r"Argument `score` must be one of 'l2', 'bn', 'activation'\. Received: score='taylor'",
+        ),
         ({"schedule": ramp(), "round_to": 0}, ValueError, r"Argument `round_to` must be a positive integer\. Received: round_to=0"),
         ({"schedule": ramp(), "include_frozen": 1}, ValueError, r"Argument `include_frozen` must be True or False"),
         ({"schedule": ramp(), "widths": {}}, ValueError, r"Argument `widths` must be None or a non-empty dict"),
+        ({"schedule": ramp(), "score": "activation"}, ValueError, r"Argument `calibration` must hold model inputs"),
+        ({"schedule": ramp(), "calibration": [1.0]}, ValueError, r"Argument `calibration` must be None or a numpy array"),
+        ({"schedule": ramp(), "compensate": 1}, ValueError, r"Argument `compensate` must be True or False"),
         ({"schedule": ramp(), "widths": {"expand": 0}}, ValueError, r"Received: widths\['expand'\]=0"),
         ({"schedule": ramp(0.0), "widths": {"expand": 8}}, ValueError, r"must end above sparsity 0 when `widths`"),
     ],
