@@ -55,11 +55,12 @@ class ChannelsSection:
         latency_threads: LiteRT threads the table is measured with.
         score: how channels are ranked: "activation" (how much each varies
             where its consumers read it, times their weights, measured on
-            `calibration_examples` training images; the removed channels'
-            means are folded into the consumers' biases), "bn" (BatchNorm
-            |gamma|) or "l2" (kernel norms).
-        calibration_examples: training images the "activation" score and
-            the absorbed means are measured on.
+            `calibration_examples` images; the removed channels' means are
+            folded into the consumers' biases), "bn" (BatchNorm |gamma|) or
+            "l2" (kernel norms).
+        calibration_examples: images the "activation" score and the
+            absorbed means are measured on: the held-out end of the training
+            split, as int8 calibration (the training split without one).
         round_to: every group keeps a multiple of this many channels (the
             int8 kernels' step: 16 on x86 with AVX).
         min_fraction: with the latency allocation, no group keeps less than
