@@ -17,7 +17,6 @@ print([name for name, _ in STAGES])  # ['data_and_model', 'trial_conversion', 'c
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -30,7 +29,7 @@ from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.state import RunState, log
 from edgekeras.callbacks import EpochLine
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
@@ -183,10 +182,10 @@ def cache_features(context):
 
 def _steps_per_epoch(context):
     config = context.config
-    steps = config.train.steps_per_epoch or batches_per_epoch(context.train_data)
-    if steps is None:
-        steps = math.ceil(context.data.num_train / config.data.batch_size) * config.train.cache_passes
-    return steps
+    return resolve_steps_per_epoch(
+        context.train_data, config.train.steps_per_epoch or None, batch_size=config.data.batch_size,
+        num_examples=context.data.num_train, passes=config.train.cache_passes,
+    )
 
 
 def _fit_callbacks(context, name, model):
@@ -245,8 +244,9 @@ def train_and_prune(context):
 def _quantization_aware(context, name, model):
     config = context.config
     # What a "cosine" qat.lr_schedule decays over; an unsized pipeline counts its images, as _steps_per_epoch does.
-    steps_per_epoch = config.qat.steps_per_epoch or batches_per_epoch(context.data.train) or math.ceil(
-        context.data.num_train / config.data.batch_size)
+    steps_per_epoch = resolve_steps_per_epoch(
+        context.data.train, config.qat.steps_per_epoch or None, batch_size=config.data.batch_size,
+        num_examples=context.data.num_train)
     trainer = make_trainer(
         clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name), qat=True,
         qat_steps=steps_per_epoch * config.qat.epochs,

@@ -9,7 +9,7 @@ from edgekeras.backend import for_model
 from edgekeras.qat import engine_for
 from edgekeras.callbacks import MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.litert.trial import check_conversions
 from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.schedules import PruningSchedule, polynomial_ramp
@@ -39,15 +39,10 @@ def _pruning_schedule(prune, steps):
 
 
 def _steps_per_epoch(x, batch_size, steps_per_epoch):
-    steps = steps_per_epoch if steps_per_epoch is not None else batches_per_epoch(x, batch_size)
-    if steps is None:
-        raise ValueError(
-            "Argument `steps_per_epoch` is needed to turn `prune` into a schedule: the number of "
-            "batches per epoch of the training data is unknown (infinite or unsized dataset). "
-            "Received: steps_per_epoch=None. Pass steps_per_epoch=<batches per epoch>, or a "
-            "schedule object as `prune`."
-        )
-    return steps
+    return resolve_steps_per_epoch(
+        x, steps_per_epoch, batch_size=batch_size,
+        needed_for="to turn `prune` into a schedule", fix=", or a schedule object as `prune`",
+    )
 
 
 def _calibration_batches(x, batch_size):

@@ -40,7 +40,7 @@ from edgekeras import sparsity
 from edgekeras.choices import CACHE_ENGINES
 from edgekeras.backend import KERAS_MODULES, for_model
 from edgekeras.compat import keras
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.features import array_dataset, cache_features
 from edgekeras.models import split_model
 from edgekeras.schedules import polynomial_ramp
@@ -73,16 +73,13 @@ def _check_qat_steps_per_epoch(steps):
 
 def _batches_per_epoch(x, batch_size, steps_per_epoch):
     """Batches per training epoch, which the pruning ramp is laid out on."""
-    if steps_per_epoch is not None:
-        return int(steps_per_epoch)
-    batches = batches_per_epoch(x, batch_size)
-    if batches is None:
-        raise keras_tuner.errors.FatalValueError(
-            "Argument `steps_per_epoch` is needed to place the pruning ramp: the number of batches per "
-            "epoch of the training data is unknown. Received: steps_per_epoch=None. Pass "
-            "steps_per_epoch=<batches per epoch> to `search`."
+    try:
+        return resolve_steps_per_epoch(
+            x, steps_per_epoch, batch_size=batch_size, needed_for="to place the pruning ramp", fix=" to `search`"
         )
-    return batches
+    except ValueError as error:
+        # Fatal: every other trial would fail the same way.
+        raise keras_tuner.errors.FatalValueError(str(error)) from error
 
 
 def trial_callbacks(callbacks, log_dir, keras_module=keras):
