@@ -23,7 +23,7 @@ TrainSection(epochs=5).check("train")  # passes; epochs=-1 raises ConfigError
 
 import dataclasses
 
-from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, ORACLES, POLICIES, STRATEGIES
+from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, OPTIMIZERS, ORACLES, POLICIES, STRATEGIES
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
@@ -118,9 +118,6 @@ class BoolOrAuto:
     """The type of a key that takes true, false or "auto" (decided when the run starts)."""
 
 
-# The names `edgekeras.trainers.phase_optimizer` accepts; repeated here because
-# edgekeras.trainers imports TensorFlow, which reading a config must not.
-OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 
 
