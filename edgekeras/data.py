@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.compat import keras
 from edgekeras.images import (
     AUTOTUNE,
@@ -30,7 +31,6 @@ from edgekeras.images import (
     filled_cache,
     check_load_arguments,
     check_normalization,
-    check_positive_int,
     normalize,
     resize_to_uint8,
     to_rgb,

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras import sparsity
+from edgekeras.arguments import check_positive_int
 from edgekeras.choices import CACHE_ENGINES
 from edgekeras.backend import KERAS_MODULES, for_model
 from edgekeras.compat import keras
@@ -62,13 +63,6 @@ def _check_qat_learning_rate_scale(scale):
 def _check_cache_engine(cache_engine):
     if cache_engine not in CACHE_ENGINES:
         raise ValueError(f"Argument `cache_engine` must be 'litert' or 'keras'. Received: cache_engine={cache_engine!r}")
-
-
-def _check_qat_steps_per_epoch(steps):
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(
-            f"Argument `qat_steps_per_epoch` must be a positive integer or None. Received: qat_steps_per_epoch={steps!r}"
-        )
 
 
 def _batches_per_epoch(x, batch_size, steps_per_epoch):
@@ -172,7 +166,7 @@ class TrialTraining:
         self.qat_learning_rate_scale = _check_qat_learning_rate_scale(qat_learning_rate_scale)
         sparsity.check_policy(prune_policy, "prune_policy")
         _check_cache_engine(cache_engine)
-        _check_qat_steps_per_epoch(qat_steps_per_epoch)
+        check_positive_int(qat_steps_per_epoch, "qat_steps_per_epoch", allow_none=True)
         self.loss = loss
         self.metrics = list(metrics or [])
         self.prune_policy = prune_policy
