@@ -24,6 +24,7 @@ TrainSection(epochs=5).check("train")  # passes; epochs=-1 raises ConfigError
 import dataclasses
 
 from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, OPTIMIZERS, ORACLES, POLICIES, STRATEGIES
+from edgekeras.app.variants import variant_name
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
@@ -389,9 +390,9 @@ class ReportSection:
             ("pruned_int8" or "pqat_int8", chosen on the validation split).
     """
 
-    original: str = "float32"
+    original: str = variant_name("float", "float32")
     quantized: str = "auto"
-    pruned: str = "pruned_float32"
+    pruned: str = variant_name("pruned", "float32")
     pruned_quantized: str = "auto"
 
     def check(self, section):

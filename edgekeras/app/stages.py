@@ -28,6 +28,7 @@ from edgekeras.app.phase_inputs import cache_at_cut, caches_features, pruning_in
 from edgekeras.app.report import VariantResult, build_report, write_report
 from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.state import RunState, log
+from edgekeras.app.variants import SOURCE_NAMES, variants
 from edgekeras.callbacks import EpochLine
 from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
@@ -85,7 +86,7 @@ class RunContext:
     train_data: object = None
     validation_data: object = None
     train_arrays: tuple = None
-    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat")))
+    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(SOURCE_NAMES))
     exported: dict = dataclasses.field(default_factory=dict)
     role_choices: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
@@ -289,15 +290,9 @@ def save_models(context):
 
 def _export_jobs(context):
     """`(variant, model, conversion, source)` of every .tflite file, in report order."""
-    section, models = context.config.export, context.models
-    jobs = [(c, models["float"], c, "float") for c in section.conversions]
-    if models["qat"] is not None:
-        jobs.append(("qat_int8", models["qat"], "int8", "qat"))
-    if models["pruned"] is not None:
-        jobs += [(f"pruned_{c}", models["pruned"], c, "pruned") for c in section.pruned_conversions]
-    if models["pqat"] is not None:
-        jobs.append(("pqat_int8", models["pqat"], "int8", "pqat"))
-    return jobs
+    models = context.models
+    trained = {source for source, model in models.items() if model is not None}
+    return [(name, models[source], conversion, source) for name, source, conversion in variants(context.config, trained)]
 
 
 def export(context):
