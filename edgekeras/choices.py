@@ -8,7 +8,7 @@ so reading and checking a config never has to import TensorFlow.
 __all__ = [
     "CHANNEL_ALLOCATIONS", "CHANNEL_SCORES",
     "ARCHITECTURES", "ARCHITECTURE_NORMALIZATION", "CACHE_ENGINES", "CONVERSIONS", "IO_DTYPES", "NORMALIZATIONS",
-    "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES", "KERASES",
+    "OPTIMIZERS", "ORACLES", "POLICIES", "ALLOCATIONS", "STRATEGIES", "KERASES",
 ]
 
 # .tflite conversions (edgekeras.litert.convert). No sparse int8: LiteRT 2.3's
@@ -33,6 +33,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 CACHE_ENGINES = ("litert", "keras")
 # The Kerases a model can be built with (edgekeras.backend.by_name): Keras 2 and Keras 3.
 KERASES = ("tf_keras", "keras3")
+# Optimizers by name (edgekeras.trainers.phase_optimizer; "sgd" with momentum 0.9).
+OPTIMIZERS = ("adam", "sgd")
 # keras-tuner oracles (edgekeras.tuning.make_oracle).
 ORACLES = ("random", "bayesian", "hyperband")
 # How pixels in [0, 255] are scaled before they enter the model

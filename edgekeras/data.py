@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.compat import keras
 from edgekeras.images import (
     AUTOTUNE,
@@ -30,7 +31,6 @@ from edgekeras.images import (
     filled_cache,
     check_load_arguments,
     check_normalization,
-    check_positive_int,
     normalize,
     resize_to_uint8,
     to_rgb,
@@ -45,6 +45,7 @@ __all__ = [
     "load_image_data",
     "normalize",
     "representative_dataset",
+    "resolve_steps_per_epoch",
 ]
 
 
@@ -303,6 +304,58 @@ def batches_per_epoch(x, batch_size=None):
     if hasattr(x, "__len__") and not isinstance(x, dict):
         return math.ceil(len(x) / (batch_size or 32))
     return None
+
+
+def resolve_steps_per_epoch(x, steps_per_epoch=None, *, batch_size=None, num_examples=None, passes=1,
+                            needed_for="", fix=""):
+    """Batches in one training epoch: the one rule every caller that lays out a schedule uses.
+
+    Explicit `steps_per_epoch` first (a step budget may differ from one pass),
+    else the length of `x` (`batches_per_epoch`), else `num_examples` over
+    `batch_size` (a pipeline of unknown length whose examples are counted),
+    else a ValueError: a schedule laid out on a guess would end at the wrong
+    step.
+
+    Args:
+        x: the training data (see `batches_per_epoch`).
+        steps_per_epoch: batches per epoch the caller was given, or None.
+        batch_size: batch size of `x` (arrays) and of the `num_examples`
+            count (Keras' default 32 when None).
+        num_examples: examples in one pass over `x` when its length is
+            unknown, or None.
+        passes: passes over the `num_examples` in one epoch (a cache of
+            several augmented passes); used with `num_examples` only.
+        needed_for: what the count is for, in the message, e.g. "to place
+            the pruning ramp".
+        fix: the end of the message's fix, after "Pass
+            steps_per_epoch=<batches per epoch>", e.g. " to `search`".
+
+    Returns:
+        A positive int.
+
+    Raises:
+        ValueError: `steps_per_epoch` is None and the number of batches is
+            unknown (infinite or unsized data, no `num_examples`).
+
+    Example:
+
+    ```python
+    resolve_steps_per_epoch(np.zeros((100, 8)), batch_size=32)  # 4
+    resolve_steps_per_epoch(dataset.repeat(), num_examples=100, batch_size=32)  # 4
+    ```
+    """
+    if steps_per_epoch is not None:
+        return int(steps_per_epoch)
+    steps = batches_per_epoch(x, batch_size)
+    if steps is not None:
+        return steps
+    if num_examples is not None:
+        return math.ceil(num_examples / (batch_size or 32)) * passes
+    raise ValueError(
+        f"Argument `steps_per_epoch` is needed{' ' if needed_for else ''}{needed_for}: the number of batches per "
+        "epoch of the training data is unknown (infinite or unsized dataset). Received: steps_per_epoch=None. "
+        f"Pass steps_per_epoch=<batches per epoch>{fix}."
+    )
 
 
 def check_class_ids(labels, num_classes, argument, fix, *, one_hot=False, model="the model", where=""):

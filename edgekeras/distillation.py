@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.backend import KERAS_MODULES, check_model
 from edgekeras.compat import keras
 from edgekeras.memory import release_mapped_pages
@@ -116,8 +117,7 @@ def teacher_outputs(teacher, x, batch_size=256):
     ```
     """
     check_model(teacher, "teacher")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     if isinstance(x, tf.data.Dataset):
         outputs = teacher.predict(x, verbose=0)
     else:

@@ -19,6 +19,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.choices import NORMALIZATIONS
 from edgekeras.errors import EdgekerasError
 
@@ -84,12 +85,6 @@ class ImageData:
     num_test: int
     splits: dict
     normalization: str = "minus_one_to_one"
-
-
-def check_positive_int(value, argument):
-    """Raises ValueError unless `value` is an integer > 0 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"Argument `{argument}` must be a positive integer. Received: {argument}={value!r}")
 
 
 def check_load_arguments(image_size, batch_size, validation_size, shuffle_buffer, max_train_examples, test_size=None):

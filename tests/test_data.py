@@ -1,9 +1,24 @@
+import pathlib
+import re
 import shutil
+import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from edgekeras.data import DataNotFoundError, DataSplitError, load_image_data, normalize, representative_dataset
+import edgekeras.app.stages as stages_module
+import edgekeras.trainers.edge_trainer as edge_trainer_module
+import edgekeras.tuning.training as training_module
+from edgekeras.compat import keras
+from edgekeras.data import (
+    DataNotFoundError,
+    DataSplitError,
+    load_image_data,
+    normalize,
+    representative_dataset,
+    resolve_steps_per_epoch,
+)
 
 TINY = "edgekeras_tiny_images"
 
@@ -257,3 +272,87 @@ def test_test_size_for_a_dataset_with_a_test_split_is_refused(tiny_tfds_dir):
     with pytest.raises(DataSplitError, match=r"Argument `test_size` must be None when the data have a test split of "
                                              r"their own \(config: `data.test_size` = 0\)\. Received: test_size=5"):
         _load(tiny_tfds_dir, test_size=5)
+
+
+def _batches(count, sized=True):
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((count * 4, 2), "float32"), np.zeros((count * 4, 2)))).batch(4)
+    return dataset if sized else dataset.filter(lambda x, y: True)
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, expected",
+    [
+        (_batches(5), {"steps_per_epoch": 3}, 3),  # explicit steps win over the data's length
+        (_batches(5, sized=False), {"steps_per_epoch": 3, "num_examples": 100}, 3),
+        (_batches(5), {"num_examples": 100, "batch_size": 4}, 5),  # the data's length wins over a count
+        (np.zeros((100, 2)), {"batch_size": 32}, 4),
+        (np.zeros((100, 2)), {}, 4),  # Keras' default batch size
+        (_batches(5, sized=False), {"num_examples": 18, "batch_size": 4}, 5),
+        (_batches(5, sized=False), {"num_examples": 18, "batch_size": 4, "passes": 3}, 15),
+        (_batches(5).repeat(), {"num_examples": 18}, 1),
+    ],
+)
+def test_steps_per_epoch_explicit_then_length_then_count(x, kwargs, expected):
+    assert resolve_steps_per_epoch(x, **kwargs) == expected
+
+
+def test_steps_per_epoch_of_unknown_data_names_the_argument_and_the_fix():
+    match = (r"^Argument `steps_per_epoch` is needed to place the ramp: .* unknown .* Received: steps_per_epoch=None\. "
+             r"Pass steps_per_epoch=<batches per epoch> to `search`\.$")
+    with pytest.raises(ValueError, match=match):
+        resolve_steps_per_epoch(_batches(5).repeat(), batch_size=4, needed_for="to place the ramp", fix=" to `search`")
+
+
+def _trainer_steps(x, steps):
+    return edge_trainer_module.EdgeTrainer(keras.Sequential([keras.layers.Dense(2, input_shape=(2,))]), "sgd",
+                                           "mse").fit(x, prune=0.5, prune_epochs=1, steps_per_epoch=steps, verbose=0)
+
+
+def _stage_steps(x, steps):
+    config = types.SimpleNamespace(train=types.SimpleNamespace(steps_per_epoch=steps or 0, cache_passes=1),
+                                   data=types.SimpleNamespace(batch_size=4))
+    return stages_module._steps_per_epoch(types.SimpleNamespace(config=config, train_data=x,
+                                                                data=types.SimpleNamespace(num_train=30)))
+
+
+# Each caller that lays a schedule out over epochs, and how to make it count the batches of `x`.
+CALLERS = {
+    "EdgeTrainer.fit": (edge_trainer_module, _trainer_steps),
+    "TrialTraining": (training_module, lambda x, steps: training_module._batches_per_epoch(x, None, steps)),
+    "run stages": (stages_module, _stage_steps),
+}
+
+
+@pytest.mark.parametrize("caller", sorted(CALLERS))
+@pytest.mark.parametrize("steps, sized", [(3, True), (None, True), (None, False)])
+def test_every_schedule_counts_its_steps_with_the_one_rule(caller, steps, sized, monkeypatch):
+    module, count = CALLERS[caller]
+    calls = []
+
+    class Counted(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        raise Counted(resolve_steps_per_epoch(*args, **kwargs))
+
+    monkeypatch.setattr(module, "resolve_steps_per_epoch", spy)
+    if steps is None and not sized and caller != "run stages":  # no example count to fall back on
+        with pytest.raises(ValueError, match=r"^Argument `steps_per_epoch` is needed to "):
+            count(_batches(5, sized), steps)
+    else:
+        with pytest.raises(Counted) as counted:
+            count(_batches(5, sized), steps)
+        assert counted.value.args[0] == (steps or (5 if sized else 8))  # 30 examples in batches of 4
+    assert calls == [steps]
+
+
+def test_only_the_rule_reads_the_batches_per_epoch():
+    # Another caller of batches_per_epoch would be a second steps-per-epoch rule.
+    package = pathlib.Path(edge_trainer_module.__file__).parents[1]
+    callers = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "data.py" and re.search(r"\bbatches_per_epoch\(", path.read_text())
+    ]
+    assert callers == []

@@ -20,7 +20,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "edgekeras"
 # facade of lazily loaded public names) and `__main__` sit above everything.
 LAYERS = (
     ("errors",),
-    ("choices", "compat", "io", "memory", "pareto"),
+    ("arguments", "choices", "compat", "io", "memory", "pareto"),
     ("backend",),
     ("runtime",),
     ("images",),

@@ -64,7 +64,7 @@ from edgekeras.app.sections import (
     _fail,
     list_requirement,
 )
-from edgekeras.choices import CONVERSIONS
+from edgekeras.app.variants import variant_needs, variants
 
 __all__ = [
     "ConfigError",
@@ -126,16 +126,7 @@ class Config:
 
     def variant_names(self):
         """Names of the variants this config exports, in report order."""
-        names = list(self.export.conversions)
-        if self.qat.epochs and self.qat.quantize_float:
-            names.append("qat_int8")
-        if self.prune.enabled:
-            names += [f"pruned_{c}" for c in self.export.pruned_conversions]
-            if self.qat.epochs and self.qat.quantize_pruned:
-                names.append("pqat_int8")
-        if self.channels.enabled:
-            names += [f"slim_{c}" for c in self.channels.conversions]
-        return names
+        return [name for name, _, _ in variants(self)]
 
     def roles(self, choices=None):
         """{variant name: role} for every exported variant.
@@ -170,7 +161,7 @@ class Config:
             if not name or (name == AUTO and role in CANDIDATES):
                 continue
             if name not in produced:
-                needs = _variant_needs(name)
+                needs = variant_needs(name)
                 fix = f"{name!r} needs {needs}: set that, or" if needs else "Name one of those, or"
                 if name == AUTO:
                     fix = '"auto" is for `report.quantized` and `report.pruned_quantized` only: name a variant, or'
@@ -204,21 +195,6 @@ class Config:
                     f'Name the variant (report.{role} = "{names[0]}" or "{names[1]}") or set '
                     "`data.validation_size` > 0."
                 )
-
-
-def _variant_needs(name):
-    """The config keys that make the variant `name`, or "" for a name no config makes."""
-    if name == "qat_int8":
-        return "`qat.epochs` > 0 and `qat.quantize_float` = true"
-    if name == "pqat_int8":
-        return "`prune.enabled` = true, `qat.epochs` > 0 and `qat.quantize_pruned` = true"
-    if name.startswith("slim_") and name[len("slim_"):] in CONVERSIONS:
-        return f"`channels.enabled` = true and {name[len('slim_'):]!r} in `channels.conversions`"
-    if name.startswith("pruned_") and name[len("pruned_"):] in CONVERSIONS:
-        return f"`prune.enabled` = true and {name[len('pruned_'):]!r} in `export.pruned_conversions`"
-    if name in CONVERSIONS:
-        return f"{name!r} in `export.conversions`"
-    return ""
 
 
 def _convert(value, hint, key, list_of=None):

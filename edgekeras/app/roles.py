@@ -34,6 +34,7 @@ pick("quantized", {"int8": 0.901, "qat_int8": 0.903}, 5000)["chosen"]  # 'qat_in
 
 import os
 
+from edgekeras.app.variants import variant_name
 from edgekeras.io import read_json
 
 __all__ = [
@@ -43,7 +44,10 @@ __all__ = [
 
 AUTO = "auto"
 # Post-training first: a tie goes to it.
-CANDIDATES = {"quantized": ("int8", "qat_int8"), "pruned_quantized": ("pruned_int8", "pqat_int8")}
+CANDIDATES = {
+    "quantized": (variant_name("float", "int8"), variant_name("qat", "int8")),
+    "pruned_quantized": (variant_name("pruned", "int8"), variant_name("pqat", "int8")),
+}
 _ROLES = ("original", "quantized", "pruned", "pruned_quantized")
 # The run directory's state file (`edgekeras.app.state.STATE_FILE`, which imports the config).
 _STATE_FILE = "state.json"

@@ -23,7 +23,8 @@ TrainSection(epochs=5).check("train")  # passes; epochs=-1 raises ConfigError
 
 import dataclasses
 
-from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, ORACLES, POLICIES, STRATEGIES
+from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, OPTIMIZERS, ORACLES, POLICIES, STRATEGIES
+from edgekeras.app.variants import variant_name
 from edgekeras.errors import EdgekerasError
 
 __all__ = [
@@ -118,9 +119,6 @@ class BoolOrAuto:
     """The type of a key that takes true, false or "auto" (decided when the run starts)."""
 
 
-# The names `edgekeras.trainers.phase_optimizer` accepts; repeated here because
-# edgekeras.trainers imports TensorFlow, which reading a config must not.
-OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -392,9 +390,9 @@ class ReportSection:
             ("pruned_int8" or "pqat_int8", chosen on the validation split).
     """
 
-    original: str = "float32"
+    original: str = variant_name("float", "float32")
     quantized: str = "auto"
-    pruned: str = "pruned_float32"
+    pruned: str = variant_name("pruned", "float32")
     pruned_quantized: str = "auto"
 
     def check(self, section):

@@ -21,7 +21,6 @@ print(SLIM_DIR)  # the run directory's sub-directory for the table and widths
 """
 
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -32,7 +31,7 @@ from edgekeras.app.config import ConfigError
 from edgekeras.app.factories import make_trainer
 from edgekeras.app.state import log
 from edgekeras.callbacks import ChannelPruning
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.io import atomic_write_json, read_json
 from edgekeras.litert.trial import trial_conversion
 from edgekeras.models import clone_with_weights, freeze_before
@@ -199,7 +198,8 @@ def slim(context, fit_callbacks):
     config = context.config
     section = config.channels
     data = context.data
-    steps = section.steps_per_epoch or batches_per_epoch(data.train) or math.ceil(data.num_train / config.data.batch_size)
+    steps = resolve_steps_per_epoch(data.train, section.steps_per_epoch or None, batch_size=config.data.batch_size,
+                                    num_examples=data.num_train, needed_for="to lay out the channel-pruning ramp")
     with context.strategy.scope():
         model = _trainable(clone_with_weights(context.models["float"]), config)
     widths_path = context.path(SLIM_DIR, "widths.json")

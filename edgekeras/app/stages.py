@@ -17,7 +17,6 @@ print([name for name, _ in STAGES])  # ['data_and_model', 'trial_conversion', 'c
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -31,9 +30,10 @@ from edgekeras.app.roles import auto_candidates, choice_line, pick, single
 from edgekeras.app.slim import check_slimming
 from edgekeras.app.slim import slim as slim_float_model
 from edgekeras.app.state import RunState, log
+from edgekeras.app.variants import SOURCE_NAMES, variants
 from edgekeras.callbacks import EpochLine
 from edgekeras.channels import alternating_medians
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.distribute import get_strategy, shard_by_data
 from edgekeras.litert import evaluate_accuracy, evaluate_tflite, export_tflite
 from edgekeras.litert.trial import trial_conversion as convert_untrained
@@ -89,7 +89,7 @@ class RunContext:
     train_data: object = None
     validation_data: object = None
     train_arrays: tuple = None
-    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(("float", "pruned", "qat", "pqat", "slim")))
+    models: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(SOURCE_NAMES))
     exported: dict = dataclasses.field(default_factory=dict)
     role_choices: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
@@ -188,10 +188,10 @@ def cache_features(context):
 
 def _steps_per_epoch(context):
     config = context.config
-    steps = config.train.steps_per_epoch or batches_per_epoch(context.train_data)
-    if steps is None:
-        steps = math.ceil(context.data.num_train / config.data.batch_size) * config.train.cache_passes
-    return steps
+    return resolve_steps_per_epoch(
+        context.train_data, config.train.steps_per_epoch or None, batch_size=config.data.batch_size,
+        num_examples=context.data.num_train, passes=config.train.cache_passes,
+    )
 
 
 def _fit_callbacks(context, name, model):
@@ -250,8 +250,9 @@ def train_and_prune(context):
 def _quantization_aware(context, name, model):
     config = context.config
     # What a "cosine" qat.lr_schedule decays over; an unsized pipeline counts its images, as _steps_per_epoch does.
-    steps_per_epoch = config.qat.steps_per_epoch or batches_per_epoch(context.data.train) or math.ceil(
-        context.data.num_train / config.data.batch_size)
+    steps_per_epoch = resolve_steps_per_epoch(
+        context.data.train, config.qat.steps_per_epoch or None, batch_size=config.data.batch_size,
+        num_examples=context.data.num_train)
     trainer = make_trainer(
         clone_with_weights(model), config, None, context.strategy, context.path("checkpoints", name), qat=True,
         qat_steps=steps_per_epoch * config.qat.epochs,
@@ -300,17 +301,9 @@ def save_models(context):
 
 def _export_jobs(context):
     """`(variant, model, conversion, source)` of every .tflite file, in report order."""
-    section, models = context.config.export, context.models
-    jobs = [(c, models["float"], c, "float") for c in section.conversions]
-    if models["qat"] is not None:
-        jobs.append(("qat_int8", models["qat"], "int8", "qat"))
-    if models["pruned"] is not None:
-        jobs += [(f"pruned_{c}", models["pruned"], c, "pruned") for c in section.pruned_conversions]
-    if models["pqat"] is not None:
-        jobs.append(("pqat_int8", models["pqat"], "int8", "pqat"))
-    if models["slim"] is not None:
-        jobs += [(f"slim_{c}", models["slim"], c, "slim") for c in context.config.channels.conversions]
-    return jobs
+    models = context.models
+    trained = {source for source, model in models.items() if model is not None}
+    return [(name, models[source], conversion, source) for name, source, conversion in variants(context.config, trained)]
 
 
 def export(context):

@@ -45,6 +45,7 @@ import warnings
 
 import tensorflow as tf
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.choices import CONVERSIONS, IO_DTYPES
 from edgekeras.backend import check_model, for_model
 from edgekeras.errors import EdgekerasError
@@ -283,10 +284,7 @@ def _representative(representative_data, inputs, num_examples):
         return None
     if callable(representative_data) and not isinstance(representative_data, tf.data.Dataset):
         return representative_data
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-        raise ValueError(
-            f"Argument `representative_examples` must be a positive integer. Received: representative_examples={num_examples!r}"
-        )
+    check_positive_int(num_examples, "representative_examples")
 
     def generate():
         produced = 0

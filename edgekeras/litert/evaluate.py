@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.data import check_class_ids
 from edgekeras.litert.flatbuffer import file_sizes, tflite_sparsity
 from edgekeras.runtime import Latency, TFLiteModel, check_threads, measure_latency, progress_bar
@@ -178,10 +179,7 @@ def evaluate_accuracy(model, dataset, *, num_threads=2, max_examples=None, progr
     ```
     """
     runner = model if isinstance(model, TFLiteModel) else TFLiteModel(model, num_threads)
-    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
-        raise ValueError(
-            f"Argument `max_examples` must be a positive integer or None. Received: max_examples={max_examples!r}"
-        )
+    check_positive_int(max_examples, "max_examples", allow_none=True)
     if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], (np.ndarray, dict)):
         iterator, total = _batches(dataset), 1
     else:

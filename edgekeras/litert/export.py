@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.backend import check_model
 from edgekeras.io import atomic_path
 from edgekeras.litert.conversion import (
@@ -189,10 +190,7 @@ def _check_export_arguments(model, path, conversion, io_dtype, min_agreement, ve
     check_conversion(conversion, io_dtype)
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"Argument `min_agreement` must be in [0, 1] or None. Received: min_agreement={min_agreement!r}")
-    if isinstance(verify_examples, bool) or not isinstance(verify_examples, int) or verify_examples < 1:
-        raise ValueError(
-            f"Argument `verify_examples` must be a positive integer. Received: verify_examples={verify_examples!r}"
-        )
+    check_positive_int(verify_examples, "verify_examples")
     path = os.fspath(path)
     if not path.endswith(".tflite"):
         raise ValueError(f"Argument `path` must end with .tflite. Received: path={path!r}")

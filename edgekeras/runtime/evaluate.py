@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.runtime.images import image_folder, normalize
 from edgekeras.runtime.model import TFLiteModel
 
@@ -50,11 +51,6 @@ class FolderAccuracy:
         return dataclasses.asdict(self)
 
 
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-
-
 def evaluate_folder(model, images, *, normalization="minus_one_to_one", class_names=None, batch_size=32, num_threads=None):
     """Top-1 accuracy of `model` on `images` (one sub-folder per class).
 
@@ -82,7 +78,7 @@ def evaluate_folder(model, images, *, normalization="minus_one_to_one", class_na
     evaluate_folder("int8.tflite", "photos/", normalization="pixels").accuracy
     ```
     """
-    _check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     normalize(np.zeros(3), normalization)  # rejects an unknown name before any decoding
     runner = TFLiteModel(model, num_threads)
     shape = runner.input_shape

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from edgekeras.arguments import check_positive_int
 from edgekeras.errors import EdgekerasError
 
 __all__ = ["TFLiteFileError", "TFLiteModel", "progress_bar", "check_threads", "check_tflite_bytes", "tflite_file_error"]
@@ -113,13 +114,7 @@ def check_threads(num_threads, argument="num_threads"):
     check_threads(2)
     ```
     """
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(
-            f"Argument `{argument}` must be a positive integer or None. "
-            f"Received: {argument}={num_threads!r}"
-        )
+    check_positive_int(num_threads, argument, allow_none=True)
 
 
 def _input_name(detail):

@@ -11,7 +11,7 @@ from edgekeras.backend import for_model
 from edgekeras.qat import engine_for
 from edgekeras.callbacks import ChannelPruning, MagnitudePruning, PreserveSparsity
 from edgekeras.compat import keras
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.litert.trial import check_conversions
 from edgekeras.models import clone_with_weights, flatten, is_nested
 from edgekeras.distillation import Distillation
@@ -30,15 +30,11 @@ PHASES = ("float", "channels", "prune", "qat")
 
 
 def _steps_per_epoch(x, batch_size, steps_per_epoch, argument="prune"):
-    steps = steps_per_epoch if steps_per_epoch is not None else batches_per_epoch(x, batch_size)
-    if steps is None:
-        raise ValueError(
-            f"Argument `steps_per_epoch` is needed to turn `{argument}` into a schedule: the number of "
-            "batches per epoch of the training data is unknown (infinite or unsized dataset). "
-            "Received: steps_per_epoch=None. Pass steps_per_epoch=<batches per epoch>, or a "
-            f"{'schedule object' if argument == 'prune' else 'ChannelPruning callback'} as `{argument}`."
-        )
-    return steps
+    fix = "a schedule object" if argument == "prune" else "a ChannelPruning callback"
+    return resolve_steps_per_epoch(
+        x, steps_per_epoch, batch_size=batch_size,
+        needed_for=f"to turn `{argument}` into a schedule", fix=f", or {fix} as `{argument}`",
+    )
 
 
 def _calibration_batches(x, batch_size):

@@ -14,6 +14,7 @@ taking two arguments gets that Keras module as its second.
 import inspect
 
 from edgekeras.backend import KERAS_MODULES
+from edgekeras.choices import OPTIMIZERS
 from edgekeras.compat import keras
 
 __all__ = ["OPTIMIZERS", "check_optimizer", "make_optimizer", "phase_optimizer"]
@@ -23,9 +24,6 @@ def _optimizer_types(library):
     """The optimizer base classes of a Keras module (tf_keras has a legacy one too)."""
     legacy = getattr(getattr(library.optimizers, "legacy", None), "Optimizer", None)
     return tuple(kind for kind in (library.optimizers.Optimizer, legacy) if isinstance(kind, type))
-
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 def phase_optimizer(learning_rates, *, kind="adam", float_decay_steps=None, decay_steps=None, warmup_steps=None):

@@ -37,10 +37,11 @@ import numpy as np
 import tensorflow as tf
 
 from edgekeras import sparsity
+from edgekeras.arguments import check_positive_int
 from edgekeras.choices import CACHE_ENGINES
 from edgekeras.backend import KERAS_MODULES, for_model
 from edgekeras.compat import keras
-from edgekeras.data import batches_per_epoch
+from edgekeras.data import resolve_steps_per_epoch
 from edgekeras.features import array_dataset, cache_features
 from edgekeras.models import split_model
 from edgekeras.schedules import polynomial_ramp
@@ -64,25 +65,15 @@ def _check_cache_engine(cache_engine):
         raise ValueError(f"Argument `cache_engine` must be 'litert' or 'keras'. Received: cache_engine={cache_engine!r}")
 
 
-def _check_qat_steps_per_epoch(steps):
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(
-            f"Argument `qat_steps_per_epoch` must be a positive integer or None. Received: qat_steps_per_epoch={steps!r}"
-        )
-
-
 def _batches_per_epoch(x, batch_size, steps_per_epoch):
     """Batches per training epoch, which the pruning ramp is laid out on."""
-    if steps_per_epoch is not None:
-        return int(steps_per_epoch)
-    batches = batches_per_epoch(x, batch_size)
-    if batches is None:
-        raise keras_tuner.errors.FatalValueError(
-            "Argument `steps_per_epoch` is needed to place the pruning ramp: the number of batches per "
-            "epoch of the training data is unknown. Received: steps_per_epoch=None. Pass "
-            "steps_per_epoch=<batches per epoch> to `search`."
+    try:
+        return resolve_steps_per_epoch(
+            x, steps_per_epoch, batch_size=batch_size, needed_for="to place the pruning ramp", fix=" to `search`"
         )
-    return batches
+    except ValueError as error:
+        # Fatal: every other trial would fail the same way.
+        raise keras_tuner.errors.FatalValueError(str(error)) from error
 
 
 def trial_callbacks(callbacks, log_dir, keras_module=keras):
@@ -175,7 +166,7 @@ class TrialTraining:
         self.qat_learning_rate_scale = _check_qat_learning_rate_scale(qat_learning_rate_scale)
         sparsity.check_policy(prune_policy, "prune_policy")
         _check_cache_engine(cache_engine)
-        _check_qat_steps_per_epoch(qat_steps_per_epoch)
+        check_positive_int(qat_steps_per_epoch, "qat_steps_per_epoch", allow_none=True)
         self.loss = loss
         self.metrics = list(metrics or [])
         self.prune_policy = prune_policy

@@ -3,6 +3,11 @@
 import keras as keras3
 import pytest
 
+import edgekeras.app.sections as sections
+import edgekeras.choices as choices
+import edgekeras.trainers.optimizers as optimizers_module
+from edgekeras.app.sections import ConfigError, TrainSection
+from edgekeras.choices import OPTIMIZERS
 from edgekeras.compat import keras as tf_keras
 from edgekeras.trainers import make_optimizer, phase_optimizer
 
@@ -52,3 +57,19 @@ def test_a_function_returning_the_other_keras_optimizer_is_a_clear_error():
     with pytest.raises(TypeError, match=r"Argument `optimizer` must return an optimizer of the model's Keras \(tf_keras\)\. "
                                         r"Received: optimizer\('qat'\) returned <keras"):
         make_optimizer(lambda phase: keras3.optimizers.Adam(), "qat", tf_keras)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_name_a_config_accepts_is_one_the_trainer_builds(name):
+    # The config (no TensorFlow) and the trainer read one tuple: a name added there must work in both.
+    assert TrainSection(optimizer=name).check("train") is None
+    made = make_optimizer(phase_optimizer(dict.fromkeys(("float", "prune", "qat"), 0.01), kind=name), "float")
+    assert type(made).__name__.lower() == name
+
+
+def test_the_optimizer_names_have_one_home():
+    assert optimizers_module.OPTIMIZERS is choices.OPTIMIZERS and sections.OPTIMIZERS is choices.OPTIMIZERS
+    with pytest.raises(ValueError, match=r"Argument `kind` must be one of adam, sgd. Received: kind='lion'"):
+        phase_optimizer(dict.fromkeys(("float", "prune", "qat"), 0.01), kind="lion")
+    with pytest.raises(ConfigError, match=r"`train.optimizer` must be one of 'adam', 'sgd'"):
+        TrainSection(optimizer="lion").check("train")
