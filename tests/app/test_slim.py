@@ -68,7 +68,7 @@ def test_bad_keys_fail_before_training(tiny_tfds_dir, tmp_path, channels, match)
         ({"remove_fraction": 1.0}, r"Config key `channels.remove_fraction` must be in \(0, 1\)"),
         ({"target_latency": 1.0}, r"Config key `channels.target_latency` must be in \[0, 1\)"),
         ({"allocation": "greedy"}, r"Config key `channels.allocation` must be one of 'latency', 'uniform'"),
-        ({"score": "taylor"}, r"Config key `channels.score` must be one of 'bn', 'l2'"),
+        ({"score": "taylor"}, r"Config key `channels.score` must be one of 'activation', 'bn', 'l2'"),
         ({"conversions": ["int4"]}, r"Config key `channels.conversions` must be a non-empty list of conversions"),
         ({"epochs": 0}, r"Config key `channels.epochs` must be an integer >= 1"),
     ],
