@@ -216,7 +216,16 @@ class ChannelPruning(MaskingCallback):
         self._weights = [variable for variable, _ in pairs]
         self._layers = [layer_of[id(variable)] for variable in self._weights]
         self._masks = [self._backend.mask_variable(w) for w in self._weights]
-        self._removed = full
+        # Channels already zero everywhere (removed before a restart) stay removed, ahead of any other:
+        # `shrink` takes out every all-zero channel, whatever the ranking would pick.
+        self._removed = {index: self._zero_channels(index) for index in full}
+
+    def _zero_channels(self, index):
+        zero = np.ones(self._graph.groups[index].size, bool)
+        for layer, _, variable, axis, start in self._places[index]:
+            values = np.moveaxis(self._backend.to_numpy(variable), axis, -1)[..., start:start + zero.size]
+            zero &= np.all(values.reshape(-1, zero.size) == 0, axis=0)
+        return zero
 
     def _check_named_groups(self, by_name):
         if self.widths is None:

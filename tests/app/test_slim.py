@@ -81,3 +81,41 @@ def test_channels_section_values_are_checked(channels, match):
 def test_a_slimmed_variant_can_hold_a_report_role_only_when_channels_run():
     with pytest.raises(ConfigError, match=r"'slim_int8' needs `channels.enabled` = true"):
         parse_config({"report": {"quantized": "slim_int8"}})
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_run_killed_during_channel_pruning_resumes_from_its_checkpoint(tiny_tfds_dir, tmp_path, monkeypatch):
+    from edgekeras.app import stages
+    from edgekeras.compat import keras
+
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise _Killed(f"killed after epoch {epoch}")
+
+    original = stages._fit_callbacks
+    epochs_seen = []
+
+    def callbacks(context, name, model):
+        found = original(context, name, model)
+        if name == "slim" and not epochs_seen:
+            epochs_seen.append(name)
+            return found + [KillAfterFirstEpoch()]
+        return found
+
+    monkeypatch.setattr(stages, "_fit_callbacks", callbacks)
+    config = slim_config(tiny_tfds_dir, tmp_path, epochs=2)
+    with pytest.raises(_Killed):
+        run(config)
+    run_dir = tmp_path / "tiny"
+    chosen = json.loads((run_dir / "channels" / "widths.json").read_text())
+    assert (run_dir / "checkpoints" / "slim" / "channels").is_dir()
+    monkeypatch.setattr(stages, "_fit_callbacks", original)
+    run(config)  # resumes: the float phase and the first channel epoch come from their checkpoints
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["finished"] and state["attempts"] == 2
+    slim = load_model(run_dir / "models" / "slim.h5")
+    assert {name: widths(slim)[name] for name in chosen} == chosen
+    assert json.loads((run_dir / "channels" / "widths.json").read_text()) == chosen
