@@ -340,8 +340,9 @@ class TrialTraining:
             `(deployed model, {phase: history dict}, channel epochs)`.
         """
         prune_epochs, schedule, prune_x, prune_steps, qat_epochs = later
-        widths = self.channel_widths.widths(model, target_latency)
         trainer = EdgeTrainer(model, optimizer, self.loss, self.metrics, prune_policy=self.prune_policy)
+        # The trainer's model: a nested model's flat copy, the one the phases train.
+        widths = self.channel_widths.widths(trainer.model, target_latency)
         fit = functools.partial(
             trainer.fit, y=images.y, initial_epoch=float_epochs, verbose=images.verbose, **images.fit_kwargs,
             callbacks=trial_callbacks(images.callbacks, os.path.join(images.log_dir, "slim"), for_model(model).keras),
@@ -349,7 +350,7 @@ class TrialTraining:
         channel_epochs = self.channel_epochs if widths else 0
         if widths:
             steps = self.channel_steps_per_epoch or images.steps_per_epoch
-            flags = train_every_layer(model)
+            flags = train_every_layer(trainer.model)
             fit(_repeated(images.x, steps), channels=widths, channel_epochs=channel_epochs, steps_per_epoch=steps)
             for layer in trainer.model.layers:
                 layer.trainable = flags.get(layer.name, layer.trainable)

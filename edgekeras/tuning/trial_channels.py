@@ -125,10 +125,7 @@ class TrialWidths:
                     groups, {g.name: importance[g.name] for g in groups if g.prunable}, table, target_latency
                 )
         except ValueError as error:
-            raise ValueError(
-                f"Hyperparameter `target_latency` cannot be met on model {model.name!r}: {error} "
-                f"Received: target_latency={target_latency}"
-            ) from error
+            raise ValueError(f"Hyperparameter `target_latency` cannot be met on model {model.name!r}: {error}") from error
         sizes = {group.name: group.size for group in groups}
         return {name: kept for name, kept in widths.items() if kept < sizes[name]}
 
