@@ -129,6 +129,59 @@ def test_tune_config_channel_keys_reach_the_tuner(tiny_tfds_dir, monkeypatch):
     assert parse_tune_config({}).space.target_latency == 1.0
 
 
+@pytest.mark.slow
+def test_cli_tune_searches_the_latency_target_of_mobilenet_v2(tmp_path, tiny_tfds_dir, capsys):
+    from edgekeras.models import load_model
+
+    path = tmp_path / "slim.toml"
+    path.write_text(
+        f"""
+[data]
+dataset = "edgekeras_tiny_images"
+data_dir = "{tiny_tfds_dir}"
+download = false
+image_size = 32
+batch_size = 16
+validation_size = 20
+augment = false
+
+[model]
+alpha = 0.35
+weights = "none"
+trainable_from = "block_16_expand"
+
+[tune]
+max_trials = 1
+directory = "{tmp_path}"
+project_name = "slim"
+conversion = "int8"
+cache_features = true
+cache_engine = "keras"
+channel_steps_per_epoch = 2
+channel_allocation = "uniform"
+
+[tune.space]
+qat_epochs = 0
+final_sparsity = 0.5
+target_latency = 0.7
+"""
+    )
+    assert main_tune(path) == 0
+    assert "latency table of" in capsys.readouterr().out
+    (slim,) = json.loads((tmp_path / "slim" / "results.json").read_text())["trials"]
+    assert slim["epochs"]["channels"] == 1 and os.path.isfile(slim["tflite_path"])
+    model = load_model(slim["model_path"])
+    widths = [layer.filters for layer in model.layers if layer.name == "block_1_expand"]
+    assert widths and widths[0] < 48  # the frozen, high-resolution prefix was narrowed
+    assert not model.get_layer("block_1_expand").trainable and model.get_layer("block_16_expand").trainable
+
+
+def main_tune(path):
+    from edgekeras.app.cli import main
+
+    return main(["tune", "--config", str(path)])
+
+
 def test_tune_configs_take_the_same_model_and_data_keys():
     config = parse_tune_config({
         "data": {"directory": "photos", "test_size": 20},
