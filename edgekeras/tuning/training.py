@@ -171,8 +171,8 @@ class TrialTraining:
             `final_sparsity` 0 train them densely instead).
         loss: the loss of every phase.
         metrics: Keras metrics; "accuracy" gives the `val_accuracy` history.
-        qat_learning_rate_scale: QAT learning rate = trial learning rate x
-            this (QAT fine-tunes trained weights).
+        qat_learning_rate_scale: QAT (and channel-pruning) learning rate =
+            trial learning rate x this (both fine-tune trained weights).
         prune_policy: which layers are pruned (see `edgekeras.sparsity`).
         cache_features: train the float and pruning phases on cached
             activations of the model's frozen prefix (needs tf.data inputs).

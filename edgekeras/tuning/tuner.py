@@ -92,8 +92,8 @@ class EdgeTuner(base_tuner.BaseTuner):
         float_layers: layers that post-training `int8` files keep in float
             (selective quantization, see `edgekeras.litert.convert`).
         budget: a `Budget`, or None for no limits.
-        qat_learning_rate_scale: QAT learning rate = trial learning rate x
-            this (QAT fine-tunes trained weights).
+        qat_learning_rate_scale: QAT (and channel-pruning) learning rate =
+            trial learning rate x this (both fine-tune trained weights).
         prune_policy: which layers are pruned (see `edgekeras.sparsity`).
         cache_features: train the float and pruning phases on cached
             activations of the model's frozen prefix (everything before its
