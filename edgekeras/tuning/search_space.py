@@ -86,7 +86,8 @@ class SearchSpace:
             fraction of the dense one's, in (0, 1]: below 1, the trial prunes
             whole channels after its float phase (widths from a latency
             table measured once per search) and deploys the narrower model;
-            1.0 (the default): no channel pruning.
+            1.0 (the default): no channel pruning, and no hyperparameter
+            declared, so existing searches draw and log what they did.
 
     Example:
 
@@ -134,9 +135,15 @@ class SearchSpace:
                 f"pruning_end={pruning_end!r}"
             )
 
+    def _declared(self):
+        """The names `declare` registers: `target_latency` only when it can be below 1."""
+        # Left out at its default, it changes nothing in an existing search:
+        # not its random draws (each declared value takes one), nor its HParams.
+        return [name for name in _SPECS if name != "target_latency" or _possible(self._specs[name])[0] < 1]
+
     def declare(self, hp):
         """Registers the hyperparameters in a `keras_tuner.HyperParameters`."""
-        for name in _SPECS:
+        for name in self._declared():
             spec = self._specs[name]
             integer = name == "qat_epochs"
             if spec[0] == "fixed":
@@ -151,8 +158,8 @@ class SearchSpace:
                 hp.Float(name, float(spec[1]), float(spec[2]), step=step, sampling=sampling)
 
     def values(self, hp):
-        """Returns `{name: value}` of this space's hyperparameters in `hp`."""
-        return {name: hp.get(name) for name in _SPECS}
+        """Returns `{name: value}` of this space's hyperparameters in `hp` (`target_latency` 1.0 when not declared)."""
+        return {name: hp.get(name) if name in self._declared() else 1.0 for name in _SPECS}
 
     def get_config(self):
         return {name: getattr(self, name) for name in _SPECS}

@@ -51,5 +51,8 @@ def test_search_space_from_config_rejects_unknown_keys():
 def test_search_space_does_not_prune_channels_by_default():
     hp = keras_tuner.HyperParameters()
     SearchSpace().declare(hp)
-    assert hp.get("target_latency") == 1.0 and type(hp.space[-1]).__name__ == "Fixed"
+    # Not declared: a seeded search draws the same values as before the hyperparameter existed.
+    assert "target_latency" not in hp.values and SearchSpace().values(hp)["target_latency"] == 1.0
     assert "target_latency=1.0" in repr(SearchSpace())
+    SearchSpace(target_latency=0.7).declare(hp)
+    assert hp.get("target_latency") == 0.7 and SearchSpace(target_latency=0.7).values(hp)["target_latency"] == 0.7

@@ -195,9 +195,7 @@ def test_trials_export_the_qat_model_as_int8_and_keep_the_best(searched):
 def test_hparams_are_written_and_readable_from_the_event_files(searched):
     tuner, _, _ = searched
     recorded = read_hparams(tuner.log_dir)
-    assert recorded["experiment"]["hparams"] == [
-        "learning_rate", "final_sparsity", "pruning_begin", "pruning_end", "qat_epochs", "target_latency"
-    ]
+    assert recorded["experiment"]["hparams"] == ["learning_rate", "final_sparsity", "pruning_begin", "pruning_end", "qat_epochs"]
     assert {"val_tflite_accuracy", "val_keras_accuracy", "sparsity", "gzip_bytes", "latency_ms"} <= set(
         recorded["experiment"]["metrics"]
     )
