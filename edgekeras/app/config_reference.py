@@ -169,7 +169,8 @@ def render():
         "tune.space", SearchSpace,
         "The hyperparameters every trial draws (`edgekeras.tuning.SearchSpace`). Each key is a number "
         "(fixed), a `[min, max]` pair, `{min = ..., max = ..., step = ...}` or `{values = [...]}`.",
-        "number, range or choices", lambda default: f"`{_toml_value(list(default))}`",
+        "number, range or choices",
+        lambda default: f"`{_toml_value(list(default) if isinstance(default, tuple) else default)}`",
     ).replace("## [", "### [", 1))
     parts.append(_describe_arguments(
         "tune.budget", Budget,

@@ -23,7 +23,9 @@ TrainSection(epochs=5).check("train")  # passes; epochs=-1 raises ConfigError
 
 import dataclasses
 
-from edgekeras.choices import ALLOCATIONS, CACHE_ENGINES, CONVERSIONS, IO_DTYPES, OPTIMIZERS, ORACLES, POLICIES, STRATEGIES
+from edgekeras.choices import (
+    ALLOCATIONS, CACHE_ENGINES, CHANNEL_ALLOCATIONS, CONVERSIONS, IO_DTYPES, OPTIMIZERS, ORACLES, POLICIES, STRATEGIES,
+)
 from edgekeras.app.variants import variant_name
 from edgekeras.errors import EdgekerasError
 
@@ -429,19 +431,15 @@ class DistributeSection:
 class TuneSettings:
     """[tune] of `edgekeras tune` configs: the search (oracle, trial count, phases, where results go).
 
-    The sub-tables [tune.space] and [tune.budget] are not keys of this
-    section: `edgekeras.app.tune_config` parses them into a
-    `edgekeras.tuning.SearchSpace` and a `Budget`. TOML has no null: 0 means
-    "not set" for `initial_points` and `qat_steps_per_epoch`.
+    The sub-tables [tune.space] and [tune.budget] are not keys: `edgekeras.app.tune_config` parses them into a
+    `edgekeras.tuning.SearchSpace` and a `Budget`. TOML has no null: 0 means "not set" for `initial_points` and `*_steps_per_epoch`.
 
     Attributes:
         oracle: "random", "bayesian" or "hyperband".
         max_trials: trials to run (random, bayesian).
         max_epochs: the longest float phase a trial gets (hyperband).
         factor: Hyperband's reduction factor.
-        initial_points: random trials before Bayesian optimization starts
-            modelling the objective (0: keras-tuner's default, 3 per
-            hyperparameter).
+        initial_points: random trials before Bayesian optimization models the objective (0: keras-tuner's default, 3 per hyperparameter).
         seed: seed of the oracle and of every trial's weight init.
         directory: parent directory of the project directory.
         project_name: the project directory's name (resumes when it exists).
@@ -450,10 +448,12 @@ class TuneSettings:
         prune_epochs: pruning epochs per trial.
         conversion: .tflite conversion of trials without QAT.
         int8_float_layers: layers post-training int8 files keep in float.
-        cache_features: train float and pruning phases on cached activations
-            of the frozen prefix (computed once per search).
+        cache_features: train float and pruning phases on cached activations of the frozen prefix (once per search).
         cache_engine: "litert" or "keras".
         qat_steps_per_epoch: batches per QAT epoch (0: the whole split).
+        channel_epochs: epochs of the channel-pruning phase of trials whose [tune.space] `target_latency` is below 1.
+        channel_steps_per_epoch: batches per epoch of that phase, and of the pruning phase after it when caching (0: the whole split).
+        channel_allocation: "latency" (by channel importance per latency saved) or "uniform" (one share for every group).
         prune_policy: "all", "skip_first_last" or "pointwise".
         eval_threads: LiteRT threads for validation accuracy.
         latency_threads: LiteRT threads for batch-1 latency.
@@ -478,6 +478,9 @@ class TuneSettings:
     cache_features: bool = True
     cache_engine: str = "litert"
     qat_steps_per_epoch: int = 0
+    channel_epochs: int = 1
+    channel_steps_per_epoch: int = 0
+    channel_allocation: str = "latency"
     prune_policy: str = "all"
     eval_threads: int = 2
     latency_threads: int = 1
@@ -489,7 +492,8 @@ class TuneSettings:
         _items(self, section, "int8_float_layers", _is_name)
         _at_least(
             self, section, max_trials=1, max_epochs=1, factor=2, initial_points=0, float_epochs=0, prune_epochs=0,
-            qat_steps_per_epoch=0, eval_threads=1, latency_threads=1, latency_runs=50, top=1,
+            qat_steps_per_epoch=0, channel_epochs=1, channel_steps_per_epoch=0, eval_threads=1, latency_threads=1, latency_runs=50, top=1,
         )
-        _one_of(self, section, oracle=ORACLES, cache_engine=CACHE_ENGINES, prune_policy=POLICIES, conversion=CONVERSIONS)
+        _one_of(self, section, oracle=ORACLES, cache_engine=CACHE_ENGINES, prune_policy=POLICIES, conversion=CONVERSIONS,
+                channel_allocation=CHANNEL_ALLOCATIONS)
         _non_empty(self, section, "directory", "project_name")

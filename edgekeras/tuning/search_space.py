@@ -1,7 +1,8 @@
 """`SearchSpace`: the hyperparameters every `EdgeTuner` trial draws.
 
 The learning rate, the final sparsity, where the pruning ramp begins and ends
-(as fractions of the pruning phase) and the number of QAT epochs. Each is a
+(as fractions of the pruning phase), the number of QAT epochs and the
+channel-pruning latency target (1.0: no channel pruning). Each is a
 range, a list of choices or a fixed number; users add their own
 hyperparameters in their `HyperModel` / build function as usual.
 
@@ -23,7 +24,7 @@ import numbers
 __all__ = ["SearchSpace"]
 
 
-_SPECS = ("learning_rate", "final_sparsity", "pruning_begin", "pruning_end", "qat_epochs")
+_SPECS = ("learning_rate", "final_sparsity", "pruning_begin", "pruning_end", "qat_epochs", "target_latency")
 
 
 def _is_number(value):
@@ -81,11 +82,18 @@ class SearchSpace:
         pruning_end: where the ramp reaches `final_sparsity`, a fraction in
             (0, 1]; every possible end must lie after every possible begin.
         qat_epochs: epochs of quantization-aware fine-tuning (integers >= 0).
+        target_latency: the slimmed int8 file's predicted latency as a
+            fraction of the dense one's, in (0, 1]: below 1, the trial prunes
+            whole channels after its float phase (widths from a latency
+            table measured once per search) and deploys the narrower model;
+            1.0 (the default): no channel pruning, and no hyperparameter
+            declared, so existing searches draw and log what they did.
 
     Example:
 
     ```python
-    space = SearchSpace(final_sparsity={"min": 0.5, "max": 0.9, "step": 0.1}, qat_epochs=1)
+    space = SearchSpace(final_sparsity={"min": 0.5, "max": 0.9, "step": 0.1}, qat_epochs=1,
+                        target_latency={"values": [0.6, 0.8, 1.0]})
     ```
     """
 
@@ -96,12 +104,14 @@ class SearchSpace:
         pruning_begin=(0.0, 0.3),
         pruning_end=(0.6, 1.0),
         qat_epochs=(0, 1),
+        target_latency=1.0,
     ):
         self.learning_rate = learning_rate
         self.final_sparsity = final_sparsity
         self.pruning_begin = pruning_begin
         self.pruning_end = pruning_end
         self.qat_epochs = qat_epochs
+        self.target_latency = target_latency
         self._specs = {name: _normalize(name, getattr(self, name), name == "qat_epochs") for name in _SPECS}
         limits = {
             "learning_rate": (lambda lo, hi: lo > 0, "> 0"),
@@ -109,6 +119,7 @@ class SearchSpace:
             "pruning_begin": (lambda lo, hi: 0 <= lo and hi < 1, "in [0, 1)"),
             "pruning_end": (lambda lo, hi: 0 < lo and hi <= 1, "in (0, 1]"),
             "qat_epochs": (lambda lo, hi: lo >= 0, ">= 0"),
+            "target_latency": (lambda lo, hi: 0 < lo and hi <= 1, "in (0, 1]"),
         }
         for name, (ok, requirement) in limits.items():
             if not ok(*_possible(self._specs[name])):
@@ -124,9 +135,15 @@ class SearchSpace:
                 f"pruning_end={pruning_end!r}"
             )
 
+    def _declared(self):
+        """The names `declare` registers: `target_latency` only when it can be below 1."""
+        # Left out at its default, it changes nothing in an existing search:
+        # not its random draws (each declared value takes one), nor its HParams.
+        return [name for name in _SPECS if name != "target_latency" or _possible(self._specs[name])[0] < 1]
+
     def declare(self, hp):
         """Registers the hyperparameters in a `keras_tuner.HyperParameters`."""
-        for name in _SPECS:
+        for name in self._declared():
             spec = self._specs[name]
             integer = name == "qat_epochs"
             if spec[0] == "fixed":
@@ -141,8 +158,8 @@ class SearchSpace:
                 hp.Float(name, float(spec[1]), float(spec[2]), step=step, sampling=sampling)
 
     def values(self, hp):
-        """Returns `{name: value}` of this space's hyperparameters in `hp`."""
-        return {name: hp.get(name) for name in _SPECS}
+        """Returns `{name: value}` of this space's hyperparameters in `hp` (`target_latency` 1.0 when not declared)."""
+        return {name: hp.get(name) if name in self._declared() else 1.0 for name in _SPECS}
 
     def get_config(self):
         return {name: getattr(self, name) for name in _SPECS}

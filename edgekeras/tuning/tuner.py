@@ -92,8 +92,8 @@ class EdgeTuner(base_tuner.BaseTuner):
         float_layers: layers that post-training `int8` files keep in float
             (selective quantization, see `edgekeras.litert.convert`).
         budget: a `Budget`, or None for no limits.
-        qat_learning_rate_scale: QAT learning rate = trial learning rate x
-            this (QAT fine-tunes trained weights).
+        qat_learning_rate_scale: QAT (and channel-pruning) learning rate =
+            trial learning rate x this (both fine-tune trained weights).
         prune_policy: which layers are pruned (see `edgekeras.sparsity`).
         cache_features: train the float and pruning phases on cached
             activations of the model's frozen prefix (everything before its
@@ -104,9 +104,16 @@ class EdgeTuner(base_tuner.BaseTuner):
         cache_engine: "litert" or "keras", how the prefix is run for caching.
         qat_steps_per_epoch: batches per QAT epoch when caching (default:
             `steps_per_epoch`, else the whole training data).
+        channel_epochs: epochs of the channel-pruning phase of trials whose
+            `target_latency` is below 1 (the whole model, on images).
+        channel_steps_per_epoch: batches per epoch of that phase (and, when
+            caching, of the slimmed model's pruning phase); default as QAT's.
+        channel_allocation: "latency" or "uniform", how a latency target is
+            spread over the channel groups (see `TrialTraining`).
         representative_examples: calibration images for post-training int8.
         eval_threads: LiteRT threads for the accuracy pass.
-        latency_threads: LiteRT threads for the batch-1 latency.
+        latency_threads: LiteRT threads for the batch-1 latency (and the
+            channel-pruning latency table).
         latency_runs: timed latency runs (>= 50).
         seed: weights are initialized from this seed in every trial, so that
             trials differ by their hyperparameters only.
@@ -144,6 +151,9 @@ class EdgeTuner(base_tuner.BaseTuner):
         cache_features=False,
         cache_engine="litert",
         qat_steps_per_epoch=None,
+        channel_epochs=1,
+        channel_steps_per_epoch=None,
+        channel_allocation="latency",
         representative_examples=256,
         eval_threads=2,
         latency_threads=1,
@@ -159,26 +169,16 @@ class EdgeTuner(base_tuner.BaseTuner):
         edge_hypermodel = EdgeHyperModel(hypermodel, search_space)
         self.search_space = edge_hypermodel.search_space
         self.training = TrialTraining(
-            float_epochs=float_epochs,
-            prune_epochs=prune_epochs,
-            loss=loss,
-            metrics=metrics,
-            qat_learning_rate_scale=qat_learning_rate_scale,
-            prune_policy=prune_policy,
-            cache_features=cache_features,
-            cache_engine=cache_engine,
-            qat_steps_per_epoch=qat_steps_per_epoch,
-            seed=seed,
-            verbose=verbose,
+            float_epochs=float_epochs, prune_epochs=prune_epochs, loss=loss, metrics=metrics,
+            qat_learning_rate_scale=qat_learning_rate_scale, prune_policy=prune_policy, cache_features=cache_features,
+            cache_engine=cache_engine, qat_steps_per_epoch=qat_steps_per_epoch, channel_epochs=channel_epochs,
+            channel_steps_per_epoch=channel_steps_per_epoch, channel_allocation=channel_allocation,
+            latency_threads=latency_threads, seed=seed, verbose=verbose,
         )
         self.scoring = TrialScoring(
-            conversion=conversion,
-            float_layers=float_layers,
-            budget=budget,
-            representative_examples=representative_examples,
-            eval_threads=eval_threads,
-            latency_threads=latency_threads,
-            latency_runs=latency_runs,
+            conversion=conversion, float_layers=float_layers, budget=budget,
+            representative_examples=representative_examples, eval_threads=eval_threads,
+            latency_threads=latency_threads, latency_runs=latency_runs,
         )
         self.seed = seed
         self.save_models = save_models

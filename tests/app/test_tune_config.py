@@ -26,6 +26,10 @@ def test_the_shipped_tune_config_is_valid():
         ({"tune": {"overwrite": "yes"}}, r"Config key `tune.overwrite` must be true or false"),
         ({"tune": {"int8_float_layers": "Conv1"}}, r"Config key `tune.int8_float_layers` must be a list of layer names"),
         ({"tune": {"space": {"final_sparsity": 1.5}}}, r"\[tune.space\].*`final_sparsity` must be in \[0, 1\)"),
+        ({"tune": {"space": {"target_latency": 0}}}, r"\[tune.space\].*`target_latency` must be in \(0, 1\]. Received"),
+        ({"tune": {"channel_epochs": 0}}, r"Config key `tune.channel_epochs` must be an integer >= 1. Received: tune.channel_epochs=0"),
+        ({"tune": {"channel_steps_per_epoch": -1}}, r"Config key `tune.channel_steps_per_epoch` must be an integer >= 0"),
+        ({"tune": {"channel_allocation": "fast"}}, r"Config key `tune.channel_allocation` must be one of 'latency', 'uniform'"),
         ({"tune": {"budget": {"max_size": 1}}}, r"Unknown key `max_size` in table \[tune.budget\]"),
         ({"tune": {"budget": {"max_gzip_bytes": -1}}}, r"`tune.budget.max_gzip_bytes` must be a number >= 0"),
         ({"train": {"epochs": 1}}, r"Unknown section `train`"),
@@ -97,6 +101,85 @@ qat_epochs = 0
     # Each trial keeps its model in its Keras' own format.
     saved = load_model(tmp_path / "cli" / "trial_0" / ("model.h5" if keras_name == "tf_keras" else "model.keras"))
     assert engine_for(saved).name == {"tf_keras": "tfmot", "keras3": "keras3"}[keras_name]
+
+
+def test_tune_config_channel_keys_reach_the_tuner(tiny_tfds_dir, monkeypatch):
+    from edgekeras.app import tune as tune_module
+
+    class Stop(Exception):
+        pass
+
+    def tuner(oracle, build, **kwargs):
+        raise Stop(kwargs)
+
+    monkeypatch.setattr(tune_module, "EdgeTuner", tuner)
+    config = parse_tune_config({
+        "data": {"dataset": "edgekeras_tiny_images", "data_dir": str(tiny_tfds_dir), "image_size": 32, "validation_size": 20},
+        "tune": {"channel_epochs": 2, "channel_steps_per_epoch": 5, "channel_allocation": "uniform",
+                 "space": {"target_latency": {"values": [0.6, 1.0]}}},
+    })
+    assert config.space.target_latency == {"values": [0.6, 1.0]}
+    with pytest.raises(Stop) as stopped:
+        tune_module.tune(config, verbose=0)
+    (kwargs,) = stopped.value.args
+    assert (kwargs["channel_epochs"], kwargs["channel_steps_per_epoch"], kwargs["channel_allocation"]) == (2, 5, "uniform")
+    assert kwargs["search_space"] is config.space
+    defaults = parse_tune_config({}).tune
+    assert (defaults.channel_epochs, defaults.channel_steps_per_epoch, defaults.channel_allocation) == (1, 0, "latency")
+    assert parse_tune_config({}).space.target_latency == 1.0
+
+
+@pytest.mark.slow
+def test_cli_tune_searches_the_latency_target_of_mobilenet_v2(tmp_path, tiny_tfds_dir, capsys):
+    from edgekeras.models import load_model
+
+    path = tmp_path / "slim.toml"
+    path.write_text(
+        f"""
+[data]
+dataset = "edgekeras_tiny_images"
+data_dir = "{tiny_tfds_dir}"
+download = false
+image_size = 32
+batch_size = 16
+validation_size = 20
+augment = false
+
+[model]
+alpha = 0.35
+weights = "none"
+trainable_from = "block_16_expand"
+
+[tune]
+max_trials = 1
+directory = "{tmp_path}"
+project_name = "slim"
+conversion = "int8"
+cache_features = true
+cache_engine = "keras"
+channel_steps_per_epoch = 2
+channel_allocation = "uniform"
+
+[tune.space]
+qat_epochs = 0
+final_sparsity = 0.5
+target_latency = 0.7
+"""
+    )
+    assert main_tune(path) == 0
+    assert "latency table of" in capsys.readouterr().out
+    (slim,) = json.loads((tmp_path / "slim" / "results.json").read_text())["trials"]
+    assert slim["epochs"]["channels"] == 1 and os.path.isfile(slim["tflite_path"])
+    model = load_model(slim["model_path"])
+    widths = [layer.filters for layer in model.layers if layer.name == "block_1_expand"]
+    assert widths and widths[0] < 48  # the frozen, high-resolution prefix was narrowed
+    assert not model.get_layer("block_1_expand").trainable and model.get_layer("block_16_expand").trainable
+
+
+def main_tune(path):
+    from edgekeras.app.cli import main
+
+    return main(["tune", "--config", str(path)])
 
 
 def test_tune_configs_take_the_same_model_and_data_keys():

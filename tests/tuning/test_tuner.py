@@ -346,6 +346,28 @@ def test_cached_features_train_the_top_but_deploy_the_whole_model(tmp_path):
     np.testing.assert_array_equal(kernel, initial)
 
 
+def build_slimmable(hp):
+    inputs = keras.Input((SIDE, SIDE, 3), name="images")
+    x = keras.layers.Conv2D(64, 3, padding="same", use_bias=False, name="conv0")(inputs)
+    x = keras.layers.ReLU(name="relu0")(keras.layers.BatchNormalization(name="bn0")(x))
+    x = keras.layers.Conv2D(64, 1, activation="relu", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x))
+
+
+def test_a_trial_below_target_latency_1_deploys_and_scores_the_slimmed_model(tmp_path):
+    space = SearchSpace(**dict(FAST_SPACE, target_latency=0.8))
+    tuner = _tuner(tmp_path, make_oracle("random", max_trials=1), build_slimmable, space=space, channel_steps_per_epoch=1)
+    tuner.search(_dataset(32, 1), validation_data=_dataset(16, 2))
+    (result,) = tuner.results()
+    assert result.epochs == {"float": 1, "prune": 1, "qat": 0, "channels": 1}
+    assert result.hyperparameters["target_latency"] == 0.8 and result.metrics["latency_ms"] > 0
+    deployed = tuner.load_model(tuner.oracle.get_trial(result.trial_id))
+    assert deployed.get_layer("conv0").filters < 64 or deployed.get_layer("conv1").filters < 64
+    (session,) = read_hparams(tuner.log_dir)["trials"].values()
+    assert session["hparams"]["target_latency"] == pytest.approx(0.8)
+
+
 # -- oracles -------------------------------------------------------------------------------
 
 
