@@ -1,5 +1,6 @@
 """Importance scores comparable across groups ("gamma", "taylor") and the allocation that follows them."""
 
+import keras as keras3
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,18 +10,17 @@ from edgekeras.channels import analyse, channel_importance, find_groups
 from edgekeras.channels.allocation import allocate
 from edgekeras.channels.latency import LatencyTable, LayerCost
 
-L = keras.layers
 
-
-def two_branch_model():
+def two_branch_model(library=keras):
     """Branches "a" and "b" (16 channels each, BatchNorm "a_bn"/"b_bn") read the input; their 1x1 outputs are added."""
-    inputs = keras.Input((6, 6, 3))
+    L = library.layers
+    inputs = library.Input((6, 6, 3))
     branches = []
     for name in ("a", "b"):
         h = L.BatchNormalization(name=f"{name}_bn")(L.Conv2D(16, 3, padding="same", use_bias=False, name=name)(inputs))
         branches.append(L.Conv2D(4, 1, name=f"{name}_out")(L.ReLU()(h)))
     outputs = L.Dense(3, activation="softmax", name="logits")(L.GlobalAveragePooling2D()(L.Add()(branches)))
-    model = keras.Model(inputs, outputs)
+    model = library.Model(inputs, outputs)
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         model.get_layer(f"{name}_bn").beta.assign(rng.uniform(0.1, 0.5, 16).astype("float32"))
@@ -60,10 +60,11 @@ def test_gamma_is_the_raw_sum_over_the_group_batchnorms():
     assert channel_importance(model, "bn")["a"].mean() == pytest.approx(channel_importance(model, "bn")["b"].mean())
 
 
-def test_taylor_is_the_squared_gate_gradient_product_averaged_over_batches():
-    model = two_branch_model()
+@pytest.mark.parametrize("library", [keras, keras3], ids=["tf_keras", "keras3"])
+def test_taylor_is_the_squared_gate_gradient_product_averaged_over_batches(library):
+    model = two_branch_model(library)
     data = batches()
-    loss = keras.losses.SparseCategoricalCrossentropy()
+    loss = library.losses.SparseCategoricalCrossentropy()
     importance = channel_importance(model, "taylor", data=data, loss=loss)
     norm = model.get_layer("b_bn")
     expected = np.zeros(16)
@@ -71,7 +72,8 @@ def test_taylor_is_the_squared_gate_gradient_product_averaged_over_batches():
         with tf.GradientTape() as tape:
             value = loss(labels, model(images, training=False))
         d_gamma, d_beta = tape.gradient(value, [norm.gamma, norm.beta])
-        expected += (norm.gamma.numpy() * d_gamma.numpy() + norm.beta.numpy() * d_beta.numpy()) ** 2
+        gamma, beta = np.asarray(norm.gamma), np.asarray(norm.beta)
+        expected += (gamma * np.asarray(d_gamma) + beta * np.asarray(d_beta)) ** 2
     np.testing.assert_allclose(importance["b"], expected / len(data), rtol=1e-4, atol=1e-12)
     assert set(importance) == {group.name for group in find_groups(model) if group.prunable}
     assert np.all(importance["b"] > 0)
@@ -88,7 +90,7 @@ def test_taylor_sees_a_branch_nothing_reads_where_gamma_does_not():
 @pytest.mark.parametrize("score, narrowed, whole", [("taylor", "a", "b"), ("gamma", "b", "a")])
 def test_the_allocation_follows_the_importance_across_groups(score, narrowed, whole):
     model = deaf_branch_model()
-    groups = [group for group in find_groups(model)]
+    groups = find_groups(model)
     importance = channel_importance(model, score, data=batches(), loss="sparse_categorical_crossentropy")
     widths = allocate(groups, importance, equal_cost_table(), 0.75, round_to=4, min_fraction=0.0)
     assert widths[whole] == 16 and widths[narrowed] < 16
