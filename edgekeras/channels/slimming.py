@@ -11,7 +11,7 @@ allocation counted as lost are the ones `apply_widths` removes.
 Example:
 
 ```python
-importance = channel_importance(model, "bn")
+importance = channel_importance(model, "taylor", data=train.take(16), loss="sparse_categorical_crossentropy")
 widths = allocate(find_groups(model), importance, table, target_latency=0.6)
 apply_widths(model, widths, importance)  # in place: the other channels are zero
 slim = shrink(model)
