@@ -31,9 +31,11 @@ import numpy as np
 from edgekeras import backend
 from edgekeras.channels.groups import DEPTHWISE, NORM, PRODUCER
 
-__all__ = ["SCORES", "group_weights", "channel_scores", "channel_masks", "zero_channels"]
+__all__ = ["SCORES", "WEIGHT_SCORES", "group_weights", "channel_scores", "channel_masks", "zero_channels"]
 
-SCORES = ("l2", "bn", "gamma")
+# The scores that rank channels within a group (what `ChannelPruning` takes), and all scores read from the weights.
+SCORES = ("l2", "bn")
+WEIGHT_SCORES = (*SCORES, "gamma")
 
 
 def group_weights(channel_graph):
@@ -100,8 +102,8 @@ def channel_scores(channel_graph, index, score="l2", places=None):
     scores = channel_scores(analyse(model), 3, "bn")
     ```
     """
-    if score not in SCORES:
-        raise ValueError(f"Argument `score` must be one of {', '.join(map(repr, SCORES))}. Received: score={score!r}")
+    if score not in WEIGHT_SCORES:
+        raise ValueError(f"Argument `score` must be one of {', '.join(map(repr, WEIGHT_SCORES))}. Received: score={score!r}")
     places = group_weights(channel_graph) if places is None else places
     size = channel_graph.groups[index].size
     has_gamma = any(place[1] == "gamma" for place in places[index])

@@ -24,12 +24,12 @@ import numpy as np
 
 from edgekeras import backend
 from edgekeras.channels.groups import analyse
-from edgekeras.channels.masks import SCORES, channel_scores, group_weights, zero_channels
+from edgekeras.channels.masks import WEIGHT_SCORES, channel_scores, group_weights, zero_channels
 
 __all__ = ["IMPORTANCE_SCORES", "apply_widths", "channel_importance"]
 
 
-IMPORTANCE_SCORES = (*SCORES, "taylor")
+IMPORTANCE_SCORES = (*WEIGHT_SCORES, "taylor")
 
 
 def _taylor_places(places):
@@ -206,7 +206,7 @@ def apply_widths(model, widths, scores="bn"):
             `shrink` the same `round_to` as the allocation, or it keeps zero
             channels to reach its multiple.
         scores: how to rank each group's channels (lowest removed first):
-            `"bn"` or `"l2"` (see `channel_importance`), or
+            `"bn"`, `"l2"` or `"gamma"` (see `channel_importance`), or
             `{group name: per-channel scores}`, e.g. the `importance` given
             to `allocate`.
 
@@ -229,8 +229,9 @@ def apply_widths(model, widths, scores="bn"):
     ```
     """
     if isinstance(scores, str):
-        if scores not in SCORES:
-            raise ValueError(f"Argument `scores` must be one of {', '.join(map(repr, SCORES))} or a dict. Received: scores={scores!r}")
+        if scores not in WEIGHT_SCORES:
+            names = ", ".join(map(repr, WEIGHT_SCORES))
+            raise ValueError(f"Argument `scores` must be one of {names} or a dict. Received: scores={scores!r}")
     elif not isinstance(scores, dict):
         raise ValueError(f"Argument `scores` must be a score name or a dict of group name -> scores. Received: {type(scores).__name__}")
     channel_graph = analyse(model)
