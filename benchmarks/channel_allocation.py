@@ -20,8 +20,9 @@ was allocated with; `uniform` the first of `--scores`), is shrunk (`shrink`),
 its BatchNormalization statistics re-estimated on `--recalibrate` training
 batches, evaluated right away ("one-shot") and fine-tuned for the same
 `--finetune-epochs` with the same data order and learning rate
-(`--bn-momentum` while training: keras.applications' 0.999 leaves the moving
-statistics of a few epochs stale). Reported per model: float validation
+(`--bn-momentum` while training: keras.applications' 0.999, which ImageNet
+weights keep, leaves the moving statistics of a few epochs stale; random
+weights get 0.9 from `build_transfer_model`). Reported per model: float validation
 accuracy, the int8 file's validation accuracy (post-training quantization,
 `--calibration` training images), the table's predicted latency ratio to the
 dense model and the measured one: the int8 files (float I/O, as deployed)
@@ -175,7 +176,10 @@ def parse():
         help="comma-separated channel_importance scores, one allocated model each (bn, gamma, l2, taylor)",
     )
     parser.add_argument("--taylor-batches", type=int, default=16, help="training batches the taylor score is estimated on")
-    parser.add_argument("--bn-momentum", type=float, default=None, help="BatchNormalization momentum while training (default: the model's)")
+    parser.add_argument(
+        "--bn-momentum", type=float, default=None,
+        help="BatchNormalization momentum while training (default: the model's, 0.9 from random weights, 0.999 with --weights)",
+    )
     parser.add_argument("--recalibrate", type=int, default=0, help="training batches the slimmed models' BN statistics are re-estimated on")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=200, help="alternating timing rounds (3 timed invocations each)")
