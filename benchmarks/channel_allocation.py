@@ -13,7 +13,9 @@ slimmings are made from the trained weights:
   table, target)`, NetAdapt-style widths per channel group; `taylor` is
   estimated on the first `--taylor-batches` training batches;
 - `uniform`: `uniform_at_latency(groups, table, target)`, the widest single
-  fraction of every group predicted to meet the target.
+  fraction of every group predicted to meet the target (with
+  `--match-uniform` the allocations aim at the latency it reaches: with
+  small groups a uniform step is coarse and can stop well under the target).
 
 Each keeps its groups' most important channels (`apply_widths`, the score it
 was allocated with; `uniform` the first of `--scores`), is shrunk (`shrink`),
