@@ -6,26 +6,40 @@ no-top weights fine-tuned) is trained on a CIFAR-10 subset (the offline copy
 in ../shared/data/tfds, upscaled). Its per-layer latency table is measured
 with LiteRT on this machine (`measure_table`, int8, batch 1, `--threads`),
 and for `--target` (a fraction of the dense int8 file's predicted latency)
-two slimmings are made from the trained weights:
+slimmings are made from the trained weights:
 
-- `allocated`: `allocate(groups, channel_importance(model, "bn"), table, target)`,
-  NetAdapt-style widths per channel group;
+- `allocated_<score>` for each of `--scores` (`allocated` when it is just
+  the default `bn`): `allocate(groups, channel_importance(model, score),
+  table, target)`, NetAdapt-style widths per channel group; `taylor` is
+  estimated on the first `--taylor-batches` training batches;
 - `uniform`: `uniform_at_latency(groups, table, target)`, the widest single
-  fraction of every group predicted to meet the target.
+  fraction of every group predicted to meet the target (with
+  `--match-uniform` the allocations aim at the latency it reaches: with
+  small groups a uniform step is coarse and can stop well under the target).
 
-Each keeps its groups' highest-|gamma| channels (`apply_widths`, the same
-importance), is shrunk (`shrink`), evaluated right away ("one-shot") and
-fine-tuned for the same `--finetune-epochs` with the same data order and
-learning rate. Reported per model: float validation accuracy, the int8
-file's validation accuracy (post-training quantization, `--calibration`
-training images), the table's predicted latency ratio to the dense model
-and the measured one: the three int8 files (float I/O, as deployed) timed in
-one process in alternating rounds (`alternating_medians`, `--rounds`).
+Each keeps its groups' most important channels (`apply_widths`, the score it
+was allocated with; `uniform` the first of `--scores`), is shrunk (`shrink`),
+its BatchNormalization statistics re-estimated on `--recalibrate` training
+batches, evaluated right away ("one-shot") and fine-tuned for the same
+`--finetune-epochs` with the same data order and learning rate
+(`--bn-momentum` while training: keras.applications' 0.999, which ImageNet
+weights keep, leaves the moving statistics of a few epochs stale; random
+weights get 0.9 from `build_transfer_model`). Reported per model: float validation
+accuracy, the int8 file's validation accuracy (post-training quantization,
+`--calibration` training images), the table's predicted latency ratio to the
+dense model and the measured one: the int8 files (float I/O, as deployed)
+timed in one process in alternating rounds (`alternating_medians`,
+`--rounds`).
 
-Run (4 minutes on the project's 2-core CPU; figures in benchmarks/README.md: at 0.6 of the dense
-latency the allocation was not more accurate than uniform, +0.4 / -2.2 pp over two seeds):
+The defaults are the first, random-init configuration (4 minutes on the project's 2-core CPU; at
+0.6 of the dense latency the `bn` allocation was not more accurate than uniform, +0.4 / -2.2 pp over
+two seeds). The configuration that matters, ImageNet weights fine-tuned (about 7 minutes; figures in
+benchmarks/README.md):
 
-    python benchmarks/channel_allocation.py --seed 0 --json benchmarks/results/channels/channel_allocation_seed0.json
+    python benchmarks/channel_allocation.py --weights ../shared/data/weights/mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5 \
+        --alpha 1.0 --image-size 64 --train 8000 --test 4000 --epochs 2 --rate 5e-4 --finetune-epochs 3 \
+        --finetune-rate 5e-4 --bn-momentum 0.9 --recalibrate 20 --scores taylor,bn --target 0.6 --seed 0 \
+        --json benchmarks/results/channels/channel_allocation_imagenet_t0.6_seed0.json
 """
 
 import argparse
@@ -43,7 +57,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from edgekeras.channels import (  # noqa: E402
-    allocate, alternating_medians, apply_widths, channel_importance, find_groups, measure_table, shrink, uniform_at_latency,
+    LatencyTable, allocate, alternating_medians, apply_widths, channel_importance, find_groups, measure_table, shrink, uniform_at_latency,
 )
 from edgekeras.compat import keras  # noqa: E402
 from edgekeras.litert import TFLiteModel, convert  # noqa: E402
@@ -78,10 +92,36 @@ def batches(data, batch_size, seed=None):
 def train(model, data, epochs, rate, batch_size, seed):
     """`epochs` of Adam at `rate`, cosine-decayed; the same seed gives the same batches."""
     keras.utils.set_random_seed(seed)
+    if epochs == 0:
+        return
     steps = epochs * -(-len(data[0]) // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(rate, steps)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(batches(data, batch_size, seed), epochs=epochs, verbose=2)
+
+
+def set_momentum(model, momentum):
+    """keras.applications' MobileNetV2 keeps moving statistics with momentum 0.999: too slow for a few epochs."""
+    if momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = momentum
+
+
+def recalibrate(model, data, count, batch_size):
+    """Re-estimates every BatchNormalization's moving statistics: their mean over `count` training batches.
+
+    Removing channels changes what the later layers see; the dense model's
+    moving statistics no longer fit it (one-shot accuracy at chance).
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    for step, (images, _) in enumerate(batches(data, batch_size).take(count)):
+        for layer in norms:
+            layer.momentum = step / (step + 1)  # the running mean of the batches' statistics
+        model(images, training=True)
+    for layer, momentum in zip(norms, saved):
+        layer.momentum = momentum
 
 
 def accuracy(model, data):
@@ -100,11 +140,23 @@ def int8_accuracy(content, data):
     return float(np.mean(np.argmax(runner.predict(images, batch_size=50), axis=-1) == data[1]))
 
 
-def slimmed(dense, widths, importance, test):
+def slimmed(dense, widths, importance, test, train_data, args):
     source = clone_with_weights(dense)
     apply_widths(source, widths, importance)
     slim = shrink(source, round_to=ROUND_TO)
+    set_momentum(slim, args.bn_momentum)
+    if args.recalibrate:
+        recalibrate(slim, train_data, args.recalibrate, args.batch_size)
     return slim, accuracy(slim, test)
+
+
+def importances(dense, train_data, args):
+    """`{score: channel_importance(dense, score)}`; `"taylor"` on the first `--taylor-batches` training batches."""
+    found = {}
+    for score in args.scores:
+        data = batches(train_data, args.batch_size).take(args.taylor_batches) if score == "taylor" else None
+        found[score] = channel_importance(dense, score, data=data, loss="sparse_categorical_crossentropy")
+    return found
 
 
 def parse():
@@ -120,13 +172,28 @@ def parse():
     parser.add_argument("--finetune-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--target", type=float, default=0.6, help="predicted int8 latency, fraction of the dense model's")
+    parser.add_argument(
+        "--match-uniform", action="store_true",
+        help="allocate for the predicted latency the uniform slimming reaches instead of --target",
+    )
     parser.add_argument("--min-fraction", type=float, default=0.1, help="allocate's least kept fraction per group")
+    parser.add_argument(
+        "--scores", type=lambda text: text.split(","), default=["bn"],
+        help="comma-separated channel_importance scores, one allocated model each (bn, gamma, l2, taylor)",
+    )
+    parser.add_argument("--taylor-batches", type=int, default=16, help="training batches the taylor score is estimated on")
+    parser.add_argument(
+        "--bn-momentum", type=float, default=None,
+        help="BatchNormalization momentum while training (default: the model's, 0.9 from random weights, 0.999 with --weights)",
+    )
+    parser.add_argument("--recalibrate", type=int, default=0, help="training batches the slimmed models' BN statistics are re-estimated on")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=200, help="alternating timing rounds (3 timed invocations each)")
     parser.add_argument("--calibration", type=int, default=256, help="int8 calibration images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--dense-weights", default=None, help="an .h5 file: the dense weights are saved there, or read if it exists")
+    parser.add_argument("--table", default=None, help="a .json file: the latency table is saved there, or read if it exists")
     parser.add_argument("--json", default=None)
     return parser.parse_args()
 
@@ -140,6 +207,7 @@ def main():
         10, args.image_size, alpha=args.alpha, weights=args.weights, trainable_from="auto" if args.weights is None else 0,
         train_batchnorm=True,
     )
+    set_momentum(dense, args.bn_momentum)
     if args.dense_weights and os.path.exists(args.dense_weights):
         dense.load_weights(args.dense_weights)
     else:
@@ -148,16 +216,25 @@ def main():
             dense.save_weights(args.dense_weights)
     groups = find_groups(dense)
     clock = time.perf_counter()
-    table = measure_table(dense, groups=groups, num_threads=args.threads, points=4, round_to=ROUND_TO)
+    if args.table and os.path.exists(args.table):
+        table = LatencyTable.load(args.table)
+    else:
+        table = measure_table(dense, groups=groups, num_threads=args.threads, points=4, round_to=ROUND_TO)
+        if args.table:
+            table.save(args.table)
     table_seconds = time.perf_counter() - clock
-    importance = channel_importance(dense, "bn")
-    widths = {
-        "allocated": allocate(groups, importance, table, args.target, round_to=ROUND_TO, min_fraction=args.min_fraction),
-        "uniform": uniform_at_latency(groups, table, args.target, round_to=ROUND_TO),
-    }
+    scores = importances(dense, train_data, args)
+    widths = {"uniform": uniform_at_latency(groups, table, args.target, round_to=ROUND_TO)}
+    # Coarse groups (alpha 0.35, multiples of 16) can leave uniform well under the target: match it instead.
+    target = table.predict(None, widths["uniform"], groups=groups) / table.predict() if args.match_uniform else args.target
+    ranking = {"uniform": scores[args.scores[0]]}  # uniform keeps the first score's best channels
+    for score, importance in scores.items():
+        name = "allocated" if args.scores == ["bn"] else f"allocated_{score}"
+        widths[name] = allocate(groups, importance, table, target, round_to=ROUND_TO, min_fraction=args.min_fraction)
+        ranking[name] = importance
     models, rows = {"dense": dense}, {"dense": {"variant": "dense", "float_accuracy": accuracy(dense, test_data)}}
     for name, kept in widths.items():
-        models[name], one_shot = slimmed(dense, kept, importance, test_data)
+        models[name], one_shot = slimmed(dense, kept, ranking[name], test_data, train_data, args)
         train(models[name], train_data, args.finetune_epochs, args.finetune_rate, args.batch_size, args.seed + 1)
         rows[name] = {"variant": name, "one_shot_accuracy": one_shot, "float_accuracy": accuracy(models[name], test_data)}
     files = {name: int8_file(model, train_data, args.calibration) for name, model in models.items()}
@@ -188,10 +265,10 @@ def report(args, rows, widths, groups, table_seconds, seconds):
             f"({row['measured_ms']:.3f}) | {one_shot} | {row['float_accuracy']:.4f} | {row['int8_accuracy']:.4f} |"
         )
     prunable = [group.name for group in groups if group.prunable]
-    print("widths (allocated / uniform / dense):")
+    print(f"widths ({' / '.join(widths)} / dense):")
     for name in prunable:
         size = next(group.size for group in groups if group.name == name)
-        print(f"  {name}: {widths['allocated'][name]} / {widths['uniform'][name]} / {size}")
+        print(f"  {name}: {' / '.join(str(kept[name]) for kept in widths.values())} / {size}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         result = {

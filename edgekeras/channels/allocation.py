@@ -209,9 +209,13 @@ def allocate(groups, importance, table, target_latency, *, round_to=DEFAULT_ROUN
         groups: `ChannelGroup`s of the table's model; unprunable ones keep
             every channel.
         importance: `{group name: per-channel scores}` (numpy arrays of
-            length `group.size`, non-negative, comparable across groups,
-            e.g. first-order Taylor or BatchNorm-scale x weight norm); every
-            prunable group needs one.
+            length `group.size`, non-negative); every prunable group needs
+            one. They must be comparable across groups:
+            `channel_importance(model, "taylor", data=...)` (the loss each
+            channel costs, to first order) is; `"bn"` is not (each layer is
+            normalized to mean 1, so every group looks alike and the search
+            follows latency alone: on ImageNet MobileNetV2 weights it starved
+            the early blocks, see benchmarks/README.md).
         table: the model's `LatencyTable`.
         target_latency: the predicted latency to reach, as a fraction of the
             dense model's predicted latency, in (0, 1].
@@ -231,7 +235,8 @@ def allocate(groups, importance, table, target_latency, *, round_to=DEFAULT_ROUN
     Example:
 
     ```python
-    widths = allocate(groups, {g.name: norms[g.name] for g in groups if g.prunable}, table, 0.6)
+    importance = channel_importance(model, "taylor", data=train.take(16), loss="sparse_categorical_crossentropy")
+    widths = allocate(groups, importance, table, 0.6)
     ```
     """
     _check_fraction(target_latency, "target_latency")

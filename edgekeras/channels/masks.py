@@ -9,12 +9,21 @@ the channel change the predictions (and, after a padded depthwise
 convolution, not even a constant one). The moving statistics need no mask:
 with scale and offset zero the normalized channel is zero whatever they are.
 
-Importance scores (higher is kept first), each normalized per layer so that
-layers of different scales in one coupled group weigh alike:
+Importance scores (higher is kept first):
 
-- `"l2"`: the L2 norm of the producers' kernel slices.
+- `"l2"`: the L2 norm of the producers' kernel slices, normalized per layer
+  to mean 1 so that layers of different scales in one coupled group weigh
+  alike.
 - `"bn"`: `|gamma|` of the group's BatchNormalizations (network slimming),
-  the L2 norm where the group has none.
+  the L2 norm where the group has none, normalized per layer likewise: it
+  ranks the channels *within* a group, and every group's mean is the number
+  of its layers, so it says nothing about which group matters more.
+- `"gamma"`: the same `|gamma|` (or kernel norms) summed over the group's
+  layers *without* that normalization, on the weights' own scale, so that
+  groups can be compared with each other.
+
+`edgekeras.channels.slimming.channel_importance` adds `"taylor"`, which
+needs data.
 """
 
 import numpy as np
@@ -22,9 +31,11 @@ import numpy as np
 from edgekeras import backend
 from edgekeras.channels.groups import DEPTHWISE, NORM, PRODUCER
 
-__all__ = ["SCORES", "group_weights", "channel_scores", "channel_masks", "zero_channels"]
+__all__ = ["SCORES", "WEIGHT_SCORES", "group_weights", "channel_scores", "channel_masks", "zero_channels"]
 
+# The scores that rank channels within a group (what `ChannelPruning` takes), and all scores read from the weights.
 SCORES = ("l2", "bn")
+WEIGHT_SCORES = (*SCORES, "gamma")
 
 
 def group_weights(channel_graph):
@@ -64,10 +75,10 @@ def group_weights(channel_graph):
     return found
 
 
-def _per_channel_norm(values, axis, start, size):
+def _per_channel_norm(values, axis, start, size, normalize=True):
     values = np.moveaxis(values, axis, -1)[..., start : start + size]
     norms = np.sqrt(np.sum(values.reshape(-1, size) ** 2, axis=0))
-    return norms / max(float(norms.mean()), 1e-12)
+    return norms / max(float(norms.mean()), 1e-12) if normalize else norms
 
 
 def channel_scores(channel_graph, index, score="l2", places=None):
@@ -76,7 +87,7 @@ def channel_scores(channel_graph, index, score="l2", places=None):
     Args:
         channel_graph: `edgekeras.channels.groups.analyse(model)`.
         index: the group's index in `channel_graph.groups`.
-        score: `"l2"` or `"bn"` (see the module's docstring).
+        score: `"l2"`, `"bn"` or `"gamma"` (see the module's docstring).
         places: `group_weights(channel_graph)`, when already computed.
 
     Returns:
@@ -91,16 +102,17 @@ def channel_scores(channel_graph, index, score="l2", places=None):
     scores = channel_scores(analyse(model), 3, "bn")
     ```
     """
-    if score not in SCORES:
-        raise ValueError(f"Argument `score` must be one of {', '.join(map(repr, SCORES))}. Received: score={score!r}")
+    if score not in WEIGHT_SCORES:
+        raise ValueError(f"Argument `score` must be one of {', '.join(map(repr, WEIGHT_SCORES))}. Received: score={score!r}")
     places = group_weights(channel_graph) if places is None else places
     size = channel_graph.groups[index].size
-    wanted = ("gamma",) if score == "bn" and any(p[1] == "gamma" for p in places[index]) else ("kernel",)
+    has_gamma = any(place[1] == "gamma" for place in places[index])
+    wanted = ("gamma",) if score in ("bn", "gamma") and has_gamma else ("kernel",)
     total = np.zeros(size)
     for layer, role, variable, axis, start in places[index]:
         if role in wanted:
             values = backend.for_model(layer).to_numpy(variable)
-            total += _per_channel_norm(np.abs(values), axis, start, size)
+            total += _per_channel_norm(np.abs(values), axis, start, size, normalize=score != "gamma")
     return total
 
 

@@ -45,7 +45,7 @@ def test_scores_rank_by_gamma_or_by_kernel_norm():
 
 def test_an_unknown_score_is_refused():
     channel_graph = analyse(model_with_and_without_batchnorm())
-    with pytest.raises(ValueError, match=r"Argument `score` must be one of 'l2', 'bn'\. Received: score='taylor'"):
+    with pytest.raises(ValueError, match=r"Argument `score` must be one of 'l2', 'bn', 'gamma'\. Received: score='taylor'"):
         channel_scores(channel_graph, 1, "taylor")
 
 

@@ -103,7 +103,7 @@ def test_full_widths_change_nothing():
         ({"expand": True}, "bn", r"must keep between 1 and 16 channels of group 'expand'\. Received: widths\['expand'\]=True"),
         ({"expand": 8.0}, "bn", r"must keep between 1 and 16 channels of group 'expand'\. Received: widths\['expand'\]=8\.0"),
         ({"logits": 2}, "bn", r"narrows group 'logits', which is not prunable"),
-        ({"expand": 8}, "taylor", r"Argument `scores` must be one of 'l2', 'bn' or a dict\. Received: scores='taylor'"),
+        ({"expand": 8}, "taylor", r"Argument `scores` must be one of 'l2', 'bn', 'gamma' or a dict\. Received: scores='taylor'"),
         ({"expand": 8}, [1.0], r"Argument `scores` must be a score name or a dict of group name -> scores\. Received: list"),
         ({"expand": 8}, {"head": np.ones(16)}, r"Argument `scores` must score every group `widths` narrows\. Missing: 'expand'"),
         ({"expand": 8}, {"expand": np.ones(8)}, r"must hold 16 finite scores for group 'expand'\. Received: shape \(8,\)"),
@@ -120,5 +120,5 @@ def test_bad_arguments_are_refused_before_any_weight_changes(widths, scores, mat
 
 
 def test_an_unknown_importance_score_is_refused():
-    with pytest.raises(ValueError, match=r"Argument `score` must be one of 'l2', 'bn'\. Received: score='taylor'"):
-        channel_importance(block_model(), "taylor")
+    with pytest.raises(ValueError, match=r"Argument `score` must be one of 'l2', 'bn', 'gamma', 'taylor'\. Received: score='nope'"):
+        channel_importance(block_model(), "nope")
