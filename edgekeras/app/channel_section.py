@@ -46,9 +46,10 @@ class ChannelsSection:
             dense one's, in (0, 1), predicted by a per-layer latency table;
             0: use `remove_fraction`.
         allocation: with `target_latency`: "latency" (NetAdapt-style: the
-            channels that save the most latency per importance go first,
-            `edgekeras.channels.allocate`) or "uniform" (one kept fraction
-            for every group, the widest that meets the target).
+            channels that save the most latency per importance lost go
+            first, `edgekeras.channels.allocate`, importance a first-order
+            Taylor estimate on 16 validation batches) or "uniform" (one kept
+            fraction for every group, the widest that meets the target).
         latency_table: a latency table JSON (`edgekeras.channels.LatencyTable`,
             e.g. timed on the target device with `edgekeras bench`); "":
             measured on this machine with LiteRT before training.
