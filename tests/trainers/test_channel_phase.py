@@ -104,3 +104,20 @@ def test_an_unsized_dataset_needs_steps_per_epoch_for_a_fraction():
     endless = dataset().repeat()
     with pytest.raises(ValueError, match=r"Argument `steps_per_epoch` is needed to turn `channels` into a schedule"):
         EdgeTrainer(conv_net(), "adam", LOSS).fit(endless, channels=0.5, channel_epochs=1)
+
+
+def test_keras3_model_goes_through_the_channel_phase_and_shrinks():
+    import keras as keras3
+
+    inputs = keras3.Input((8, 8, 3))
+    x = keras3.layers.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras3.layers.ReLU(6.0)(keras3.layers.BatchNormalization(name="stem_bn")(x))
+    x = keras3.layers.Conv2D(32, 1, activation="relu", name="pointwise")(x)
+    outputs = keras3.layers.Dense(3, name="logits")(keras3.layers.GlobalAveragePooling2D()(x))
+    model = keras3.Model(inputs, outputs)
+    trainer = EdgeTrainer(model, "adam", keras3.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x_train, y_train = data()
+    trainer.fit(x_train, y_train, batch_size=BATCH, float_epochs=1, channels={"pointwise": 16}, channel_epochs=1,
+                verbose=0)
+    assert trainer.slim_model.get_layer("pointwise").output.shape[-1] == 16
+    assert trainer.channel_widths["pointwise"] == 16
