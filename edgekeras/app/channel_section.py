@@ -16,7 +16,9 @@ ChannelsSection(enabled=True, target_latency=0.6).check("channels")
 
 import dataclasses
 
-from edgekeras.app.sections import LR_SCHEDULES, _at_least, _fail, _is_name, _items, _listed, _one_of, _positive
+from edgekeras.app.sections import (
+    LR_SCHEDULES, _at_least, _fail, _is_name, _items, _listed, _one_of, _positive, list_requirement,
+)
 from edgekeras.choices import CHANNEL_ALLOCATIONS, CHANNEL_SCORES, CONVERSIONS
 
 __all__ = ["ChannelsSection"]
@@ -85,6 +87,12 @@ class ChannelsSection:
             softened outputs (0: labels only).
         temperature: the softening temperature of the distillation.
         conversions: the slimmed model's .tflite files (`slim_<conversion>`).
+        prune: then prune the slimmed model unstructured in the same fit
+            ([prune]'s target sparsity, policy, allocation and learning
+            rate, on the images, `prune_epochs` epochs of `steps_per_epoch`
+            batches): the smallest file that is also the faster one.
+        prune_epochs: epochs of that pruning phase.
+        prune_conversions: its .tflite files (`slim_pruned_<conversion>`).
     """
 
     enabled: bool = False
@@ -109,6 +117,9 @@ class ChannelsSection:
     distill_weight: float = 0.0
     temperature: float = 4.0
     conversions: tuple = _listed(("float32", "int8"), "a non-empty list of conversions from " + ", ".join(CONVERSIONS))
+    prune: bool = False
+    prune_epochs: int = 1
+    prune_conversions: tuple = _listed(("int8",), "a non-empty list of conversions from " + ", ".join(CONVERSIONS))
 
     def check(self, section):
         _fraction(self, section, "remove_fraction")
@@ -126,5 +137,8 @@ class ChannelsSection:
                   epochs=1 if self.enabled else 0)
         _positive(self, section, "learning_rate", "temperature")
         _items(self, section, "skip_groups", _is_name)
-        if not self.conversions or not all(c in CONVERSIONS for c in self.conversions):
-            _fail(f"{section}.conversions", dataclasses.fields(self)[-1].metadata["requirement"], list(self.conversions))
+        for key in ("conversions", "prune_conversions"):
+            values = getattr(self, key)
+            if not values or not all(c in CONVERSIONS for c in values):
+                _fail(f"{section}.{key}", list_requirement(type(self), key), list(values))
+        _at_least(self, section, prune_epochs=1 if self.prune else 0)

@@ -326,7 +326,9 @@ def _distillation(config, phase):
     section = getattr(config, phase)
     if not section.distill_weight:
         return None
-    return Distillation(temperature=section.temperature, weight=section.distill_weight, phases=(phase,))
+    # The channel stage's trainer may prune the slimmed model too: both learn from the dense float model.
+    phases = ("channels", "prune") if phase == "channels" else (phase,)
+    return Distillation(temperature=section.temperature, weight=section.distill_weight, phases=phases)
 
 
 def prune_schedule(section, steps_per_epoch):

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgekeras import channels
 from edgekeras.app.config import ConfigError
-from edgekeras.app.factories import make_trainer
+from edgekeras.app.factories import make_trainer, prune_schedule
 from edgekeras.app.state import log
 from edgekeras.callbacks import ChannelPruning
 from edgekeras.data import resolve_steps_per_epoch
@@ -216,13 +216,18 @@ def slim(context, fit_callbacks):
         polynomial_ramp(steps * section.epochs, removed, end=section.ramp_fraction, mask_updates=section.mask_updates),
         score=section.score, round_to=section.round_to, widths=widths, calibration=_calibration(context),
     )
+    # With `channels.prune`, [prune]'s schedule and rate over this stage's own epochs, on the narrower model.
+    sparse = dataclasses.replace(config.prune, epochs=section.prune_epochs) if section.prune else None
     trainer = make_trainer(model, config, None, context.strategy, context.path("checkpoints", "slim"),
-                           channel_steps=steps * section.epochs)
+                           channel_steps=steps * section.epochs, prune_steps=sparse and steps * sparse.epochs)
     train = data.train.repeat() if section.steps_per_epoch else data.train
     trainer.fit(
         train, validation_data=data.validation, channels=pruning, channel_epochs=section.epochs,
+        prune=sparse and prune_schedule(sparse, steps), prune_epochs=sparse.epochs if sparse else 0,
         steps_per_epoch=section.steps_per_epoch or None, callbacks=fit_callbacks("slim", model), conversions=(),
         initial_epoch=config.train.epochs + (config.prune.epochs if config.prune.enabled else 0), verbose=2,
     )
     context.models["slim"] = context.local(trainer.slim_model)
+    if sparse:
+        context.models["slim_pruned"] = context.local(trainer.pruned_model)
     log("slimmed model: " + ", ".join(f"{name} {kept}" for name, kept in trainer.channel_widths.items()))

@@ -69,6 +69,8 @@ SOURCES = (
     Source("pqat", "pqat_", ("int8",), ("prune.enabled", "qat.epochs", "qat.quantize_pruned"),
            "`prune.enabled` = true, `qat.epochs` > 0 and `qat.quantize_pruned` = true"),
     Source("slim", "slim_", "channels.conversions", ("channels.enabled",), "`channels.enabled` = true"),
+    Source("slim_pruned", "slim_pruned_", "channels.prune_conversions", ("channels.enabled", "channels.prune"),
+           "`channels.enabled` = true and `channels.prune` = true"),
 )
 SOURCE_NAMES = tuple(source.name for source in SOURCES)
 _BY_NAME = {source.name: source for source in SOURCES}

@@ -386,6 +386,8 @@ class EdgeTrainer:
         self.float_model = clone_with_weights(self.model) if later else self.model
         if channel_pruning is not None:
             self._prune_channels(x, channel_pruning, channel_epochs, callbacks, fit_kwargs)
+            if schedule is not None:  # `slim_model` stays dense; the pruning phase zeroes a copy
+                self.model = clone_with_weights(self.slim_model)
         if schedule is not None:
             self._pruned_names = {
                 layer.name for layer in sparsity.select_layers(self.model, self.prune_policy)

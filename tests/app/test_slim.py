@@ -39,6 +39,18 @@ def test_slimmed_variants_are_exported_evaluated_and_narrower(tiny_tfds_dir, tmp
     assert json.loads((run_dir / "state.json").read_text())["timings"]["slim"] > 0
 
 
+def test_the_slimmed_model_pruned_on_top_is_exported_beside_it(tiny_tfds_dir, tmp_path):
+    run(slim_config(tiny_tfds_dir, tmp_path, prune=True, prune_conversions=["float32", "int8"]))
+    run_dir = tmp_path / "tiny"
+    report = json.loads((run_dir / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert list(by_name) == ["float32", "int8", "slim_float32", "slim_int8", "slim_pruned_float32", "slim_pruned_int8"]
+    assert by_name["slim_pruned_float32"]["sparsity"] > 0.3 > by_name["slim_float32"]["sparsity"]
+    assert by_name["slim_pruned_int8"]["gzip_bytes"] < by_name["slim_int8"]["gzip_bytes"]
+    slim, sparse = load_model(run_dir / "models" / "slim.h5"), load_model(run_dir / "models" / "slim_pruned.h5")
+    assert widths(slim) == widths(sparse)
+
+
 def test_a_latency_target_measures_a_table_and_allocates_widths(tiny_tfds_dir, tmp_path):
     run(slim_config(tiny_tfds_dir, tmp_path, target_latency=0.7, allocation="latency"))
     run_dir = tmp_path / "tiny"
@@ -71,6 +83,8 @@ def test_bad_keys_fail_before_training(tiny_tfds_dir, tmp_path, channels, match)
         ({"score": "taylor"}, r"Config key `channels.score` must be one of 'activation', 'bn', 'l2'"),
         ({"conversions": ["int4"]}, r"Config key `channels.conversions` must be a non-empty list of conversions"),
         ({"epochs": 0}, r"Config key `channels.epochs` must be an integer >= 1"),
+        ({"prune": True, "prune_epochs": 0}, r"Config key `channels.prune_epochs` must be an integer >= 1"),
+        ({"prune_conversions": []}, r"Config key `channels.prune_conversions` must be a non-empty list"),
     ],
 )
 def test_channels_section_values_are_checked(channels, match):

@@ -35,8 +35,9 @@ def test_no_two_variants_share_a_name():
 
 
 def test_sources_in_report_order_and_unknown_ones_refused():
-    assert SOURCE_NAMES == ("float", "qat", "pruned", "pqat", "slim")
-    with pytest.raises(ValueError, match=r"Argument `source` must be one of float, qat, pruned, pqat, slim\. Received: source='x'"):
+    assert SOURCE_NAMES == ("float", "qat", "pruned", "pqat", "slim", "slim_pruned")
+    message = r"Argument `source` must be one of float, qat, pruned, pqat, slim, slim_pruned\. Received: source='x'"
+    with pytest.raises(ValueError, match=message):
         variant_name("x", "int8")
     assert parse_variant("qat_float32") is None and variant_needs("qat_float32") == ""
 

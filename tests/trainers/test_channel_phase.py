@@ -45,7 +45,9 @@ def test_channels_then_prune_then_qat_train_the_narrower_model_distilled_from_th
     assert trainer.histories["channels"]["phase"] == [1.0, 1.0]
     assert trainer.histories["channels"]["kept_channels/pointwise"][-1] == 16
     assert widths_of(trainer.float_model) == [16, 32]
-    assert widths_of(trainer.slim_model) == [8, 16] and trainer.pruned_model is trainer.slim_model
+    assert widths_of(trainer.slim_model) == widths_of(trainer.pruned_model) == [8, 16]
+    assert trainer.pruned_model is not trainer.slim_model
+    assert sparsity.overall_sparsity(trainer.slim_model) < 0.1  # the narrower model stays dense
     assert trainer.channel_widths == {"stem": 8, "pointwise": 16}
     assert trainer.summary()["channel_widths"] == {"stem": 8, "pointwise": 16}
     assert trainer.summary()["phases"] == ["float", "channels", "prune", "qat"]
