@@ -313,7 +313,7 @@ def test_a_student_keeps_accuracy_and_val_accuracy_in_history():
 
 def test_distillation_settings():
     settings = Distillation(temperature=2, weight=0.7, phases=["qat"])
-    assert settings.phases == ("qat",) and Distillation().phases == ("prune", "qat")
+    assert settings.phases == ("qat",) and Distillation().phases == ("channels", "prune", "qat")
     loss = settings.loss()
     assert isinstance(loss, DistillationLoss) and (loss.temperature, loss.weight) == (2.0, 0.7)
 
@@ -323,7 +323,7 @@ def test_distillation_settings():
     [
         ({"temperature": -1.0}, "Argument `temperature` must be a finite number > 0. Received: temperature=-1.0"),
         ({"weight": 2}, re.escape("must be in [0, 1]. Received: weight=2")),
-        ({"phases": ()}, re.escape("must be a non-empty tuple of distinct phases from ('prune', 'qat'). Received: phases=()")),
+        ({"phases": ()}, re.escape("must be a non-empty tuple of distinct phases from ('channels', 'prune', 'qat'). Received: phases=()")),
         ({"phases": ("prune", "train")}, re.escape("Received: phases=('prune', 'train')")),
         ({"phases": ("qat", "qat")}, re.escape("Received: phases=('qat', 'qat')")),
         ({"phases": "qat"}, "Received: phases='qat'"),

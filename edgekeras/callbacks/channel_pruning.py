@@ -219,6 +219,7 @@ class ChannelPruning(MaskingCallback):
         # Channels already zero everywhere (removed before a restart) stay removed, ahead of any other:
         # `shrink` takes out every all-zero channel, whatever the ranking would pick.
         self._removed = {index: self._zero_channels(index) for index in full}
+        self._assign_masks()
 
     def _zero_channels(self, index):
         zero = np.ones(self._graph.groups[index].size, bool)
@@ -285,10 +286,13 @@ class ChannelPruning(MaskingCallback):
             means = None if stats is None else {key: mean for key, (mean, _) in stats.items()}
             compensation.absorb_removed(self._graph, fresh, means)
         if changed:
-            values = dict((id(v), m) for v, m in channels.channel_masks(self._graph, self._removed, self._places))
-            for weight, mask in zip(self._weights, self._masks):
-                mask.assign(values[id(weight)])
+            self._assign_masks()
         return changed
+
+    def _assign_masks(self):
+        values = dict((id(v), m) for v, m in channels.channel_masks(self._graph, self._removed, self._places))
+        for weight, mask in zip(self._weights, self._masks):
+            mask.assign(values[id(weight)])
 
     def _step(self):
         return self._backend.step(self.model.optimizer)

@@ -264,7 +264,7 @@ FIT_ARGUMENTS = [
     (dict(prune=1.5, prune_epochs=1), r"Argument `prune` must be None, a target sparsity in \(0, 1\).*Received: prune=1\.5"),
     (dict(prune=0.5), r"Argument `prune_epochs` must be a positive integer when `prune` is set\. Received: prune_epochs=0"),
     (dict(prune_epochs=2), r"Argument `prune` must be set to prune for prune_epochs=2 epochs"),
-    (dict(), r"Arguments `float_epochs`, `prune_epochs` and `qat_epochs` are all 0"),
+    (dict(), r"Arguments `float_epochs`, `channel_epochs`, `prune_epochs` and `qat_epochs` are all 0"),
     (dict(float_epochs=1, callbacks=keras.callbacks.History()), r"Argument `callbacks` must be a list of Keras callbacks"),
     (dict(float_epochs=1, epochs=3), r"Argument `epochs` is set by EdgeTrainer per phase"),
 ]
