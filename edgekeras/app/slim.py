@@ -100,14 +100,18 @@ def _latency_table(context, model):
     return table
 
 
+def _held_out(context):
+    """The images choices are made on: the held-out end of the training split (the training split without one)."""
+    return context.data.validation if context.data.validation is not None else context.data.train
+
+
 def _calibration(context):
     """`channels.calibration_examples` images of the held-out end of the training split, as one numpy array.
 
     The images int8 calibration reads too: unshuffled, unaugmented, never the test split.
     """
     wanted, found = context.config.channels.calibration_examples, []
-    data = context.data.validation if context.data.validation is not None else context.data.train
-    for images, _ in data:
+    for images, _ in _held_out(context):
         found.append(np.asarray(images))
         if sum(len(batch) for batch in found) >= wanted:
             break
@@ -121,8 +125,8 @@ def _importance(context, model):
     only score with which `allocate` beat uniform slimming at equal latency
     (benchmarks/channel_allocation.py).
     """
-    data = context.data.validation if context.data.validation is not None else context.data.train
-    return channels.channel_importance(model, "taylor", data=data.take(16), loss="sparse_categorical_crossentropy")
+    return channels.channel_importance(model, "taylor", data=_held_out(context).take(16),
+                                       loss="sparse_categorical_crossentropy")
 
 
 def slim_widths(context, model, importance=None):
@@ -207,11 +211,11 @@ def slim(context, fit_callbacks):
     widths = read_json(widths_path) or slim_widths(context, model)
     if context.chief:
         atomic_write_json(widths_path, widths)
+    groups = channels.find_groups(model)
     log(f"channel pruning: {len(widths)} groups narrowed ({sum(widths.values())} channels kept of "
-        f"{sum(g.size for g in channels.find_groups(model) if g.name in widths)}), {section.epochs} epoch(s)")
+        f"{sum(g.size for g in groups if g.name in widths)}), {section.epochs} epoch(s)")
     # The ramp's final value is the share of the narrowed groups' channels that goes, as logged.
-    sizes = {group.name: group.size for group in channels.find_groups(model)}
-    removed = 1.0 - sum(widths.values()) / sum(sizes[name] for name in widths)
+    removed = channels.removed_share(groups, widths)
     pruning = ChannelPruning(
         polynomial_ramp(steps * section.epochs, removed, end=section.ramp_fraction, mask_updates=section.mask_updates),
         score=section.score, round_to=section.round_to, widths=widths, calibration=_calibration(context),

@@ -216,17 +216,11 @@ class ChannelPruning(MaskingCallback):
         self._weights = [variable for variable, _ in pairs]
         self._layers = [layer_of[id(variable)] for variable in self._weights]
         self._masks = [self._backend.mask_variable(w) for w in self._weights]
-        # Channels already zero everywhere (removed before a restart) stay removed, ahead of any other:
-        # `shrink` takes out every all-zero channel, whatever the ranking would pick.
-        self._removed = {index: self._zero_channels(index) for index in full}
+        # Channels `shrink` would remove already (zeroed before a restart) stay removed, ahead of any
+        # other: it takes them out whatever the ranking would pick.
+        removable = channels.removable_channels(self._graph)
+        self._removed = {index: removable.get(index, gone) for index, gone in full.items()}
         self._assign_masks()
-
-    def _zero_channels(self, index):
-        zero = np.ones(self._graph.groups[index].size, bool)
-        for layer, _, variable, axis, start in self._places[index]:
-            values = np.moveaxis(self._backend.to_numpy(variable), axis, -1)[..., start:start + zero.size]
-            zero &= np.all(values.reshape(-1, zero.size) == 0, axis=0)
-        return zero
 
     def _check_named_groups(self, by_name):
         if self.widths is None:
@@ -260,34 +254,34 @@ class ChannelPruning(MaskingCallback):
 
     def _update_masks(self, target):
         """Removes each group's least important channels down to `target`; returns True if a mask changed."""
-        changed = False
+        goals = {}
+        for index in self._groups:
+            goal = self._graph.groups[index].size - self._kept_count(index, target)
+            if goal > int(self._removed[index].sum()):  # a removed channel stays removed
+                goals[index] = goal
+        if not goals:
+            return False
         stats = None
         if self.calibration is not None and (self.score == "activation" or self.compensate):
+            # A pass over the calibration images, only when some channel goes now.
             stats = channel_activations.channel_statistics(self._graph, self.calibration)
-        before = {index: removed.copy() for index, removed in self._removed.items()}
-        for index in self._groups:
-            size = self._graph.groups[index].size
-            removed = self._removed[index]
-            goal = size - self._kept_count(index, target)
-            if goal <= int(removed.sum()):
-                continue  # a removed channel stays removed
+        fresh = {}
+        for index, goal in goals.items():
             if self.score == "activation":
                 scores = channel_activations.activation_scores(self._graph, stats, index)
             else:
                 scores = channels.channel_scores(self._graph, index, self.score, self._places)
+            removed = self._removed[index].copy()
             scores[removed] = -np.inf
-            removed = removed.copy()
             removed[np.argsort(scores, kind="stable")[:goal]] = True
+            fresh[index] = removed & ~self._removed[index]
             self._removed[index] = removed
-            changed = True
-        if changed and self.compensate:
+        if self.compensate:
             # While the removed channels still hold their weights: what they gave on average stays.
-            fresh = {index: self._removed[index] & ~before[index] for index in self._groups}
             means = None if stats is None else {key: mean for key, (mean, _) in stats.items()}
             compensation.absorb_removed(self._graph, fresh, means)
-        if changed:
-            self._assign_masks()
-        return changed
+        self._assign_masks()
+        return True
 
     def _assign_masks(self):
         values = dict((id(v), m) for v, m in channels.channel_masks(self._graph, self._removed, self._places))

@@ -21,11 +21,11 @@ The callback that ramps channels to zero during `fit` is
 
 from edgekeras.channels.groups import ChannelGraph, ChannelGroup, analyse, find_groups
 from edgekeras.channels.masks import SCORES, channel_masks, channel_scores, group_weights, zero_channels
-from edgekeras.channels.shrink import DEFAULT_ROUND_TO, kept_channels, shrink
+from edgekeras.channels.shrink import DEFAULT_ROUND_TO, kept_channels, removable_channels, shrink
 from edgekeras.channels.latency import LatencyTable, LatencyTableError
 from edgekeras.channels.measure import alternating_medians, measure_table, table_from_bench, write_layer_files
 from edgekeras.channels.allocation import allocate, uniform, uniform_at_latency
-from edgekeras.channels.slimming import apply_widths, channel_importance
+from edgekeras.channels.slimming import apply_widths, channel_importance, removed_share
 
 __all__ = [
     "DEFAULT_ROUND_TO",
@@ -45,6 +45,8 @@ __all__ = [
     "group_weights",
     "kept_channels",
     "measure_table",
+    "removable_channels",
+    "removed_share",
     "shrink",
     "table_from_bench",
     "uniform",

@@ -72,19 +72,21 @@ def _through(chain, values):
     return values
 
 
-def expected_values(channel_graph, index, key):
+def expected_values(channel_graph, index, key, producer_of=None):
     """The expected value of each channel of group `index` on tensor `key`, or None when not known.
 
     Args:
         channel_graph: `analyse(model)`.
         index: the group's index.
         key: a tensor key that carries the group (a consumer's input).
+        producer_of: `{tensor key: index of the node that outputs it}`,
+            when the caller has it already.
 
     Returns:
         A float array of the group's size, or None (the path from the last
         normalization is not channelwise).
     """
-    found = _chain(channel_graph, key, _producers(channel_graph))
+    found = _chain(channel_graph, key, _producers(channel_graph) if producer_of is None else producer_of)
     if found is None:
         return None
     norm, chain = found
@@ -142,23 +144,26 @@ def absorb_removed(channel_graph, removed, means=None):
         The number of consumer layers changed.
     """
     changed = 0
+    producer_of = _producers(channel_graph)
     for node_index, node in enumerate(channel_graph.graph.nodes):
         if channel_graph.kinds[node_index] != PRODUCER or len(node.inputs) != 1:
             continue
         key = node.inputs[0]
+        if not any(np.any(removed.get(index, False)) for index, _ in channel_graph.slices(key)):
+            continue  # reads no channel removed now
         kernel = backend.for_model(node.layer).to_numpy(node.layer.kernel)
+        weights = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)  # spatial taps summed
         delta = np.zeros(kernel.shape[-1])
         for index, start in channel_graph.slices(key):
             gone = removed.get(index)
-            if gone is None or not np.any(gone):
+            if not np.any(gone):
                 continue
             if means is not None and key in means:
                 values = np.asarray(means[key])[start:start + channel_graph.groups[index].size]
             else:
-                values = expected_values(channel_graph, index, key)
+                values = expected_values(channel_graph, index, key, producer_of)
             if values is None:
                 continue
-            weights = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)  # spatial taps summed
             rows = start + np.flatnonzero(gone)
             delta += values[np.flatnonzero(gone)] @ weights[rows]
         if np.any(delta) and _add_to_output(channel_graph, node, delta):

@@ -25,7 +25,7 @@ from edgekeras import backend
 from edgekeras.channels import groups as groups_module
 from edgekeras.channels.groups import CHANNELWISE, CONCAT, DEPTHWISE, MERGE, NORM, PRODUCER, RESHAPE
 
-__all__ = ["DEFAULT_ROUND_TO", "kept_channels", "shrink"]
+__all__ = ["DEFAULT_ROUND_TO", "kept_channels", "removable_channels", "shrink"]
 
 # benchmarks/channel_rounding.py (2026-12-07, this x86 CPU with AVX-512,
 # LiteRT's XNNPACK int8 kernels, one thread): the latency of inverted-residual
@@ -100,8 +100,16 @@ def _zero_channels(channel_graph):
     return zeros
 
 
-def _removable(channel_graph):
-    """Per prunable group, the channels that reach every consumer as exact zeros."""
+def removable_channels(channel_graph):
+    """Per prunable group, the channels that reach every consumer as exact zeros: those `shrink` removes.
+
+    Args:
+        channel_graph: `edgekeras.channels.groups.analyse(model)`.
+
+    Returns:
+        `{group index: boolean array of the group's size}` for the prunable
+        groups some Conv/Dense layer reads.
+    """
     zeros = _zero_channels(channel_graph)
     removable = {}
     for node, kind in zip(channel_graph.graph.nodes, channel_graph.kinds):
@@ -117,7 +125,7 @@ def _removable(channel_graph):
 
 def _kept(channel_graph, round_to):
     """Per group index, the sorted channel indices the narrower model keeps."""
-    removable = _removable(channel_graph)
+    removable = removable_channels(channel_graph)
     kept = {}
     for index, group in enumerate(channel_graph.groups):
         gone = removable.get(index, np.zeros(group.size, bool))

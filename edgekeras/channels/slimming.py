@@ -26,7 +26,7 @@ from edgekeras import backend
 from edgekeras.channels.groups import analyse
 from edgekeras.channels.masks import WEIGHT_SCORES, channel_scores, group_weights, zero_channels
 
-__all__ = ["IMPORTANCE_SCORES", "apply_widths", "channel_importance"]
+__all__ = ["IMPORTANCE_SCORES", "apply_widths", "channel_importance", "removed_share"]
 
 
 IMPORTANCE_SCORES = (*WEIGHT_SCORES, "taylor")
@@ -147,6 +147,28 @@ def channel_importance(model, score="bn", data=None, loss=None):
         for index, group in enumerate(channel_graph.groups)
         if group.prunable
     }
+
+
+def removed_share(groups, widths):
+    """The share of the named groups' channels that `widths` removes (what a channel-pruning ramp ends at).
+
+    Args:
+        groups: `ChannelGroup`s of the model.
+        widths: `{group name: channels kept}`; names of no group are left out.
+
+    Returns:
+        A float in [0, 1] (0 when `widths` names no group).
+
+    Example:
+
+    ```python
+    removed_share(find_groups(model), {"block_1_expand": 48})  # 0.5 of its 96 channels
+    ```
+    """
+    sizes = {group.name: group.size for group in groups}
+    named = [name for name in widths if name in sizes]
+    total = sum(sizes[name] for name in named)
+    return sum(max(0, sizes[name] - widths[name]) for name in named) / total if total else 0.0
 
 
 def _check_widths(groups, widths):

@@ -66,10 +66,6 @@ def channel_pruning_callback(channels, steps, model):
         return channels
     if not isinstance(channels, dict):
         return ChannelPruning(polynomial_ramp(steps, float(channels), end=RAMP_FRACTION, mask_updates=MASK_UPDATES))
-    sizes = {group.name: group.size for group in channels_module.find_groups(model)}
     # The ramp's final value is the share of the named groups' channels that goes, as logged.
-    named = [name for name in channels if name in sizes]
-    total = sum(sizes[name] for name in named)
-    removed = sum(max(0, sizes[name] - channels[name]) for name in named) / total if total else 0.0
-    final = min(max(removed, 1e-3), 0.999)
+    final = min(max(channels_module.removed_share(channels_module.find_groups(model), channels), 1e-3), 0.999)
     return ChannelPruning(polynomial_ramp(steps, final, end=RAMP_FRACTION, mask_updates=MASK_UPDATES), widths=channels)
