@@ -145,15 +145,20 @@ def _check_prune(prune, prune_epochs):
                 "Argument `prune` must be None, a target sparsity in (0, 1) or a pruning schedule "
                 f"(edgekeras.schedules). Received: prune={prune!r}"
             )
-    if prune is not None and prune_epochs == 0:
+    _check_paired("prune", prune, "prune_epochs", prune_epochs, "prune", "0.75")
+
+
+def _check_paired(argument, value, epochs_argument, epochs, doing, example):
+    """A phase's setting and its epochs: both given, or neither."""
+    if value is not None and epochs == 0:
         raise ValueError(
-            "Argument `prune_epochs` must be a positive integer when `prune` is set. "
-            f"Received: prune_epochs={prune_epochs}"
+            f"Argument `{epochs_argument}` must be a positive integer when `{argument}` is set. "
+            f"Received: {epochs_argument}={epochs}"
         )
-    if prune is None and prune_epochs:
+    if value is None and epochs:
         raise ValueError(
-            f"Argument `prune` must be set to prune for prune_epochs={prune_epochs} epochs, "
-            "e.g. prune=0.75. Received: prune=None"
+            f"Argument `{argument}` must be set to {doing} for {epochs_argument}={epochs} epochs, "
+            f"e.g. {argument}={example}. Received: {argument}=None"
         )
 
 
@@ -189,16 +194,7 @@ def check_channels(channels, channel_epochs):
             "of group name -> channels kept (e.g. from edgekeras.channels.allocate) or an "
             f"edgekeras.callbacks.ChannelPruning. Received: channels={channels!r}"
         )
-    if channels is not None and channel_epochs == 0:
-        raise ValueError(
-            "Argument `channel_epochs` must be a positive integer when `channels` is set. "
-            f"Received: channel_epochs={channel_epochs}"
-        )
-    if channels is None and channel_epochs:
-        raise ValueError(
-            f"Argument `channels` must be set to prune channels for channel_epochs={channel_epochs} epochs, "
-            "e.g. channels=0.5. Received: channels=None"
-        )
+    _check_paired("channels", channels, "channel_epochs", channel_epochs, "prune channels", "0.5")
     return channel_epochs
 
 

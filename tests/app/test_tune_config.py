@@ -53,6 +53,19 @@ def test_cli_tune_reports_config_errors_in_one_line(tmp_path, capsys):
     assert error.startswith("edgekeras tune: error: Config key `tune.oracle`") and "\n" not in error
 
 
+def tiny_data(tiny_tfds_dir):
+    """The [data] table of the tiny tune configs."""
+    return f"""[data]
+dataset = "edgekeras_tiny_images"
+data_dir = "{tiny_tfds_dir}"
+download = false
+image_size = 32
+batch_size = 16
+validation_size = 20
+augment = false
+"""
+
+
 @pytest.mark.parametrize("keras_name", KERASES)
 def test_cli_tune_runs_a_search_and_prints_the_top_trials(tmp_path, tiny_tfds_dir, capsys, keras_name):
     from edgekeras.app.cli import main
@@ -62,15 +75,7 @@ def test_cli_tune_runs_a_search_and_prints_the_top_trials(tmp_path, tiny_tfds_di
     path = tmp_path / "tiny.toml"
     path.write_text(
         f"""
-[data]
-dataset = "edgekeras_tiny_images"
-data_dir = "{tiny_tfds_dir}"
-download = false
-image_size = 32
-batch_size = 16
-validation_size = 20
-augment = false
-
+{tiny_data(tiny_tfds_dir)}
 [model]
 keras = "{keras_name}"
 alpha = 0.35
@@ -136,15 +141,7 @@ def test_cli_tune_searches_the_latency_target_of_mobilenet_v2(tmp_path, tiny_tfd
     path = tmp_path / "slim.toml"
     path.write_text(
         f"""
-[data]
-dataset = "edgekeras_tiny_images"
-data_dir = "{tiny_tfds_dir}"
-download = false
-image_size = 32
-batch_size = 16
-validation_size = 20
-augment = false
-
+{tiny_data(tiny_tfds_dir)}
 [model]
 alpha = 0.35
 weights = "none"
